@@ -1,0 +1,236 @@
+"""Command-line options, their ini twins, and the validation of both.
+
+Every option is registered twice, as ``--name`` and as the ini key
+``batchprof_name``; the command line wins over the ini file, which wins over the
+default. All values are parsed and checked once, when the session starts, into
+one frozen :class:`Settings`; a bad value ends the session with a one-line
+``pytest.UsageError`` (exit code 4) naming the option, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_batchprof.data import DATASETS
+
+GROUP = "batchprof"
+DATA_DIR_ENV = "BATCHPROF_DATA_DIR"
+DEFAULT_DATA_DIR = Path("~/.cache/pytest-batchprof")
+OPTIMIZERS = ("adam", "sgd")
+DEFAULT_VAL_FRACTION = 1 / 12
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The session's validated options, shared by every fixture."""
+
+    batch_sizes: tuple[int, ...] = (64,)
+    epochs: int = 2
+    dataset: str = "mnist"
+    data_dir: Path = DEFAULT_DATA_DIR
+    device: str = "auto"
+    seed: int = 0
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    train_subset: int | None = None
+    val_fraction: float = DEFAULT_VAL_FRACTION
+
+    def header(self) -> str:
+        """One line for ``pytest_report_header``."""
+        subset = "all" if self.train_subset is None else str(self.train_subset)
+        sizes = ",".join(map(str, self.batch_sizes))
+        return (
+            f"batchprof: dataset={self.dataset} batch-sizes={sizes} epochs={self.epochs} "
+            f"optimizer={self.optimizer} lr={self.lr:g} seed={self.seed} device={self.device} "
+            f"train-subset={subset} val-fraction={self.val_fraction:.4g} data-dir={self.data_dir}"
+        )
+
+
+class OptionError(ValueError):
+    """A value that an option does not accept; the message says what is allowed."""
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """Parse ``"1,16,64"`` into ``(1, 16, 64)``.
+
+    Spaces around items are allowed; empty items, non-integers, values below 1
+    and repeated values are not (a repeated size would run the same test twice).
+    """
+    if not text.strip():
+        raise OptionError("is empty")
+    sizes: list[int] = []
+    for item in text.split(","):
+        token = item.strip()
+        if not token:
+            raise OptionError("has an empty item")
+        size = _parse_int(token)
+        if size < 1:
+            raise OptionError(f"has {token!r}, which is below 1")
+        if size in sizes:
+            raise OptionError(f"repeats {size}")
+        sizes.append(size)
+    return tuple(sizes)
+
+
+def _parse_int(token: str) -> int:
+    try:
+        return int(token, 10)
+    except ValueError:
+        raise OptionError(f"has {token!r}, which is not a whole number") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _parse_int(text.strip())
+    if value < 1:
+        raise OptionError(f"is {value}, which is below 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _parse_int(text.strip())
+    if value < 0:
+        raise OptionError(f"is {value}, which is negative")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionError(f"is {text!r}, which is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise OptionError(f"is {text}, which is not a finite number above 0")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise OptionError(f"is {text}, which is not below 1")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise OptionError(f"is {text!r}, which is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _device(text: str) -> str:
+    spec = text.strip().lower()
+    if not _DEVICE.match(spec):
+        raise OptionError(f"is {text!r}, which is not a device name")
+    return spec
+
+
+# ---------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, ini key, parser and the help both share."""
+
+    field: str
+    metavar: str
+    parse: Callable[[str], Any]
+    allowed: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return f"{GROUP}_{self.field}"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("batch_sizes", "LIST", parse_batch_sizes,
+           "a comma-separated list of whole numbers >= 1, e.g. 1,16,64",
+           "batch sizes that parametrize every test using the batch_size fixture "
+           "(default: 64)"),
+    Option("epochs", "N", _positive_int, "a whole number >= 1",
+           "training epochs per run (default: 2)"),
+    Option("dataset", "NAME", _choice(tuple(DATASETS)), "one of " + ", ".join(DATASETS),
+           "data set of the dataset fixture (default: mnist)"),
+    Option("data_dir", "PATH", lambda text: Path(text).expanduser(), "a directory path",
+           f"where data sets are read and downloaded (default: ${DATA_DIR_ENV}, "
+           f"else {DEFAULT_DATA_DIR})"),
+    Option("device", "DEVICE", _device, "auto, cpu, cuda, cuda:N or mps",
+           "torch device: auto picks cuda, then mps, then cpu (default: auto)"),
+    Option("seed", "N", _non_negative_int, "a whole number >= 0",
+           "seed of weight initialisation and shuffling (default: 0)"),
+    Option("lr", "FLOAT", _positive_float, "a finite number above 0, e.g. 1e-3",
+           "learning rate (default: 1e-3)"),
+    Option("optimizer", "NAME", _choice(OPTIMIZERS), "adam or sgd",
+           "optimizer (default: adam)"),
+    Option("train_subset", "N", _positive_int, "a whole number >= 1",
+           "train on the first N training samples only, for quick runs (default: all)"),
+    Option("val_fraction", "F", _fraction, "a number above 0 and below 1",
+           "share of the training file held out for validation "
+           "(default: 1/12, i.e. 5,000 of MNIST's 60,000)"),
+)
+
+
+def register(parser: pytest.Parser) -> None:
+    """Add every option to pytest's ``batchprof`` help group and its ini twin."""
+    group = parser.getgroup(GROUP, "batchprof: batch-size and architecture experiments")
+    for option in OPTIONS:
+        group.addoption(option.flag, dest=f"{GROUP}_{option.field}", metavar=option.metavar,
+                        default=None, help=option.help)
+        parser.addini(option.ini, option.help, default=None)
+
+
+def settings_from_config(config: pytest.Config) -> Settings:
+    """Read, parse and check every option; raise ``pytest.UsageError`` on the first bad one."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw, source = _raw_value(config, option)
+        if raw is None:
+            continue
+        try:
+            value = option.parse(raw)
+        except OptionError as error:
+            raise pytest.UsageError(
+                f"{source} {error}; expected {option.allowed} (got {raw!r})"
+            ) from None
+        if option.field == "data_dir" and source.startswith(option.ini) and config.inipath:
+            value = config.inipath.parent / value
+        values[option.field] = value
+    if "data_dir" not in values:
+        values["data_dir"] = default_data_dir()
+    return Settings(**values)
+
+
+def default_data_dir() -> Path:
+    """``$BATCHPROF_DATA_DIR`` when set, else ``~/.cache/pytest-batchprof``."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else DEFAULT_DATA_DIR.expanduser()
+
+
+def _raw_value(config: pytest.Config, option: Option) -> tuple[str | None, str]:
+    cli = config.getoption(f"{GROUP}_{option.field}")
+    if cli is not None:
+        return str(cli), option.flag
+    ini = config.getini(option.ini)
+    if ini is not None and ini != "":
+        return str(ini), f"{option.ini} (ini)"
+    return None, option.flag

@@ -1,0 +1,217 @@
+"""pytest glue: options, hooks and the public fixtures ``batch_size``, ``device``,
+``dataset`` and ``trained_mlp``.
+
+Registered through the ``pytest11`` entry point ``batchprof``, so installing
+the package is all it takes. State lives in ``config.stash`` (see
+:mod:`pytest_batchprof.session`); everything that can be checked before a test
+runs is checked in ``pytest_configure`` or right after collection, so a bad
+option or a missing data set ends the session once, with one line, instead of
+failing every test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+
+from pytest_batchprof.data import Dataset, DatasetUnavailable
+from pytest_batchprof.devices import Accelerators, DeviceError, select_device
+from pytest_batchprof.options import register, settings_from_config
+from pytest_batchprof.session import BatchprofSession
+from pytest_batchprof.training import Run
+
+SESSION_KEY = pytest.StashKey[BatchprofSession]()
+DATA_FIXTURES = ("dataset", "trained_mlp")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ``batchprof`` option group and an ini twin for every option."""
+    register(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Validate every option, pick the device and keep both in ``config.stash``."""
+    config.addinivalue_line(
+        "markers",
+        "dataset(name, **options): the data set of this test's dataset and trained_mlp "
+        "fixtures instead of --dataset, e.g. dataset('synthetic', size=600)",
+    )
+    settings = settings_from_config(config)
+    worker_id = getattr(config, "workerinput", {}).get("workerid")
+    try:
+        device = select_device(settings.device, Accelerators.probe(), worker_id)
+    except DeviceError as error:
+        raise pytest.UsageError(
+            f"--device {settings.device}: {error}; use --device auto or cpu"
+        ) from None
+    config.stash[SESSION_KEY] = BatchprofSession(settings, device, _live_writer(config))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """One line with every batchprof setting and the device actually used."""
+    session = config.stash[SESSION_KEY]
+    return f"{session.settings.header()} ({session.device})"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize every test that uses ``batch_size`` over ``--batch-sizes`` (ids ``bs16``).
+
+    A test's own ``@pytest.mark.parametrize("batch_size", ...)`` wins.
+    """
+    if "batch_size" not in metafunc.fixturenames or _parametrizes_batch_size(metafunc):
+        return
+    sizes = metafunc.config.stash[SESSION_KEY].settings.batch_sizes
+    metafunc.parametrize("batch_size", sizes, indirect=True, ids=[f"bs{size}" for size in sizes])
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Load every data set the selected tests need now, so a missing one stops the session once."""
+    config = session.config
+    if config.option.collectonly:
+        return
+    state = config.stash[SESSION_KEY]
+    wanted: dict[tuple[str | None, str], tuple[str, dict[str, object]]] = {}
+    for item in session.items:
+        if not any(name in getattr(item, "fixturenames", ()) for name in DATA_FIXTURES):
+            continue
+        name, options = _dataset_request(item)
+        wanted.setdefault((name, repr(sorted(options.items()))), (name, options))
+    for name, options in wanted.values():
+        try:
+            state.dataset(name, options)
+        except (DatasetUnavailable, ValueError) as error:
+            raise pytest.UsageError(str(error)) from None
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def batch_size(request: pytest.FixtureRequest) -> int:
+    """The batch size of this test, one of ``--batch-sizes`` (default 64).
+
+    Any test that asks for it is parametrized over ``--batch-sizes`` with ids
+    such as ``bs16``; ``@pytest.mark.parametrize("batch_size", [...])`` on the
+    test overrides the option.
+    """
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig: pytest.Config) -> torch.device:
+    """The ``torch.device`` of this session, from ``--device`` (auto: cuda, mps, then cpu)."""
+    return pytestconfig.stash[SESSION_KEY].device
+
+
+@pytest.fixture
+def dataset(request: pytest.FixtureRequest) -> Dataset:
+    """The data set (``--dataset``, or this test's ``@pytest.mark.dataset``), on the device.
+
+    Loaded once per session and held as normalised tensors: ``dataset.train``,
+    ``.val`` and ``.test`` each have ``.x`` (N, H, W) and ``.y`` (N,); also
+    ``.name``, ``.image_shape``, ``.input_size`` and ``.num_classes``.
+    """
+    name, options = _dataset_request(request.node)
+    return _load(request.config, name, options)
+
+
+@pytest.fixture
+def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
+    """A factory that trains an MLP and returns its :class:`~pytest_batchprof.training.Run`.
+
+    Usage::
+
+        def test_accuracy(trained_mlp, batch_size):
+            run = trained_mlp(hidden=(1024,), batch_size=batch_size, epochs=2)
+            assert run.test_accuracy >= 0.96
+
+    Arguments (all keywords but ``hidden``): ``batch_size`` (default: this
+    test's ``batch_size`` if it has one, else the first of ``--batch-sizes``),
+    ``epochs``, ``lr``, ``optimizer``, ``seed`` (default: the options),
+    ``input_size`` (e.g. ``400`` for a 20x20 centre crop, or ``(h, w)``),
+    ``activation`` (relu, gelu, tanh, sigmoid, linear) and ``dataset`` (a
+    data set name; default: this test's data set). The same configuration
+    asked for again in the session is trained once. A run whose loss becomes
+    NaN or inf fails the test with the reason.
+    """
+    state = request.config.stash[SESSION_KEY]
+
+    def factory(
+        hidden: int | Sequence[int] = (1024,),
+        *,
+        batch_size: int | None = None,
+        epochs: int | None = None,
+        lr: float | None = None,
+        optimizer: str | None = None,
+        seed: int | None = None,
+        input_size: int | tuple[int, int] | None = None,
+        activation: str = "relu",
+        dataset: str | None = None,
+    ) -> Run:
+        if dataset is None:
+            data = request.getfixturevalue("dataset")
+        else:
+            data = _load(request.config, dataset, {})
+        if batch_size is None:
+            batch_size = (request.getfixturevalue("batch_size")
+                          if "batch_size" in request.fixturenames
+                          else state.settings.batch_sizes[0])
+        run = state.run(data, hidden, batch_size, epochs=epochs, lr=lr, optimizer=optimizer,
+                        seed=seed, input_size=input_size, activation=activation)
+        if run.diverged:
+            pytest.fail(f"{run.config.describe()} diverged: {run.diverged}", pytrace=False)
+        return run
+
+    return factory
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _dataset_request(item: pytest.Item) -> tuple[str | None, dict[str, object]]:
+    """The data set an item asks for through ``@pytest.mark.dataset``, if any."""
+    marker = item.get_closest_marker("dataset")
+    if marker is None:
+        return None, {}
+    if len(marker.args) != 1 or not isinstance(marker.args[0], str):
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.dataset takes one data set name, e.g. "
+            f"@pytest.mark.dataset('digits')"
+        )
+    return marker.args[0], dict(marker.kwargs)
+
+
+def _load(config: pytest.Config, name: str | None, options: dict[str, object]) -> Dataset:
+    try:
+        return config.stash[SESSION_KEY].dataset(name, options)
+    except (DatasetUnavailable, ValueError) as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+def _parametrizes_batch_size(metafunc: pytest.Metafunc) -> bool:
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        argnames = marker.args[0] if marker.args else marker.kwargs.get("argnames", ())
+        if isinstance(argnames, str):
+            argnames = argnames.split(",")
+        if "batch_size" in (name.strip() for name in argnames):
+            return True
+    return False
+
+
+def _live_writer(config: pytest.Config) -> Callable[[str], None]:
+    """Write a line to the terminal now, past output capturing (so no ``-s`` is needed)."""
+
+    def write(line: str) -> None:
+        terminal = config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is None or config.get_verbosity() < 0:
+            return
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if capture is None:
+            terminal.write_line(line)
+            return
+        with capture.global_and_fixture_disabled():
+            terminal.write_line(line)
+
+    return write

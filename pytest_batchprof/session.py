@@ -1,0 +1,125 @@
+"""Per-session state: validated settings, the device, loaded data sets and finished runs.
+
+One :class:`BatchprofSession` lives in ``config.stash`` for the whole pytest
+session, so that a data set is read from disk once and a configuration asked
+for by several tests is trained once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from pytest_batchprof.data import Dataset, crop_shape, dataset_key, load_dataset
+from pytest_batchprof.models import ACTIVATIONS, normalise_hidden
+from pytest_batchprof.options import OPTIMIZERS, Settings
+from pytest_batchprof.training import Run, RunConfig, train
+
+
+@dataclass
+class BatchprofSession:
+    """What the fixtures share within one pytest session (or one xdist worker)."""
+
+    settings: Settings
+    device: torch.device
+    write_line: Callable[[str], None] | None = None
+    datasets: dict[str, Dataset] = field(default_factory=dict)
+    runs: dict[RunConfig, Run] = field(default_factory=dict)
+
+    def dataset(self, name: str | None = None, options: dict[str, object] | None = None) -> (
+            Dataset):
+        """The named data set (default: ``--dataset``), loaded on first use, on the device."""
+        name = name or self.settings.dataset
+        key = dataset_key(name, options)
+        if key not in self.datasets:
+            loaded = load_dataset(name, self.settings.data_dir, self.settings.val_fraction,
+                                  options)
+            self.check_fits(loaded)
+            self.datasets[key] = loaded.to(self.device)
+        return self.datasets[key]
+
+    def check_fits(self, data: Dataset) -> None:
+        """Raise ``ValueError`` if ``--train-subset`` or a batch size exceeds the training set."""
+        settings = self.settings
+        available = len(data.train)
+        if settings.train_subset is not None and settings.train_subset > available:
+            raise ValueError(
+                f"--train-subset {settings.train_subset} is larger than the {available} "
+                f"training samples of {data.name}; use at most {available}"
+            )
+        usable = settings.train_subset or available
+        too_big = [size for size in settings.batch_sizes if size > usable]
+        if too_big:
+            raise ValueError(
+                f"--batch-sizes has {too_big[0]}, which is larger than the {usable} training "
+                f"samples of {data.name}; use batch sizes of at most {usable}"
+            )
+
+    def run(
+        self,
+        dataset: Dataset,
+        hidden: int | Sequence[int],
+        batch_size: int,
+        epochs: int | None = None,
+        lr: float | None = None,
+        optimizer: str | None = None,
+        seed: int | None = None,
+        input_size: int | tuple[int, int] | None = None,
+        activation: str = "relu",
+    ) -> Run:
+        """Train (or return the already trained) run of this configuration."""
+        settings = self.settings
+        config = RunConfig(
+            dataset=dataset.name,
+            input_shape=crop_shape(input_size, dataset.image_shape),
+            hidden=normalise_hidden(hidden),
+            num_classes=dataset.num_classes,
+            activation=activation,
+            batch_size=batch_size,
+            epochs=settings.epochs if epochs is None else epochs,
+            lr=settings.lr if lr is None else float(lr),
+            optimizer=settings.optimizer if optimizer is None else optimizer,
+            seed=settings.seed if seed is None else seed,
+            device=str(self.device),
+            train_subset=settings.train_subset,
+            val_fraction=settings.val_fraction,
+        )
+        if config in self.runs:
+            return self.runs[config]
+        data = dataset.with_train_subset(config.train_subset).cropped(config.input_shape)
+        _check_run_config(config, len(data.train))
+        self._say(f"batchprof: training {config.describe()}")
+        run = train(config, data, self.device, lambda _, record: self._say("  " + record.line()))
+        if run.diverged:
+            self._say(f"  diverged: {run.diverged}")
+        else:
+            self._say(f"  trained in {run.train_seconds:.2f} s, test acc={run.test_accuracy:.4f}")
+        self.runs[config] = run
+        return run
+
+    def _say(self, line: str) -> None:
+        if self.write_line is not None:
+            self.write_line(line)
+
+
+def _check_run_config(config: RunConfig, train_count: int) -> None:
+    """Reject arguments of ``trained_mlp`` that would fail deep inside torch."""
+    if not isinstance(config.batch_size, int) or not 1 <= config.batch_size <= train_count:
+        raise ValueError(
+            f"batch_size={config.batch_size!r} must be a whole number from 1 to the "
+            f"{train_count} training samples"
+        )
+    if not isinstance(config.epochs, int) or config.epochs < 1:
+        raise ValueError(f"epochs={config.epochs!r} must be a whole number >= 1")
+    if not config.lr > 0:
+        raise ValueError(f"lr={config.lr!r} must be above 0")
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={config.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    if config.activation not in ACTIVATIONS:
+        raise ValueError(
+            f"activation={config.activation!r} is not one of {', '.join(ACTIVATIONS)}"
+        )
+    if not isinstance(config.seed, int) or config.seed < 0:
+        raise ValueError(f"seed={config.seed!r} must be a whole number >= 0")

@@ -1,0 +1,250 @@
+"""The training engine: one run of one configuration, from seed to test accuracy.
+
+Batches are index slices of tensors already on the device, reshuffled every
+epoch by a generator seeded from the run's seed, so the same seed gives the
+same weights and accuracies bit for bit on the CPU. Running loss and correct
+counts stay on the device and are read once per epoch (plus a cheap finiteness
+check every :data:`DIVERGENCE_CHECK_STEPS` steps), so the hot loop never waits
+for the host.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pytest_batchprof.data import Dataset, Split
+from pytest_batchprof.devices import synchronize
+from pytest_batchprof.models import build_mlp, mlp_name
+
+DIVERGENCE_CHECK_STEPS = 200
+"""How often (in optimizer steps) the running loss is checked for NaN or inf."""
+
+EVAL_BATCH_SIZE = 4096
+"""Batch size of validation and test passes; it does not change the result, only the speed."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's result; equal configs train once per session."""
+
+    dataset: str
+    input_shape: tuple[int, int]
+    hidden: tuple[int, ...]
+    num_classes: int
+    activation: str
+    batch_size: int
+    epochs: int
+    lr: float
+    optimizer: str
+    seed: int
+    device: str
+    train_subset: int | None
+    val_fraction: float
+
+    @property
+    def input_size(self) -> int:
+        return self.input_shape[0] * self.input_shape[1]
+
+    @property
+    def model_name(self) -> str:
+        """``784-1024-10``: input, hidden and output widths."""
+        return mlp_name(self.input_size, self.hidden, self.num_classes)
+
+    def describe(self) -> str:
+        """What a person needs to tell this run from its neighbours in a message."""
+        return (
+            f"{self.model_name} on {self.dataset}, batch {self.batch_size}, "
+            f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}, {self.optimizer} "
+            f"lr={self.lr:g}, seed {self.seed}, {self.device}"
+        )
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch's figures.
+
+    Losses are mean cross-entropy per sample (nats); accuracies are fractions.
+    The training figures are running averages over the epoch's batches, as the
+    reference posts print them; validation figures are measured after the epoch.
+    """
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    train_seconds: float
+    eval_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the epoch: optimisation plus the validation pass."""
+        return self.train_seconds + self.eval_seconds
+
+    def line(self) -> str:
+        """The posts' progress line: ``Epoch 01, Train acc=0.911, Val acc=0.935, ...``."""
+        return (
+            f"Epoch {self.epoch:02d}, Train acc={self.train_accuracy:.3f}, "
+            f"Val acc={self.val_accuracy:.3f}, Train loss={self.train_loss:.3f}, "
+            f"Val loss={self.val_loss:.3f}"
+        )
+
+
+@dataclass
+class Run:
+    """A trained configuration: the model, its history and its results.
+
+    ``diverged`` holds the reason when the loss became NaN or inf; the history
+    then ends at the last finite epoch and ``test_accuracy`` is ``None``.
+    """
+
+    config: RunConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    history: list[EpochRecord] = field(default_factory=list)
+    train_seconds: float = 0.0
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    diverged: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.model_name
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.train_seconds / len(self.history) if self.history else math.nan
+
+    @property
+    def train_accuracy(self) -> float:
+        """Running training accuracy of the last epoch."""
+        return self.history[-1].train_accuracy if self.history else math.nan
+
+    @property
+    def val_accuracy(self) -> float:
+        """Validation accuracy after the last epoch."""
+        return self.history[-1].val_accuracy if self.history else math.nan
+
+    def summary(self) -> dict[str, object]:
+        """Plain figures (no tensors) for tables, JSON and assertion messages."""
+        return {
+            "model": self.name,
+            **asdict(self.config),
+            "train_seconds": self.train_seconds,
+            "seconds_per_epoch": self.seconds_per_epoch,
+            "train_accuracy": self.train_accuracy,
+            "val_accuracy": self.val_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "test_loss": self.test_loss,
+            "diverged": self.diverged,
+            "history": [asdict(record) for record in self.history],
+        }
+
+    def __repr__(self) -> str:
+        test = "n/a" if self.test_accuracy is None else f"{self.test_accuracy:.4f}"
+        state = f", diverged: {self.diverged}" if self.diverged else ""
+        return f"<Run {self.config.describe()}: test accuracy {test}{state}>"
+
+
+def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
+    """``adam`` (torch defaults) or plain ``sgd`` (no momentum)."""
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr)
+    raise ValueError(f"optimizer={name!r} is not one of adam, sgd")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> (
+        tuple[float, float]):
+    """Mean cross-entropy (nats per sample) and accuracy of ``model`` on ``split``."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=split.x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    for start in range(0, len(split), batch_size):
+        logits = model(split.x[start:start + batch_size])
+        labels = split.y[start:start + batch_size]
+        loss += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(dim=1) == labels).sum()
+    model.train(was_training)
+    count = max(len(split), 1)
+    return loss.item() / count, correct.item() / count
+
+
+ProgressCallback = Callable[[RunConfig, EpochRecord], None]
+
+
+def train(
+    config: RunConfig,
+    data: Dataset,
+    device: torch.device,
+    on_epoch: ProgressCallback | None = None,
+) -> Run:
+    """Train ``config`` on ``data`` (already cropped, subset and on ``device``).
+
+    Never raises for a diverging loss: the returned run carries the reason.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_mlp(config.input_size, config.hidden, config.num_classes,
+                          config.activation)
+    model.to(device)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+    run = Run(config=config, model=model, optimizer=optimizer)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    train_split = data.train
+    count = len(train_split)
+
+    for epoch in range(1, config.epochs + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(count, generator=shuffle).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        for step, start in enumerate(range(0, count, config.batch_size), start=1):
+            index = order[start:start + config.batch_size]
+            images, labels = train_split.x[index], train_split.y[index]
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += loss.detach() * len(labels)
+                correct += (logits.argmax(dim=1) == labels).sum()
+            if step % DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum):
+                break
+        train_loss = loss_sum.item() / count
+        train_accuracy = correct.item() / count
+        synchronize(device)
+        trained = time.perf_counter()
+        run.train_seconds += trained - started
+        if not math.isfinite(train_loss):
+            run.diverged = (
+                f"training loss became {train_loss} in epoch {epoch} "
+                f"(lr={config.lr:g}, {config.optimizer})"
+            )
+            break
+        val_loss, val_accuracy = evaluate(model, data.val)
+        eval_seconds = time.perf_counter() - trained
+        run.train_seconds += eval_seconds
+        record = EpochRecord(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
+                             trained - started, eval_seconds)
+        run.history.append(record)
+        if on_epoch is not None:
+            on_epoch(config, record)
+
+    if run.diverged is None:
+        run.test_loss, run.test_accuracy = evaluate(model, data.test)
+    model.eval()
+    return run

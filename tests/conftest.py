@@ -1,0 +1,64 @@
+"""Fixtures of the plugin's own test suite.
+
+Every test runs hermetically: ``BATCHPROF_DATA_DIR`` points at an empty
+temporary directory and torchvision downloads are replaced by a failure, so no
+test reads the developer's cache or touches the network. Tests that need the
+real MNIST ask for ``mnist_dir`` and are skipped when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_batchprof import data
+from pytest_batchprof.models import build_mlp
+from pytest_batchprof.training import make_optimizer
+
+REAL_DATA_DIR = os.environ.get("BATCHPROF_DATA_DIR")
+
+
+def _import_torch_lazy_modules() -> None:
+    """Import what torch and torchvision load on first use, before any pytester run.
+
+    In-process pytester sessions restore ``sys.modules`` when they end; a torch
+    module first imported inside one is then imported again by the next, and
+    torch refuses to register its operator libraries twice.
+    """
+    import torchvision.datasets  # noqa: F401
+    from torchvision.transforms.v2.functional import center_crop
+
+    center_crop(torch.zeros(1, 8, 8), [6, 6])
+    model = build_mlp(4, (2,), 2)
+    for name in ("adam", "sgd"):
+        optimizer = make_optimizer(name, model.parameters(), 1e-3)
+        model(torch.zeros(1, 4)).sum().backward()
+        optimizer.step()
+
+
+_import_torch_lazy_modules()
+
+
+@pytest.fixture(autouse=True)
+def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty data directory, and no downloads."""
+    empty = tmp_path_factory.mktemp("data-dir")
+    monkeypatch.setenv("BATCHPROF_DATA_DIR", str(empty))
+
+    def no_download(dataset_class: type, root: Path) -> None:
+        raise OSError("downloads are disabled in the test suite")
+
+    monkeypatch.setattr(data, "download", no_download)
+    return empty
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    """A directory holding the real MNIST in torchvision's layout, or a skip."""
+    for candidate in (REAL_DATA_DIR, "~/.cache/pytest-batchprof"):
+        if candidate and (Path(candidate).expanduser() / "MNIST" / "raw").is_dir():
+            return Path(candidate).expanduser()
+    pytest.skip("the real MNIST is not present (fill a data dir with shared/tools/get-mnist)")

@@ -1,0 +1,129 @@
+"""The training engine and the models, called directly (no pytest session)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from pytest_batchprof.data import load_dataset
+from pytest_batchprof.models import build_mlp, mlp_name, normalise_hidden
+from pytest_batchprof.training import EpochRecord, RunConfig, evaluate, train
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory):
+    return load_dataset("synthetic", tmp_path_factory.mktemp("unused"), 0.1, {"size": 800})
+
+
+def config_for(data, **changes) -> RunConfig:
+    fields = dict(dataset=data.name, input_shape=data.image_shape, hidden=(32,),
+                  num_classes=data.num_classes, activation="relu", batch_size=16, epochs=2,
+                  lr=1e-3, optimizer="adam", seed=0, device="cpu", train_subset=None,
+                  val_fraction=0.1)
+    fields.update(changes)
+    return RunConfig(**fields)
+
+
+def figures(record: EpochRecord) -> tuple[float, ...]:
+    """An epoch's results without its timings, which always differ."""
+    return (record.train_loss, record.train_accuracy, record.val_loss, record.val_accuracy)
+
+
+def test_mlp_layers_and_name():
+    model = build_mlp(784, (1024,), 10)
+    linears = [layer for layer in model if isinstance(layer, torch.nn.Linear)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(784, 1024), (1024, 10)]
+    assert sum(p.numel() for p in model.parameters()) == 814_090
+    assert mlp_name(400, (1024, 1024), 10) == "400-1024-1024-10"
+    assert model(torch.zeros(3, 28, 28)).shape == (3, 10)
+
+
+def test_linear_activation_and_bad_arguments():
+    model = build_mlp(784, (1,), 10, activation="linear")
+    assert isinstance(model[2], torch.nn.Identity)
+    with pytest.raises(ValueError, match="activation='swish'"):
+        build_mlp(784, (8,), 10, activation="swish")
+    assert normalise_hidden(64) == (64,)
+    with pytest.raises(ValueError, match="hidden width"):
+        normalise_hidden((64, 0))
+
+
+def test_same_seed_same_weights_bit_for_bit(synthetic):
+    first = train(config_for(synthetic), synthetic, torch.device("cpu"))
+    second = train(config_for(synthetic), synthetic, torch.device("cpu"))
+    assert [figures(r) for r in first.history] == [figures(r) for r in second.history]
+    assert first.test_accuracy == second.test_accuracy
+    for (name, a), (_, b) in zip(first.model.state_dict().items(),
+                                 second.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_other_seed_other_weights(synthetic):
+    first = train(config_for(synthetic), synthetic, torch.device("cpu"))
+    other = train(config_for(synthetic, seed=1), synthetic, torch.device("cpu"))
+    assert not torch.equal(first.model[1].weight, other.model[1].weight)
+
+
+def test_training_leaves_global_rng_alone(synthetic):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train(config_for(synthetic, epochs=1), synthetic, torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_history_figures_are_consistent(synthetic):
+    seen: list[EpochRecord] = []
+    run = train(config_for(synthetic, epochs=3), synthetic, torch.device("cpu"),
+                on_epoch=lambda _, record: seen.append(record))
+    assert seen == run.history
+    assert [r.epoch for r in run.history] == [1, 2, 3]
+    for record in run.history:
+        assert 0 <= record.train_accuracy <= 1 and 0 <= record.val_accuracy <= 1
+        assert record.train_loss > 0 and record.val_loss > 0
+        assert record.train_seconds > 0 and record.eval_seconds > 0
+    assert run.train_seconds == pytest.approx(sum(r.seconds for r in run.history))
+    assert run.seconds_per_epoch == pytest.approx(run.train_seconds / 3)
+    assert run.history[-1].val_loss < run.history[0].val_loss
+    assert run.test_accuracy > 0.8
+    loss, accuracy = evaluate(run.model, synthetic.test)
+    assert (loss, accuracy) == (run.test_loss, run.test_accuracy)
+    assert not run.model.training
+
+
+def test_evaluate_does_not_depend_on_eval_batch_size(synthetic):
+    run = train(config_for(synthetic, epochs=1), synthetic, torch.device("cpu"))
+    big = evaluate(run.model, synthetic.test, batch_size=4096)
+    small = evaluate(run.model, synthetic.test, batch_size=7)
+    assert big[1] == small[1]
+    assert big[0] == pytest.approx(small[0], rel=1e-5)
+
+
+def test_epoch_line_matches_the_posts():
+    record = EpochRecord(1, 0.0184, 0.9114, 0.0131, 0.9352, 1.0, 0.1)
+    assert record.line() == (
+        "Epoch 01, Train acc=0.911, Val acc=0.935, Train loss=0.018, Val loss=0.013"
+    )
+
+
+def test_divergence_is_reported_not_raised(synthetic):
+    run = train(config_for(synthetic, optimizer="sgd", lr=1e12, epochs=3), synthetic,
+                torch.device("cpu"))
+    assert run.diverged is not None
+    assert "training loss became nan in epoch" in run.diverged or "became inf" in run.diverged
+    assert run.test_accuracy is None
+    assert len(run.history) < 3
+    assert "diverged" in repr(run)
+
+
+def test_summary_is_plain_data(synthetic):
+    run = train(config_for(synthetic, epochs=1), synthetic, torch.device("cpu"))
+    summary = run.summary()
+    text = json.dumps(summary)
+    assert json.loads(text)["model"] == "64-32-10" == run.name
+    assert summary["batch_size"] == 16
+    assert len(summary["history"]) == 1
+    assert math.isclose(summary["test_accuracy"], run.test_accuracy)
