@@ -21,6 +21,7 @@ cropped: importing it costs seconds, and the plugin loads in every pytest run.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -257,10 +258,16 @@ def load_dataset(
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    loader = DATASETS[name]
     try:
-        raw = DATASETS[name](data_dir, **(options or {}))
+        inspect.signature(loader).bind(data_dir, **(options or {}))
     except TypeError as error:
         raise ValueError(f"data set {name} does not take these options: {error}") from None
+    try:
+        raw = loader(data_dir, **(options or {}))
+    except TypeError as error:  # e.g. size="500": a value of the wrong type
+        raise ValueError(f"data set {name} got an option value of the wrong type: {error}") from (
+            None)
     n_val = round(len(raw.train_y) * val_fraction)
     if not 1 <= n_val < len(raw.train_y):
         raise ValueError(
@@ -294,12 +301,12 @@ def crop_shape(input_size: int | tuple[int, int] | None, image_shape: tuple[int,
     if input_size is None:
         return image_shape
     if isinstance(input_size, int):
-        side = math.isqrt(input_size)
-        if input_size < 1 or side * side != input_size:
+        if input_size < 1 or math.isqrt(input_size) ** 2 != input_size:
             raise ValueError(
                 f"input_size={input_size} is not a square number of pixels; give e.g. 400 "
                 f"(a 20x20 centre crop) or a (height, width) pair"
             )
+        side = math.isqrt(input_size)
         return (side, side)
     height, width = input_size
     if height < 1 or width < 1:

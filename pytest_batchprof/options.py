@@ -27,7 +27,8 @@ DATA_DIR_ENV = "BATCHPROF_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/pytest-batchprof")
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_VAL_FRACTION = 1 / 12
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,10 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def _parse_int(token: str) -> int:
-    try:
-        return int(token, 10)
-    except ValueError:
-        raise OptionError(f"has {token!r}, which is not a whole number") from None
+    """Plain ASCII digits only: ``int()`` would also take ``1_6`` and non-ASCII digits."""
+    if not _INTEGER.match(token):
+        raise OptionError(f"has {token!r}, which is not a whole number")
+    return int(token)
 
 
 def _positive_int(text: str) -> int:
@@ -226,11 +227,19 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else DEFAULT_DATA_DIR.expanduser()
 
 
+def source_of(config: pytest.Config, field: str) -> str:
+    """Where a setting came from: ``--device`` or ``batchprof_device (ini)``."""
+    option = next(option for option in OPTIONS if option.field == field)
+    return _raw_value(config, option)[1]
+
+
 def _raw_value(config: pytest.Config, option: Option) -> tuple[str | None, str]:
     cli = config.getoption(f"{GROUP}_{option.field}")
     if cli is not None:
         return str(cli), option.flag
     ini = config.getini(option.ini)
+    if isinstance(ini, list):  # a TOML array in pyproject.toml: batchprof_batch_sizes = [1, 16]
+        ini = ",".join(map(str, ini))
     if ini is not None and ini != "":
         return str(ini), f"{option.ini} (ini)"
     return None, option.flag

@@ -18,7 +18,7 @@ import torch
 
 from pytest_batchprof.data import Dataset, DatasetUnavailable
 from pytest_batchprof.devices import Accelerators, DeviceError, select_device
-from pytest_batchprof.options import register, settings_from_config
+from pytest_batchprof.options import register, settings_from_config, source_of
 from pytest_batchprof.session import BatchprofSession
 from pytest_batchprof.training import Run
 
@@ -44,7 +44,8 @@ def pytest_configure(config: pytest.Config) -> None:
         device = select_device(settings.device, Accelerators.probe(), worker_id)
     except DeviceError as error:
         raise pytest.UsageError(
-            f"--device {settings.device}: {error}; use --device auto or cpu"
+            f"{source_of(config, 'device')} {error}; expected auto, cpu or a device this "
+            f"machine has (got {settings.device!r})"
         ) from None
     config.stash[SESSION_KEY] = BatchprofSession(settings, device, _live_writer(config))
 
