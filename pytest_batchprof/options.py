@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from pytest_batchprof.carbon import DEFAULT_COUNTRY, known_countries
 from pytest_batchprof.data import DATASETS
 
 GROUP = "batchprof"
@@ -45,15 +46,21 @@ class Settings:
     optimizer: str = "adam"
     train_subset: int | None = None
     val_fraction: float = DEFAULT_VAL_FRACTION
+    inference_batch_size: int | None = None
+    no_co2: bool = False
+    co2_country: str = DEFAULT_COUNTRY
 
     def header(self) -> str:
         """One line for ``pytest_report_header``."""
         subset = "all" if self.train_subset is None else str(self.train_subset)
         sizes = ",".join(map(str, self.batch_sizes))
+        inference = self.inference_batch_size or "training"
+        co2 = "off" if self.no_co2 else self.co2_country
         return (
             f"batchprof: dataset={self.dataset} batch-sizes={sizes} epochs={self.epochs} "
             f"optimizer={self.optimizer} lr={self.lr:g} seed={self.seed} device={self.device} "
-            f"train-subset={subset} val-fraction={self.val_fraction:.4g} data-dir={self.data_dir}"
+            f"train-subset={subset} val-fraction={self.val_fraction:.4g} "
+            f"inference-batch-size={inference} co2={co2} data-dir={self.data_dir}"
         )
 
 
@@ -134,6 +141,22 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise OptionError(f"is {text!r}, which is not true or false")
+
+
+def _country(text: str) -> str:
+    code = text.strip().upper()
+    if code not in known_countries():
+        raise OptionError(f"is {text!r}, which codecarbon has no energy mix for")
+    return code
+
+
 def _device(text: str) -> str:
     spec = text.strip().lower()
     if not _DEVICE.match(spec):
@@ -149,10 +172,12 @@ class Option:
     """One setting: its flag, ini key, parser and the help both share."""
 
     field: str
-    metavar: str
+    metavar: str | None
     parse: Callable[[str], Any]
     allowed: str
     help: str
+    switch: bool = False
+    """A flag without a value on the command line (``--no-co2``); ``true``/``false`` in ini."""
 
     @property
     def flag(self) -> str:
@@ -188,6 +213,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("val_fraction", "F", _fraction, "a number above 0 and below 1",
            "share of the training file held out for validation "
            "(default: 1/12, i.e. 5,000 of MNIST's 60,000)"),
+    Option("inference_batch_size", "N", _positive_int, "a whole number >= 1",
+           "batch size of the inference latency figure (default: the run's training "
+           "batch size, as in the reference posts)"),
+    Option("no_co2", None, _boolean, "true or false",
+           "do not measure energy and CO2eq with codecarbon", switch=True),
+    Option("co2_country", "ISO3", _country,
+           "an ISO 3166 alpha-3 country code codecarbon knows, e.g. USA, FRA, DEU",
+           f"country whose electricity mix turns energy into CO2eq "
+           f"(default: {DEFAULT_COUNTRY})"),
 )
 
 
@@ -195,8 +229,12 @@ def register(parser: pytest.Parser) -> None:
     """Add every option to pytest's ``batchprof`` help group and its ini twin."""
     group = parser.getgroup(GROUP, "batchprof: batch-size and architecture experiments")
     for option in OPTIONS:
-        group.addoption(option.flag, dest=f"{GROUP}_{option.field}", metavar=option.metavar,
-                        default=None, help=option.help)
+        if option.switch:
+            group.addoption(option.flag, dest=f"{GROUP}_{option.field}", action="store_const",
+                            const="true", default=None, help=option.help)
+        else:
+            group.addoption(option.flag, dest=f"{GROUP}_{option.field}",
+                            metavar=option.metavar, default=None, help=option.help)
         parser.addini(option.ini, option.help, default=None)
 
 

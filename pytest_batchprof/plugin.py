@@ -136,6 +136,11 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
     data set name; default: this test's data set). The same configuration
     asked for again in the session is trained once. A run whose loss becomes
     NaN or inf fails the test with the reason.
+
+    With pytest-benchmark's ``benchmark`` fixture in the same test, every
+    run's figures go into ``benchmark.extra_info["batchprof"]`` (kept by
+    ``--benchmark-save``), and ``benchmark(run.predictor())`` times inference;
+    training is never repeated by the benchmark's calibration.
     """
     state = request.config.stash[SESSION_KEY]
 
@@ -161,6 +166,8 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
                           else state.settings.batch_sizes[0])
         run = state.run(data, hidden, batch_size, epochs=epochs, lr=lr, optimizer=optimizer,
                         seed=seed, input_size=input_size, activation=activation)
+        if "benchmark" in request.fixturenames:
+            _record_in_benchmark(request.getfixturevalue("benchmark"), run)
         if run.diverged:
             pytest.fail(f"{run.config.describe()} diverged: {run.diverged}", pytrace=False)
         return run
@@ -169,6 +176,14 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _record_in_benchmark(benchmark: object, run: Run) -> None:
+    """Append the run's figures (no history: it is long) to ``benchmark.extra_info``."""
+    figures = {key: value for key, value in run.summary().items() if key != "history"}
+    runs = benchmark.extra_info.setdefault("batchprof", [])
+    if figures not in runs:
+        runs.append(figures)
 
 
 def _dataset_request(item: pytest.Item) -> tuple[str | None, dict[str, object]]:

@@ -8,11 +8,14 @@ for by several tests is trained once.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
 
+from pytest_batchprof.carbon import CarbonMeter
 from pytest_batchprof.data import Dataset, crop_shape, dataset_key, load_dataset
+from pytest_batchprof.metrics import measure, peak_memory
 from pytest_batchprof.models import ACTIVATIONS, normalise_hidden
 from pytest_batchprof.options import OPTIMIZERS, Settings
 from pytest_batchprof.training import Run, RunConfig, train
@@ -27,6 +30,11 @@ class BatchprofSession:
     write_line: Callable[[str], None] | None = None
     datasets: dict[str, Dataset] = field(default_factory=dict)
     runs: dict[RunConfig, Run] = field(default_factory=dict)
+    carbon: CarbonMeter | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if not self.settings.no_co2:
+            self.carbon = CarbonMeter(self.settings.co2_country)
 
     def dataset(self, name: str | None = None, options: dict[str, object] | None = None) -> (
             Dataset):
@@ -91,11 +99,23 @@ class BatchprofSession:
         data = dataset.with_train_subset(config.train_subset).cropped(config.input_shape)
         _check_run_config(config, len(data.train))
         self._say(f"batchprof: training {config.describe()}")
-        run = train(config, data, self.device, lambda _, record: self._say("  " + record.line()))
+        if self.carbon:
+            self.carbon.prepare()  # its one-off hardware probe is not part of any run
+        with ExitStack() as stack:
+            memory = stack.enter_context(peak_memory(self.device))
+            train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None
+            run = train(config, data, self.device,
+                        lambda _, record: self._say("  " + record.line()))
         if run.diverged:
             self._say(f"  diverged: {run.diverged}")
         else:
-            self._say(f"  trained in {run.train_seconds:.2f} s, test acc={run.test_accuracy:.4f}")
+            run.measurements = measure(
+                run.model, run.optimizer, data.test.x,
+                self.settings.inference_batch_size or config.batch_size,
+                memory[0], train_carbon[0] if train_carbon else None, self.carbon,
+            )
+            self._say(f"  trained in {run.train_seconds:.2f} s, test acc={run.test_accuracy:.4f}, "
+                      f"{run.measurements.latency.describe()}")
         self.runs[config] = run
         return run
 

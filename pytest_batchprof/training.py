@@ -21,6 +21,7 @@ from torch import nn
 
 from pytest_batchprof.data import Dataset, Split
 from pytest_batchprof.devices import synchronize
+from pytest_batchprof.metrics import Latency, Measurements, inference_inputs, predictor
 from pytest_batchprof.models import build_mlp, mlp_name
 
 DIVERGENCE_CHECK_STEPS = 200
@@ -102,17 +103,21 @@ class Run:
     """A trained configuration: the model, its history and its results.
 
     ``diverged`` holds the reason when the loss became NaN or inf; the history
-    then ends at the last finite epoch and ``test_accuracy`` is ``None``.
+    then ends at the last finite epoch, and ``test_accuracy`` and
+    ``measurements`` are ``None``.
     """
 
     config: RunConfig
     model: nn.Module
     optimizer: torch.optim.Optimizer
+    samples_per_epoch: int
+    test_images: torch.Tensor = field(repr=False)
     history: list[EpochRecord] = field(default_factory=list)
     train_seconds: float = 0.0
     test_loss: float | None = None
     test_accuracy: float | None = None
     diverged: str | None = None
+    measurements: Measurements | None = None
 
     @property
     def name(self) -> str:
@@ -132,6 +137,38 @@ class Run:
         """Validation accuracy after the last epoch."""
         return self.history[-1].val_accuracy if self.history else math.nan
 
+    @property
+    def train_samples_per_second(self) -> float:
+        """Training throughput: samples per second of optimisation (validation excluded)."""
+        seconds = sum(record.train_seconds for record in self.history)
+        return self.samples_per_epoch * len(self.history) / seconds if seconds else math.nan
+
+    @property
+    def params(self) -> int | None:
+        """Parameter count (``None`` for a diverged run, which is not measured)."""
+        return self.measurements.params if self.measurements else None
+
+    @property
+    def flops(self) -> int | None:
+        """Forward FLOPs of one sample (2 per multiply-add), from FlopCounterMode."""
+        return self.measurements.flops.forward_flops if self.measurements else None
+
+    @property
+    def latency(self) -> Latency | None:
+        """Inference seconds per sample at the inference batch size."""
+        return self.measurements.latency if self.measurements else None
+
+    def predictor(self, batch_size: int | None = None) -> Callable[[], torch.Tensor]:
+        """A no-argument callable running one inference batch of test images, for timers::
+
+            benchmark(run.predictor())   # pytest-benchmark times inference, not training
+        """
+        if batch_size is None:
+            batch_size = (self.measurements.latency.batch_size if self.measurements
+                          else self.config.batch_size)
+        self.model.eval()
+        return predictor(self.model, inference_inputs(self.test_images, batch_size))
+
     def summary(self) -> dict[str, object]:
         """Plain figures (no tensors) for tables, JSON and assertion messages."""
         return {
@@ -144,6 +181,8 @@ class Run:
             "test_accuracy": self.test_accuracy,
             "test_loss": self.test_loss,
             "diverged": self.diverged,
+            "train_samples_per_second": self.train_samples_per_second,
+            **(self.measurements.summary() if self.measurements else {}),
             "history": [asdict(record) for record in self.history],
         }
 
@@ -199,7 +238,8 @@ def train(
                           config.activation)
     model.to(device)
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
-    run = Run(config=config, model=model, optimizer=optimizer)
+    run = Run(config=config, model=model, optimizer=optimizer,
+              samples_per_epoch=len(data.train), test_images=data.test.x)
     shuffle = torch.Generator().manual_seed(config.seed)
     train_split = data.train
     count = len(train_split)

@@ -177,6 +177,12 @@ BAD_CLI = [
      "expected a number above 0 and below 1"),
     (["--seed=-1"], "--seed", "(got '-1')", "expected a whole number >= 0"),
     (["--optimizer", "rmsprop"], "--optimizer", "(got 'rmsprop')", "expected adam or sgd"),
+    (["--inference-batch-size", "0"], "--inference-batch-size", "(got '0')",
+     "expected a whole number >= 1"),
+    (["--inference-batch-size=-2"], "--inference-batch-size", "(got '-2')",
+     "expected a whole number >= 1"),
+    (["--co2-country", "Atlantis"], "--co2-country", "(got 'Atlantis')",
+     "expected an ISO 3166 alpha-3 country code"),
 ]
 
 
@@ -214,6 +220,9 @@ GOOD_INI = [
     ("batchprof_train_subset", "100", "train-subset=100"),
     ("batchprof_val_fraction", "0.25", "val-fraction=0.25"),
     ("batchprof_device", "cpu", "device=cpu"),
+    ("batchprof_inference_batch_size", "128", "inference-batch-size=128"),
+    ("batchprof_no_co2", "true", "co2=off"),
+    ("batchprof_co2_country", "deu", "co2=DEU"),
 ]
 
 
@@ -270,6 +279,9 @@ BAD_INI = [
     ("batchprof_train_subset", "x", "expected a whole number >= 1"),
     ("batchprof_val_fraction", "0", "expected a number above 0 and below 1"),
     ("batchprof_device", "gpu", "expected auto, cpu, cuda, cuda:N or mps"),
+    ("batchprof_inference_batch_size", "0", "expected a whole number >= 1"),
+    ("batchprof_no_co2", "maybe", "expected true or false"),
+    ("batchprof_co2_country", "XYZ", "expected an ISO 3166 alpha-3 country code"),
 ]
 
 
@@ -368,7 +380,8 @@ def test_without_env_data_dir_defaults_to_user_cache(pytester: pytest.Pytester,
 # ---------------------------------------------------------------- --help
 
 FLAGS = ["--batch-sizes", "--epochs", "--dataset", "--data-dir", "--device", "--seed", "--lr",
-         "--optimizer", "--train-subset", "--val-fraction"]
+         "--optimizer", "--train-subset", "--val-fraction", "--inference-batch-size",
+         "--no-co2", "--co2-country"]
 
 
 def test_help_lists_every_option_in_batchprof_group_with_ini_twin(
@@ -379,12 +392,12 @@ def test_help_lists_every_option_in_batchprof_group_with_ini_twin(
     text = result.stdout.str()
     group = re.search(r"^batchprof: .*?:\n(.*?)\n\n", text, re.MULTILINE | re.DOTALL)
     assert group, text
-    group_flags = re.findall(r"^  (--[a-z-]+)=", group.group(1), re.MULTILINE)
+    group_flags = re.findall(r"^  (--[a-z0-9-]+)(?:=|\s|$)", group.group(1), re.MULTILINE)
     assert group_flags == FLAGS
 
     ini_start = text.index("[pytest] configuration options")
     ini_section = text[ini_start:text.index("\nEnvironment variables:", ini_start)]
-    ini_keys = re.findall(r"^  (batchprof_[a-z_]+) ", ini_section, re.MULTILINE)
+    ini_keys = re.findall(r"^  (batchprof_[a-z0-9_]+)", ini_section, re.MULTILINE)
     assert ini_keys == ["batchprof_" + flag[2:].replace("-", "_") for flag in FLAGS]
 
 
@@ -509,12 +522,15 @@ def test_header_shows_every_setting_and_the_device(pytester: pytest.Pytester,
         "--dataset", "SYNTHETIC", "--batch-sizes", " 1, 16", "--epochs", "3",
         "--optimizer", "sgd", "--lr", "0.01", "--seed", "5", "--device", "cpu",
         "--train-subset", "200", "--val-fraction", "0.2", "--data-dir", str(tmp_path),
+        "--inference-batch-size", "256", "--co2-country", "fra",
     )
     assert result.ret == pytest.ExitCode.OK
     assert header_line(result) == (
         "batchprof: dataset=synthetic batch-sizes=1,16 epochs=3 optimizer=sgd lr=0.01 seed=5 "
-        f"device=cpu train-subset=200 val-fraction=0.2 data-dir={tmp_path} (cpu)"
+        "device=cpu train-subset=200 val-fraction=0.2 inference-batch-size=256 co2=FRA "
+        f"data-dir={tmp_path} (cpu)"
     )
+    assert " co2=off " in header_line(pytester.runpytest("--no-co2"))
 
 
 def test_header_defaults(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
@@ -524,5 +540,6 @@ def test_header_defaults(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPa
     result = pytester.runpytest()
     assert header_line(result) == (
         "batchprof: dataset=mnist batch-sizes=64 epochs=2 optimizer=adam lr=0.001 seed=0 "
-        f"device=auto train-subset=all val-fraction=0.08333 data-dir={hermetic} (cpu)"
+        "device=auto train-subset=all val-fraction=0.08333 inference-batch-size=training "
+        f"co2=USA data-dir={hermetic} (cpu)"
     )
