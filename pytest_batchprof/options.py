@@ -30,6 +30,7 @@ OPTIMIZERS = ("adam", "sgd")
 DEFAULT_VAL_FRACTION = 1 / 12
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class Settings:
     inference_batch_size: int | None = None
     no_co2: bool = False
     co2_country: str = DEFAULT_COUNTRY
+    report_dir: Path = Path("reports")
+    no_report: bool = False
+    columns: tuple[str, ...] | None = None
 
     def header(self) -> str:
         """One line for ``pytest_report_header``."""
@@ -157,6 +161,15 @@ def _country(text: str) -> str:
     return code
 
 
+def parse_columns(text: str) -> tuple[str, ...]:
+    """``model,batch_size,test_accuracy``: names of row keys, in order."""
+    names = tuple(item.strip() for item in text.split(","))
+    for name in names:
+        if not _COLUMN.match(name):
+            raise OptionError(f"has {name!r}, which is not a column name")
+    return names
+
+
 def _device(text: str) -> str:
     spec = text.strip().lower()
     if not _DEVICE.match(spec):
@@ -178,14 +191,17 @@ class Option:
     help: str
     switch: bool = False
     """A flag without a value on the command line (``--no-co2``); ``true``/``false`` in ini."""
+    name: str | None = None
+    """The option's name when it is not the field's: ``batchprof_report`` for ``report_dir``."""
 
     @property
     def flag(self) -> str:
-        return "--" + self.field.replace("_", "-")
+        return "--" + (self.name or self.field).replace("_", "-")
 
     @property
     def ini(self) -> str:
-        return f"{GROUP}_{self.field}"
+        name = self.name or self.field
+        return name if name.startswith(f"{GROUP}_") else f"{GROUP}_{name}"
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -222,6 +238,16 @@ OPTIONS: tuple[Option, ...] = (
            "an ISO 3166 alpha-3 country code codecarbon knows, e.g. USA, FRA, DEU",
            f"country whose electricity mix turns energy into CO2eq "
            f"(default: {DEFAULT_COUNTRY})"),
+    Option("report_dir", "DIR", lambda text: Path(text).expanduser(), "a directory path",
+           "where the session's report files go (default: reports/ under the rootdir)",
+           name="batchprof_report"),
+    Option("no_report", None, _boolean, "true or false",
+           "write no report files (the terminal table stays)", name="batchprof_no_report",
+           switch=True),
+    Option("columns", "LIST", parse_columns, "a comma-separated list of row keys, e.g. "
+           "model,batch_size,test_accuracy",
+           "columns of the summary table, in order (default: the posts' table)",
+           name="batchprof_columns"),
 )
 
 
@@ -251,11 +277,12 @@ def settings_from_config(config: pytest.Config) -> Settings:
             raise pytest.UsageError(
                 f"{source} {error}; expected {option.allowed} (got {raw!r})"
             ) from None
-        if option.field == "data_dir" and source.startswith(option.ini) and config.inipath:
+        if isinstance(value, Path) and source.startswith(option.ini) and config.inipath:
             value = config.inipath.parent / value
         values[option.field] = value
     if "data_dir" not in values:
         values["data_dir"] = default_data_dir()
+    values.setdefault("report_dir", config.rootpath / "reports")
     return Settings(**values)
 
 

@@ -16,14 +16,22 @@ from collections.abc import Callable, Sequence
 import pytest
 import torch
 
+from pytest_batchprof import hooks
 from pytest_batchprof.data import Dataset, DatasetUnavailable
 from pytest_batchprof.devices import Accelerators, DeviceError, select_device
 from pytest_batchprof.options import register, settings_from_config, source_of
 from pytest_batchprof.session import BatchprofSession
+from pytest_batchprof.summary import SessionReport, SummaryCollector, row_from_run, run_key
 from pytest_batchprof.training import Run
 
 SESSION_KEY = pytest.StashKey[BatchprofSession]()
+RUNS_KEY = pytest.StashKey[list[Run]]()
 DATA_FIXTURES = ("dataset", "trained_mlp")
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Add ``pytest_batchprof_summary`` and ``pytest_batchprof_markdown``."""
+    pluginmanager.add_hookspecs(hooks)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,6 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
             f"machine has (got {settings.device!r})"
         ) from None
     config.stash[SESSION_KEY] = BatchprofSession(settings, device, _live_writer(config))
+    if not hasattr(config, "workerinput"):  # xdist workers send their rows to the controller
+        config.pluginmanager.register(SummaryReporter(config), "batchprof-summary")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -84,6 +94,62 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             state.dataset(name, options)
         except (DatasetUnavailable, ValueError) as error:
             raise pytest.UsageError(str(error)) from None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Attach the rows of the runs a test trained to its report (they travel with xdist)."""
+    report = yield
+    runs = item.stash.get(RUNS_KEY, [])
+    if runs and (call.when == "call" or (call.when == "setup" and report.outcome != "passed")):
+        report.batchprof_rows = [row_from_run(run) for run in runs]
+    return report
+
+
+class SummaryReporter:
+    """Gathers rows as tests finish and renders the summary; one per session's config.
+
+    A plugin object rather than module hooks, so that each config (pytester
+    runs sessions inside sessions) keeps its own rows.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.collector = SummaryCollector()
+        self.report: SessionReport | None = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Gather rows as tests finish, so an interrupted session keeps what it measured."""
+        rows = getattr(report, "batchprof_rows", None)
+        if rows:
+            self.collector.add(rows, report.nodeid, report.outcome)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Render the summary and write the report files (on the xdist controller only)."""
+        state = self.config.stash[SESSION_KEY]
+        for run in state.runs.values():  # trained in a test that never reported (Ctrl-C)
+            row = row_from_run(run)
+            if run_key(row) not in self.collector.rows:
+                self.collector.add([row], "", "interrupted")
+        self.report = self.collector.finish(self.config, state.settings, str(state.device),
+                                            partial=exitstatus != pytest.ExitCode.OK)
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """Print the markdown summary table and where the report files went."""
+        report = self.report
+        if report is None:
+            return
+        title = "batchprof summary" + (" (partial)" if report.partial else "")
+        terminalreporter.write_sep("=", title)
+        for line in report.table.splitlines():
+            terminalreporter.write_line(line)
+        if report.files:
+            terminalreporter.write_line(
+                f"report: {report.files[0]} (+ {len(report.files) - 1} files: json, csv, "
+                f"plots; latest.md and latest.json point at it)")
+        for warning in report.warnings:
+            terminalreporter.write_line(f"batchprof: {warning}", yellow=True)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -166,6 +232,9 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
                           else state.settings.batch_sizes[0])
         run = state.run(data, hidden, batch_size, epochs=epochs, lr=lr, optimizer=optimizer,
                         seed=seed, input_size=input_size, activation=activation)
+        used = request.node.stash.setdefault(RUNS_KEY, [])
+        if run not in used:
+            used.append(run)
         if "benchmark" in request.fixturenames:
             _record_in_benchmark(request.getfixturevalue("benchmark"), run)
         if run.diverged:

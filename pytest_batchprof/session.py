@@ -18,7 +18,7 @@ from pytest_batchprof.data import Dataset, crop_shape, dataset_key, load_dataset
 from pytest_batchprof.metrics import measure, peak_memory
 from pytest_batchprof.models import ACTIVATIONS, normalise_hidden
 from pytest_batchprof.options import OPTIMIZERS, Settings
-from pytest_batchprof.training import Run, RunConfig, train
+from pytest_batchprof.training import Run, RunConfig, train, warm_up
 
 
 @dataclass
@@ -31,6 +31,7 @@ class BatchprofSession:
     datasets: dict[str, Dataset] = field(default_factory=dict)
     runs: dict[RunConfig, Run] = field(default_factory=dict)
     carbon: CarbonMeter | None = field(init=False, default=None)
+    warmed_up: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if not self.settings.no_co2:
@@ -99,8 +100,11 @@ class BatchprofSession:
         data = dataset.with_train_subset(config.train_subset).cropped(config.input_shape)
         _check_run_config(config, len(data.train))
         self._say(f"batchprof: training {config.describe()}")
+        if not self.warmed_up:  # one-off costs are not part of any run's figures
+            warm_up(self.device)
+            self.warmed_up = True
         if self.carbon:
-            self.carbon.prepare()  # its one-off hardware probe is not part of any run
+            self.carbon.prepare()  # its hardware probe, once per session
         with ExitStack() as stack:
             memory = stack.enter_context(peak_memory(self.device))
             train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None

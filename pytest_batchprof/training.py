@@ -174,6 +174,7 @@ class Run:
         return {
             "model": self.name,
             **asdict(self.config),
+            "samples_per_epoch": self.samples_per_epoch,
             "train_seconds": self.train_seconds,
             "seconds_per_epoch": self.seconds_per_epoch,
             "train_accuracy": self.train_accuracy,
@@ -199,6 +200,28 @@ def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr)
     raise ValueError(f"optimizer={name!r} is not one of adam, sgd")
+
+
+def warm_up(device: torch.device) -> None:
+    """Pay torch's one-off costs before the first timed run.
+
+    The first optimizer step in a process imports parts of torch (about 2 s
+    for Adam on the CPU), and the first kernels on a device initialise it; a
+    study's first run would otherwise look seconds slower than the rest.
+    """
+    with torch.random.fork_rng(devices=[]):
+        model = build_mlp(4, (4,), 2).to(device)
+    inputs = torch.zeros(2, 2, 2, device=device)
+    labels = torch.zeros(2, dtype=torch.int64, device=device)
+    for name in ("adam", "sgd"):
+        optimizer = make_optimizer(name, model.parameters(), 1e-3)
+        for _ in range(2):
+            loss = F.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    evaluate(model, Split(inputs, labels))
+    synchronize(device)
 
 
 @torch.inference_mode()

@@ -1,0 +1,348 @@
+"""The plots of a session's markdown report, as PNG files.
+
+Figures are drawn on :class:`~matplotlib.figure.Figure` objects with an Agg
+canvas of their own, never through pyplot, so plotting needs no display and
+touches no global state of the process (a user's backend, open figures).
+
+Rows are ``Run.summary()`` dicts. Runs that differ only in their seed are
+averaged per batch size, so every line stays single-valued. A diverged run
+(``test_accuracy`` None) is left out of every plot: its time and its learning
+curve stop at the divergence and would pull the averages down.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import fmean
+
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+
+WIDTH, HEIGHT, DPI = 6.4, 4.2, 120
+"""Figure size in inches and resolution: 768 x 504 pixels, readable in a markdown page."""
+
+CURVE_ROW_HEIGHT = 2.8
+"""Extra height (inches) of every further row of learning-curve panels."""
+
+LOG_TIME_RATIO = 30.0
+"""Training times are drawn on a log axis when the slowest is this many times the fastest."""
+
+SERIES_FIELDS = ("optimizer", "lr", "epochs", "activation", "train_subset", "val_fraction")
+"""Settings that split a model's runs into separate lines when they differ between rows.
+
+Averaging an SGD run with an Adam run, or 2 epochs with 10, would draw a line
+that no experiment produced; the seed, the batch size and the device are not
+among them (the device differs between xdist workers running one experiment).
+"""
+
+AXIS_INCHES, DIGIT_INCHES, LABEL_GAP_INCHES = 5.4, 0.08, 0.08
+"""Approximate x-axis length, width of a 10 pt digit and the least gap between tick labels."""
+
+MAX_EPOCH_TICKS = 10
+"""Up to this many epochs every epoch gets a tick; beyond, matplotlib picks whole numbers."""
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+"""One marker per series, so lines stay apart in greyscale print."""
+
+PNG_METADATA = {"Software": None}
+"""No matplotlib version in the file: the same rows give the same bytes."""
+
+
+@dataclass
+class Series:
+    """One line of plots 1 and 2, one panel of plot 3: a model on a data set, averaged over seeds.
+
+    Accuracies are percentages; ``curves`` maps a batch size to (epoch, mean
+    validation accuracy) pairs in epoch order.
+    """
+
+    label: str
+    accuracy: dict[int, float] = field(default_factory=dict)
+    seconds: dict[int, float] = field(default_factory=dict)
+    curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def write_plots(rows: Sequence[Mapping[str, object]], directory: Path, stem: str) -> (
+        list[tuple[str, Path]]):
+    """Write the report's plots into ``directory`` as ``{stem}-<name>.png``; return (title, path)
+    pairs in display order.
+
+    A plot without data is not written; rows without any finished run give ``[]``.
+    Each file appears whole or not at all (a temporary file, then ``os.replace``).
+    """
+    figures = build_figures(rows)
+    if not figures:
+        return []
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, title, figure in figures:
+        path = directory / f"{stem}-{name}.png"
+        save_png(figure, path)
+        written.append((title, path))
+    return written
+
+
+def build_figures(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, str, Figure]]:
+    """The report's figures as (file name part, title, figure), in display order.
+
+    Kept apart from :func:`write_plots` so tests can read the plotted data
+    instead of pixels.
+    """
+    series = group_series(rows)
+    datasets = {str(row.get("dataset")) for row in rows if _finished(row)}
+    note = f" ({datasets.pop()})" if len(datasets) == 1 else ""
+    figures = []
+    for name, title, draw in (
+        ("accuracy", "Test accuracy vs batch size", _accuracy_figure),
+        ("time", "Training time vs batch size", _time_figure),
+        ("learning-curves", "Learning curves", _curves_figure),
+    ):
+        figure = draw(series, title + note)
+        if figure is not None:
+            figures.append((name, title, figure))
+    return figures
+
+
+def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
+    """Finished runs grouped into series (in order of first appearance), averaged per batch size.
+
+    The label is the model, with the data set when the rows use several, and
+    any :data:`SERIES_FIELDS` setting that differs between rows.
+    """
+    finished = [row for row in rows if _finished(row)]
+    several_datasets = len({row.get("dataset") for row in finished}) > 1
+    varying = [name for name in SERIES_FIELDS
+               if len({repr(row.get(name)) for row in finished}) > 1]
+    groups: dict[tuple[object, ...], dict[int, list[Mapping[str, object]]]] = {}
+    labels: dict[tuple[object, ...], str] = {}
+    for row in finished:
+        key = (row["model"], row.get("dataset"), *(repr(row.get(name)) for name in varying))
+        if key not in groups:
+            details = [str(row.get("dataset"))] if several_datasets else []
+            details += [f"{name}={row.get(name)}" for name in varying]
+            labels[key] = f"{row['model']} ({', '.join(details)})" if details else str(
+                row["model"])
+            groups[key] = {}
+        groups[key].setdefault(int(row["batch_size"]), []).append(row)
+
+    result = []
+    for key, by_batch in groups.items():
+        series = Series(labels[key])
+        for batch_size in sorted(by_batch):
+            runs = by_batch[batch_size]
+            accuracy = _mean(100 * run["test_accuracy"] for run in runs)
+            seconds = _mean(run.get("train_seconds") for run in runs)
+            curve = _mean_curve(run.get("history") or () for run in runs)
+            if accuracy is not None:
+                series.accuracy[batch_size] = accuracy
+            if seconds is not None and seconds > 0:
+                series.seconds[batch_size] = seconds
+            if curve:
+                series.curves[batch_size] = curve
+        result.append(series)
+    return result
+
+
+def save_png(figure: Figure, path: Path) -> None:
+    """Save ``figure`` to ``path`` atomically: a reader never sees half a file.
+
+    The temporary file is opened with mode ``x``, so it gets the umask's
+    permissions (``mkstemp`` would make the report unreadable to others).
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "xb") as handle:
+            figure.savefig(handle, format="png", dpi=DPI, metadata=PNG_METADATA)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _finished(row: Mapping[str, object]) -> bool:
+    accuracy = row.get("test_accuracy")
+    return isinstance(accuracy, (int, float)) and math.isfinite(accuracy)
+
+
+def _mean(values: Iterable[object]) -> float | None:
+    finite = [float(value) for value in values
+              if isinstance(value, (int, float)) and math.isfinite(value)]
+    return fmean(finite) if finite else None
+
+
+def _mean_curve(histories: Iterable[Iterable[Mapping[str, object]]]) -> list[tuple[int, float]]:
+    """Mean validation accuracy (%) per epoch over the histories that reached that epoch."""
+    by_epoch: dict[int, list[object]] = {}
+    for history in histories:
+        for record in history:
+            by_epoch.setdefault(int(record["epoch"]), []).append(record.get("val_accuracy"))
+    curve = []
+    for epoch in sorted(by_epoch):
+        accuracy = _mean(by_epoch[epoch])
+        if accuracy is not None:
+            curve.append((epoch, 100 * accuracy))
+    return curve
+
+
+def _new_figure(rows: int = 1, columns: int = 1, layout: str = "tight", **subplots: object) -> (
+        tuple[Figure, list[Axes]]):
+    height = HEIGHT + CURVE_ROW_HEIGHT * (rows - 1)
+    figure = Figure(figsize=(WIDTH, height), dpi=DPI, layout=layout)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False, **subplots)
+    return figure, list(axes.flat)
+
+
+def _style(index: int) -> dict[str, object]:
+    """Colour and marker of the ``index``-th series, the same in every plot."""
+    return {"color": f"C{index % 10}", "marker": MARKERS[index % len(MARKERS)]}
+
+
+def _per_batch_figure(
+    series: list[Series], values: str, title: str, ylabel: str
+) -> tuple[Figure, Axes] | None:
+    """One line per series over a log-2 batch-size axis, or None when no series has data."""
+    if not any(getattr(one, values) for one in series):
+        return None
+    figure, (axes,) = _new_figure()
+    sizes: set[int] = set()
+    for index, one in enumerate(series):
+        points = getattr(one, values)
+        if points:
+            axes.plot(list(points), list(points.values()), label=one.label, linewidth=1.6,
+                      markersize=6, **_style(index))
+            sizes.update(points)
+    _batch_size_axis(axes, sorted(sizes))
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, which="major", alpha=0.35)
+    axes.legend(loc="best", fontsize="small", framealpha=0.85)
+    return figure, axes
+
+
+def _accuracy_figure(series: list[Series], title: str) -> Figure | None:
+    drawn = _per_batch_figure(series, "accuracy", title, "Test accuracy (%)")
+    if drawn is None:
+        return None
+    figure, axes = drawn
+    _percent_axis(axes, [value for one in series for value in one.accuracy.values()])
+    return figure
+
+
+def _time_figure(series: list[Series], title: str) -> Figure | None:
+    drawn = _per_batch_figure(series, "seconds", title, "Training time (s)")
+    if drawn is None:
+        return None
+    figure, axes = drawn
+    seconds = [value for one in series for value in one.seconds.values()]
+    if max(seconds) > LOG_TIME_RATIO * min(seconds):
+        axes.set_yscale("log")
+        decades = math.log10(max(seconds) / min(seconds))
+        # 1-2-5 ticks read better than bare decades, until they crowd the axis.
+        axes.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if decades <= 2.5 else (1,)))
+        axes.yaxis.set_minor_locator(LogLocator(subs="auto"))
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+    else:
+        axes.set_ylim(bottom=0)
+    return figure
+
+
+def _curves_figure(series: list[Series], title: str) -> Figure | None:
+    """One panel per series (shared y axis), one line per batch size, coloured by batch size.
+
+    A batch size has the same colour in every panel, so one legend below the
+    panels serves them all and covers no curve.
+    """
+    panels = [one for one in series if one.curves]
+    if not panels:
+        return None
+    columns = 1 if len(panels) == 1 else 2
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = _new_figure(rows, columns, layout="constrained", sharey=True)
+    for extra in axes[len(panels):]:
+        figure.delaxes(extra)
+    sizes = sorted({size for one in panels for size in one.curves})
+    colormap = colormaps["viridis"]
+    handles = {}
+    for index, (one, panel) in enumerate(zip(panels, axes, strict=False)):
+        for size, curve in one.curves.items():
+            # viridis without its last, pale yellow fifth: small batches dark, large ones light.
+            shade = 0.85 * sizes.index(size) / max(len(sizes) - 1, 1)
+            (handles[size],) = panel.plot(
+                [epoch for epoch, _ in curve], [value for _, value in curve],
+                color=colormap(shade), marker="o", markersize=3.5, linewidth=1.5,
+                label=f"batch {size}")
+        # Half a panel is too narrow for "400-1024-1024-10 (fashion-mnist, lr=0.001)" on one line.
+        panel.set_title(one.label.replace(" (", "\n(", 1), fontsize="medium")
+        _epoch_axis(panel, [epoch for curve in one.curves.values() for epoch, _ in curve])
+        panel.grid(True, alpha=0.35)
+        if index % columns == 0:
+            panel.set_ylabel("Validation accuracy (%)")
+        if index >= len(panels) - columns:
+            panel.set_xlabel("Epoch")
+    _percent_axis(axes[0], [value for one in panels for curve in one.curves.values()
+                            for _, value in curve])
+    figure.suptitle(title)
+    figure.legend([handles[size] for size in sizes], [f"batch {size}" for size in sizes],
+                  loc="outside lower center", ncols=min(len(sizes), 6), fontsize="small",
+                  frameon=False)
+    return figure
+
+
+def _percent_axis(axes: Axes, values: list[float]) -> None:
+    """Keep an accuracy axis near its data and below 100 %.
+
+    Left alone, matplotlib pads a lone point by 5 % of its value (92-102 % around 97 %).
+    """
+    low, high = min(values), max(values)
+    if high - low < 1:
+        middle = (low + high) / 2
+        axes.set_ylim(middle - 1, middle + 1)
+    bottom, top = axes.get_ylim()
+    if top > 100 >= high:
+        axes.set_ylim(top=100 + 0.03 * (100 - bottom))
+
+
+def _epoch_axis(axes: Axes, epochs: list[int]) -> None:
+    """Ticks at whole epochs only; a lone epoch gets room on both sides instead of a
+    zoomed-in axis of fractional epochs."""
+    last = max(epochs)
+    if last <= MAX_EPOCH_TICKS:
+        axes.set_xticks(range(min(epochs), last + 1))
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.xaxis.set_minor_locator(NullLocator())
+    if min(epochs) == last:
+        axes.set_xlim(last - 1, last + 1)
+
+
+def _batch_size_axis(axes: Axes, sizes: list[int]) -> None:
+    """Log-2 x axis with a tick at every batch size, labelled as a plain integer.
+
+    A label that would run into another is left out (its tick stays); powers
+    of two are labelled first, so 96 gives way to 64 and 128 rather than the reverse.
+    """
+    axes.set_xscale("log", base=2)
+    low, high = math.log2(sizes[0]) - 0.5, math.log2(sizes[-1]) + 0.5
+    axes.set_xlim(2 ** low, 2 ** high)
+    inches_per_doubling = AXIS_INCHES / (high - low)
+    labelled: dict[int, tuple[float, float]] = {}
+    for size in sorted(sizes, key=lambda size: size & (size - 1) != 0):
+        centre = math.log2(size) * inches_per_doubling
+        half_width = DIGIT_INCHES * len(str(size)) / 2
+        span = (centre - half_width - LABEL_GAP_INCHES, centre + half_width + LABEL_GAP_INCHES)
+        if all(span[1] <= left or span[0] >= right for left, right in labelled.values()):
+            labelled[size] = span
+    axes.set_xticks(sizes, [str(size) if size in labelled else "" for size in sizes])
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.set_xlabel("Batch size (samples per step, log scale)")

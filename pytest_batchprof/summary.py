@@ -1,0 +1,145 @@
+"""The session's summary: rows gathered as tests finish, then table, files and plots.
+
+Rows ride on test reports (``report.batchprof_rows``), so under pytest-xdist
+they reach the controller with each report, and one table is rendered there.
+Because rows are gathered as tests finish, an interrupted or failing session
+still reports every run that finished; the report then says it is partial.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pytest_batchprof import storage
+from pytest_batchprof.report import (
+    Row,
+    merge_outcome,
+    render_markdown,
+    render_table,
+    sort_rows,
+    table_columns,
+)
+from pytest_batchprof.training import Run
+
+
+def row_from_run(run: Run) -> Row:
+    """A run's plain figures as a row (NaN becomes ``None``, so JSON stays valid)."""
+    row = {key: _finite(value) for key, value in run.summary().items()}
+    row["outcome"] = None
+    row["tests"] = []
+    return row
+
+
+def run_key(row: Row) -> str:
+    """What makes two rows the same run: the configuration, not the test that asked."""
+    keys = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size", "epochs",
+            "lr", "optimizer", "seed", "device", "train_subset", "val_fraction")
+    return repr([row.get(key) for key in keys])
+
+
+@dataclass
+class SessionReport:
+    """What the session produced, for the terminal summary."""
+
+    table: str
+    markdown: str
+    partial: bool
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SummaryCollector:
+    """Rows of the runs that finished, keyed by configuration, with their tests' outcomes."""
+
+    rows: dict[str, Row] = field(default_factory=dict)
+
+    def add(self, rows: list[Row], nodeid: str, outcome: str) -> None:
+        for row in rows:
+            kept = self.rows.setdefault(run_key(row), dict(row))
+            kept["outcome"] = merge_outcome(kept.get("outcome"), outcome)
+            if nodeid not in kept["tests"]:
+                kept["tests"] = [*kept["tests"], nodeid]
+
+    def finish(self, config: pytest.Config, settings, device: str, partial: bool) -> (
+            SessionReport | None):
+        """Apply the hooks, render, and write the files; ``None`` when nothing was trained."""
+        if not self.rows:
+            return None
+        rows = sort_rows(self.rows.values())
+        standard_keys = {key for row in rows for key in row}
+        config.hook.pytest_batchprof_summary(config=config, rows=rows)
+        columns = table_columns(rows, settings.columns, standard_keys)
+        known = {key for row in rows for key in row}
+        warnings = []
+        unknown = [column for column in columns if column not in known]
+        if unknown:
+            warnings.append(f"--batchprof-columns names {', '.join(unknown)}, which no row "
+                            f"has; known: {', '.join(sorted(known))}")
+        table = render_table(rows, columns)
+        env = storage.environment(_settings_dict(settings), device)
+        stem = _free_stem(settings.report_dir)
+        plots = [] if settings.no_report else _plots(rows, settings.report_dir, stem, warnings)
+        markdown = render_markdown(table, rows, env, [(title, path.name) for title, path in plots],
+                                   partial)
+        replaced = config.hook.pytest_batchprof_markdown(config=config, markdown=markdown)
+        markdown = replaced if replaced is not None else markdown
+        report = SessionReport(table, markdown, partial, warnings=warnings)
+        if not settings.no_report:
+            report.files = self._write(settings.report_dir, stem, markdown, rows, columns, env,
+                                       partial, plots)
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if step_summary:
+            with open(step_summary, "a", encoding="utf-8") as handle:
+                handle.write(f"## pytest-batchprof\n\n{table}\n\n")
+        return report
+
+    @staticmethod
+    def _write(directory: Path, stem: str, markdown: str, rows: list[Row], columns: list[str],
+               env: dict[str, object], partial: bool, plots) -> list[Path]:
+        markdown_path = storage.write_atomic(directory / f"{stem}.md", markdown)
+        json_path = storage.write_atomic(directory / f"{stem}.json",
+                                         storage.report_json(rows, columns, env, partial))
+        csv_path = storage.write_atomic(directory / f"{stem}.csv", storage.report_csv(rows))
+        storage.copy_atomic(markdown_path, directory / "latest.md")
+        storage.copy_atomic(json_path, directory / "latest.json")
+        return [markdown_path, json_path, csv_path, *(path for _, path in plots)]
+
+
+def _plots(rows: list[Row], directory: Path, stem: str, warnings: list[str]):
+    from pytest_batchprof.plots import write_plots  # matplotlib loads only when plotting
+
+    try:
+        return write_plots(rows, directory, stem)
+    except Exception as error:  # a plot must never cost the tables
+        warnings.append(f"plots were not drawn: {type(error).__name__}: {error}")
+        return []
+
+
+def _free_stem(directory: Path) -> str:
+    stem = storage.session_stem()
+    candidate, number = stem, 1
+    while (directory / f"{candidate}.json").exists():
+        number += 1
+        candidate = f"{stem}-{number}"
+    return candidate
+
+
+def _settings_dict(settings) -> dict[str, object]:
+    return {key: (",".join(map(str, value)) if isinstance(value, tuple) else value)
+            for key, value in vars(settings).items()}
+
+
+def _finite(value: object) -> object:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def table_from_report(path: Path) -> str:
+    """The summary table of a saved JSON report, exactly as the session printed it."""
+    document = storage.load_report(path)
+    return render_table(document["rows"], document["columns"])

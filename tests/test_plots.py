@@ -1,0 +1,211 @@
+"""The report's plots: files written, and the data the figures actually draw."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+from matplotlib.figure import Figure
+
+from pytest_batchprof import plots
+from pytest_batchprof.plots import build_figures, write_plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SMALL, DEEP = "784-1024-10", "400-1024-1024-10"
+TITLES = ["Test accuracy vs batch size", "Training time vs batch size", "Learning curves"]
+
+# (model, batch size) -> test accuracy and training seconds of seed 0; seed 1 adds the offsets.
+RESULTS = {
+    (SMALL, 1): (0.935, 400.0), (SMALL, 16): (0.968, 38.0), (SMALL, 64): (0.972, 12.0),
+    (DEEP, 1): (0.942, 380.0), (DEEP, 16): (0.962, 45.0), (DEEP, 64): (0.970, 7.0),
+}
+SEED_OFFSET = (0.004, 10.0)
+
+
+def row(model: str, batch_size: int, seed: int, accuracy: float | None, seconds: float,
+        curve: tuple[float, ...] = (), dataset: str = "mnist", **config: object) -> dict:
+    return {"model": model, "dataset": dataset, "batch_size": batch_size, "seed": seed,
+            "test_accuracy": accuracy, "train_seconds": seconds,
+            "history": [{"epoch": epoch, "val_accuracy": value}
+                        for epoch, value in enumerate(curve, start=1)],
+            **config}
+
+
+def finished_row(model: str, batch_size: int, seed: int) -> dict:
+    accuracy, seconds = RESULTS[model, batch_size]
+    accuracy += seed * SEED_OFFSET[0]
+    seconds += seed * SEED_OFFSET[1]
+    return row(model, batch_size, seed, accuracy, seconds, (accuracy - 0.01, accuracy))
+
+
+def mean_accuracy(model: str, batch_size: int) -> float:
+    return 100 * (RESULTS[model, batch_size][0] + SEED_OFFSET[0] / 2)
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    """Two models x three batch sizes x two seeds, and a run that diverged after one epoch."""
+    rows = [finished_row(model, batch_size, seed)
+            for seed in (0, 1) for model, batch_size in RESULTS]
+    rows.insert(3, row(SMALL, 16, 2, None, 0.5, (0.10,), diverged="training loss became nan"))
+    return rows
+
+
+@pytest.fixture
+def figures(rows: list[dict]) -> dict[str, Figure]:
+    built = build_figures(rows)
+    assert [title for _, title, _ in built] == TITLES
+    return {name: figure for name, _, figure in built}
+
+
+def line_data(axes) -> dict[str, tuple[list[float], list[float]]]:
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+            for line in axes.get_lines()}
+
+
+def test_write_plots_writes_pngs_in_display_order(rows: list[dict], tmp_path: Path):
+    written = write_plots(rows, tmp_path / "report", "session")
+
+    assert [title for title, _ in written] == TITLES
+    assert [path.name for _, path in written] == [
+        "session-accuracy.png", "session-time.png", "session-learning-curves.png"]
+    assert sorted(path.name for path in (tmp_path / "report").iterdir()) == sorted(
+        path.name for _, path in written), "no temporary files left behind"
+    for _, path in written:
+        assert path.read_bytes()[:8] == PNG_MAGIC
+        pixels = matplotlib.image.imread(path)
+        assert pixels.shape == (504, 768, 4)  # 6.4 x 4.2 in at 120 dpi, RGBA
+        assert pixels[..., :3].std() > 0.05, f"{path.name} is blank"
+
+
+def test_same_rows_give_the_same_bytes(rows: list[dict], tmp_path: Path):
+    first = write_plots(rows, tmp_path / "a", "s")
+    second = write_plots(rows, tmp_path / "b", "s")
+    for (_, one), (_, other) in zip(first, second, strict=True):
+        assert one.read_bytes() == other.read_bytes()
+        assert b"Software" not in one.read_bytes()
+
+
+def test_accuracy_plot_draws_the_seed_mean_per_batch_size(figures: dict[str, Figure]):
+    (axes,) = figures["accuracy"].axes
+
+    assert axes.get_xscale() == "log"
+    assert axes.xaxis.get_transform().base == 2
+    assert [label.get_text() for label in axes.get_xticklabels()] == ["1", "16", "64"]
+    assert list(axes.get_xticks()) == [1, 16, 64]
+    assert axes.get_ylabel() == "Test accuracy (%)"
+    assert "Batch size" in axes.get_xlabel()
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == [SMALL, DEEP]
+    data = line_data(axes)
+    assert len(data) == 2
+    for model in (SMALL, DEEP):
+        sizes, accuracies = data[model]
+        assert sizes == [1, 16, 64]
+        # The diverged SMALL run at batch 16 is left out, not counted as 0.
+        assert accuracies == pytest.approx([mean_accuracy(model, size) for size in sizes])
+
+
+def test_time_plot_uses_log_axes_when_times_span_more_than_30x(figures: dict[str, Figure]):
+    (axes,) = figures["time"].axes
+
+    assert axes.xaxis.get_transform().base == 2
+    assert axes.get_yscale() == "log"
+    assert axes.get_ylabel() == "Training time (s)"
+    data = line_data(axes)
+    assert data[SMALL] == ([1, 16, 64], pytest.approx([405.0, 43.0, 17.0]))
+    assert data[DEEP] == ([1, 16, 64], pytest.approx([385.0, 50.0, 12.0]))
+    labels = [label.get_text() for label in axes.get_yticklabels()]
+    assert "100" in labels and not any("^" in label for label in labels)
+
+
+def test_time_plot_is_linear_from_zero_when_times_are_close():
+    rows = [row(SMALL, size, 0, 0.97, seconds) for size, seconds in ((16, 30.0), (64, 12.0))]
+    (axes,) = dict((name, figure) for name, _, figure in build_figures(rows))["time"].axes
+
+    assert axes.get_yscale() == "linear"
+    assert axes.get_ylim()[0] == 0
+
+
+def test_learning_curves_average_seeds_in_one_panel_per_model(figures: dict[str, Figure]):
+    figure = figures["learning-curves"]
+    first, second = figure.axes
+
+    assert [axes.get_title() for axes in figure.axes] == [SMALL, DEEP]
+    assert first.get_shared_y_axes().joined(first, second)
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["batch 1", "batch 16", "batch 64"]
+    for axes, model in ((first, SMALL), (second, DEEP)):
+        assert list(axes.get_xticks()) == [1, 2]
+        data = line_data(axes)
+        assert list(data) == ["batch 1", "batch 16", "batch 64"]
+        for size in (1, 16, 64):
+            epochs, accuracies = data[f"batch {size}"]
+            assert epochs == [1, 2]
+            final = mean_accuracy(model, size)
+            assert accuracies == pytest.approx([final - 1, final])
+    colours = [line.get_color() for line in first.get_lines()]
+    assert colours == [line.get_color() for line in second.get_lines()]
+    assert len(set(colours)) == 3
+
+
+def test_no_finished_runs_give_no_plots(tmp_path: Path):
+    assert build_figures([]) == []
+    assert write_plots([], tmp_path / "empty", "s") == []
+    diverged = [row(SMALL, 16, 0, None, 3.0, (0.5,)), row(DEEP, 64, 0, math.nan, 2.0)]
+    assert write_plots(diverged, tmp_path / "empty", "s") == []
+    assert not (tmp_path / "empty").exists()
+
+
+def test_a_single_batch_size_still_plots_a_marker(tmp_path: Path):
+    rows = [row(SMALL, 64, 0, 0.97, 12.0, (0.96,))]
+    built = {name: figure for name, _, figure in build_figures(rows)}
+
+    (axes,) = built["accuracy"].axes
+    (line,) = axes.get_lines()
+    assert (list(line.get_xdata()), list(line.get_ydata())) == ([64], [pytest.approx(97.0)])
+    assert line.get_marker() == "o"
+    assert [label.get_text() for label in axes.get_xticklabels()] == ["64"]
+    assert 95 < axes.get_ylim()[0] < 97 < axes.get_ylim()[1] < 99, "not matplotlib's 92-102 %"
+    assert list(built["learning-curves"].axes[0].get_xticks()) == [1]
+    assert len(write_plots(rows, tmp_path, "one")) == 3
+
+
+def test_labels_name_the_dataset_and_settings_that_differ():
+    rows = [row(SMALL, 16, 0, 0.97, 30.0, (0.96,), dataset="mnist", lr=0.001),
+            row(SMALL, 16, 0, 0.88, 30.0, (0.87,), dataset="fashion-mnist", lr=0.001),
+            row(SMALL, 16, 0, 0.95, 30.0, (0.94,), dataset="mnist", lr=0.1)]
+    built = {name: figure for name, _, figure in build_figures(rows)}
+
+    (axes,) = built["accuracy"].axes
+    assert [line.get_label() for line in axes.get_lines()] == [
+        f"{SMALL} (mnist, lr=0.001)", f"{SMALL} (fashion-mnist, lr=0.001)",
+        f"{SMALL} (mnist, lr=0.1)"]
+    assert len(built["learning-curves"].axes) == 3
+
+
+def test_crowded_batch_size_labels_are_thinned_keeping_powers_of_two():
+    sizes = [1, 2, 4, 8, 16, 32, 64, 96, 128, 256, 512, 1024]
+    rows = [row(SMALL, size, 0, 0.9, 10.0) for size in sizes]
+    (axes,) = build_figures(rows)[0][2].axes
+
+    assert list(axes.get_xticks()) == sizes
+    labels = [label.get_text() for label in axes.get_xticklabels()]
+    assert labels == [str(size) if size != 96 else "" for size in sizes]
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_temporary(
+        rows: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    target = tmp_path / "s-accuracy.png"
+    target.write_bytes(b"previous report")
+
+    def broken_savefig(self: Figure, handle, **options) -> None:
+        handle.write(PNG_MAGIC)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(plots.Figure, "savefig", broken_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        write_plots(rows, tmp_path, "s")
+    assert target.read_bytes() == b"previous report"
+    assert [path.name for path in tmp_path.iterdir()] == ["s-accuracy.png"]
