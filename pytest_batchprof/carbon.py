@@ -103,13 +103,15 @@ class CarbonMeter:
             with _quiet():
                 tracker.start_task()
         except Exception as error:
-            yield result
-            result.append(Carbon(None, None, None, f"codecarbon failed: {_one_line(error)}"))
+            failure = f"codecarbon failed: {_one_line(error)}"
+        else:
+            try:
+                yield result
+            finally:
+                result.append(self._stop(tracker))
             return
-        try:
-            yield result
-        finally:
-            result.append(self._stop(tracker))
+        yield result  # outside the except block: the caller's errors are not chained to it
+        result.append(Carbon(None, None, None, failure))
 
     @staticmethod
     def _stop(tracker) -> Carbon:

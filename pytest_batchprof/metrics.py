@@ -213,18 +213,23 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> FlopCount:
 
 def _flop_counter(model: nn.Module, example: torch.Tensor, notes: list[str]) -> (
         tuple[int | None, int | None]):
+    """Forward FLOPs, then forward + backward FLOPs; each fails alone, with a note."""
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(example)
         forward = counter.get_total_flops()
+    except Exception as error:  # any model-specific failure becomes n/a, never a crash
+        notes.append(f"FlopCounterMode failed: {_one_line(error)}")
+        return None, None
+    try:
         parameters = [p for p in model.parameters() if p.requires_grad]
         with FlopCounterMode(display=False) as counter:
             output = model(example)
             torch.autograd.grad(output.float().sum(), parameters)  # leaves .grad untouched
         return forward, counter.get_total_flops()
-    except Exception as error:  # any model-specific failure becomes n/a, never a crash
-        notes.append(f"FlopCounterMode failed: {_one_line(error)}")
-        return None, None
+    except Exception as error:
+        notes.append(f"FlopCounterMode failed (training FLOPs): {_one_line(error)}")
+        return forward, None
 
 
 def _fvcore_macs(model: nn.Module, example: torch.Tensor, notes: list[str]) -> (

@@ -8,7 +8,6 @@ still reports every run that finished; the report then says it is partial.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,8 @@ from pytest_batchprof.training import Run
 
 
 def row_from_run(run: Run) -> Row:
-    """A run's plain figures as a row (NaN becomes ``None``, so JSON stays valid)."""
-    row = {key: _finite(value) for key, value in run.summary().items()}
+    """A run's plain figures as a row, with room for its tests' outcome."""
+    row = run.summary()
     row["outcome"] = None
     row["tests"] = []
     return row
@@ -134,9 +133,6 @@ def _settings_dict(settings) -> dict[str, object]:
     return {key: (",".join(map(str, value)) if isinstance(value, tuple) else value)
             for key, value in vars(settings).items()}
 
-
-def _finite(value: object) -> object:
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def table_from_report(path: Path) -> str:

@@ -170,8 +170,8 @@ class Run:
         return predictor(self.model, inference_inputs(self.test_images, batch_size))
 
     def summary(self) -> dict[str, object]:
-        """Plain figures (no tensors) for tables, JSON and assertion messages."""
-        return {
+        """Plain figures (no tensors, no NaN: ``None`` where there is no figure)."""
+        figures = {
             "model": self.name,
             **asdict(self.config),
             "samples_per_epoch": self.samples_per_epoch,
@@ -186,6 +186,8 @@ class Run:
             **(self.measurements.summary() if self.measurements else {}),
             "history": [asdict(record) for record in self.history],
         }
+        return {key: None if isinstance(value, float) and math.isnan(value) else value
+                for key, value in figures.items()}
 
     def __repr__(self) -> str:
         test = "n/a" if self.test_accuracy is None else f"{self.test_accuracy:.4f}"

@@ -381,7 +381,10 @@ def test_without_env_data_dir_defaults_to_user_cache(pytester: pytest.Pytester,
 
 FLAGS = ["--batch-sizes", "--epochs", "--dataset", "--data-dir", "--device", "--seed", "--lr",
          "--optimizer", "--train-subset", "--val-fraction", "--inference-batch-size",
-         "--no-co2", "--co2-country"]
+         "--no-co2", "--co2-country", "--batchprof-report", "--batchprof-no-report",
+         "--batchprof-columns"]
+INI_KEYS = ["batchprof_" + flag[2:].replace("-", "_").removeprefix("batchprof_")
+            for flag in FLAGS]
 
 
 def test_help_lists_every_option_in_batchprof_group_with_ini_twin(
@@ -398,7 +401,7 @@ def test_help_lists_every_option_in_batchprof_group_with_ini_twin(
     ini_start = text.index("[pytest] configuration options")
     ini_section = text[ini_start:text.index("\nEnvironment variables:", ini_start)]
     ini_keys = re.findall(r"^  (batchprof_[a-z0-9_]+)", ini_section, re.MULTILINE)
-    assert ini_keys == ["batchprof_" + flag[2:].replace("-", "_") for flag in FLAGS]
+    assert ini_keys == INI_KEYS
 
 
 # ---------------------------------------------------------------- parametrization
