@@ -22,5 +22,6 @@ def pytest_batchprof_markdown(config: pytest.Config, markdown: str) -> str | Non
     """See the session's final markdown report, e.g. to post it somewhere.
 
     Return a string to replace the markdown that is written to the report
-    file and ``$GITHUB_STEP_SUMMARY``; return ``None`` to keep it.
+    file (``$GITHUB_STEP_SUMMARY`` gets the summary table either way);
+    return ``None`` to keep it.
     """

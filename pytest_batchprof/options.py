@@ -31,6 +31,7 @@ DEFAULT_VAL_FRACTION = 1 / 12
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BASELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,15 @@ class Settings:
     report_dir: Path = Path("reports")
     no_report: bool = False
     columns: tuple[str, ...] | None = None
+    save: str | None = None
+    compare: str | None = None
+    fail_drop: float = 0.5
+    fail_slowdown: float | None = None
+
+    @property
+    def baseline_dir(self) -> Path:
+        """Where named baselines live: ``reports/baselines/`` by default."""
+        return self.report_dir / "baselines"
 
     def header(self) -> str:
         """One line for ``pytest_report_header``."""
@@ -170,6 +180,23 @@ def parse_columns(text: str) -> tuple[str, ...]:
     return names
 
 
+def _baseline_name(text: str) -> str:
+    name = text.strip()
+    if not _BASELINE_NAME.match(name) or name.endswith(".json"):
+        raise OptionError(f"is {text!r}, which is not a baseline name")
+    return name
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionError(f"is {text!r}, which is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise OptionError(f"is {text}, which is not a finite number >= 0")
+    return value
+
+
 def _device(text: str) -> str:
     spec = text.strip().lower()
     if not _DEVICE.match(spec):
@@ -248,6 +275,18 @@ OPTIONS: tuple[Option, ...] = (
            "model,batch_size,test_accuracy",
            "columns of the summary table, in order (default: the posts' table)",
            name="batchprof_columns"),
+    Option("save", "NAME", _baseline_name, "a name of letters, digits, '.', '_' and '-'",
+           "save this session's figures as baseline NAME (reports/baselines/NAME.json)",
+           name="batchprof_save"),
+    Option("compare", "NAME|PATH", lambda text: text.strip(), "a baseline name or a path",
+           "compare every run with the same configuration in a saved baseline",
+           name="batchprof_compare"),
+    Option("fail_drop", "PP", _non_negative_float, "a number of percentage points >= 0",
+           "with --batchprof-compare: fail when a run's test accuracy fell by more than PP "
+           "percentage points (default: 0.5)", name="batchprof_fail_drop"),
+    Option("fail_slowdown", "PCT", _non_negative_float, "a percentage >= 0",
+           "with --batchprof-compare: fail when a run trained more than PCT% slower "
+           "(default: off; times depend on the machine)", name="batchprof_fail_slowdown"),
 )
 
 

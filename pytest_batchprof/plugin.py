@@ -20,8 +20,9 @@ from pytest_batchprof import hooks
 from pytest_batchprof.data import Dataset, DatasetUnavailable
 from pytest_batchprof.devices import Accelerators, DeviceError, select_device
 from pytest_batchprof.options import register, settings_from_config, source_of
+from pytest_batchprof.report import run_key
 from pytest_batchprof.session import BatchprofSession
-from pytest_batchprof.summary import SessionReport, SummaryCollector, row_from_run, run_key
+from pytest_batchprof.summary import SessionReport, SummaryCollector, row_from_run
 from pytest_batchprof.training import Run
 
 SESSION_KEY = pytest.StashKey[BatchprofSession]()

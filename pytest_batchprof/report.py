@@ -98,6 +98,13 @@ def merge_outcome(current: str | None, new: str) -> str:
     return max(current, new, key=lambda outcome: OUTCOME_RANK.get(outcome, 0))
 
 
+def run_key(row: Row) -> str:
+    """What makes two rows the same run: the configuration, not the test that asked."""
+    keys = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size", "epochs",
+            "lr", "optimizer", "seed", "device", "train_subset", "val_fraction")
+    return repr([row.get(key) for key in keys])
+
+
 def sort_rows(rows: Iterable[Row]) -> list[Row]:
     """Group by model (in order of first appearance), then by data set and batch size."""
     rows = list(rows)
@@ -166,7 +173,8 @@ def pick_unit(values: Sequence[float], units: Sequence[tuple[str, float]]) -> tu
 
 
 def human_number(value: float) -> str:
-    """``19.2``, ``408``, ``0.0123``: one decimal from 1 up, three significant digits below."""
+    """``19.2``, ``408.0``, ``9,769``, ``0.0123``: one decimal from 1 up, thousands
+    separators from 1,000, three significant digits below 1."""
     if value == 0:
         return "0"
     if abs(value) >= 1000:
@@ -201,8 +209,10 @@ def render_markdown(
     environment: dict[str, object],
     plots: Sequence[tuple[str, str]],
     partial: bool,
+    sections: Sequence[str] = (),
 ) -> str:
-    """The session's report: header, summary table, plots (by relative link), histories."""
+    """The session's report: header, summary table, ``sections`` (e.g. the baseline
+    comparison), plots (by relative link), histories."""
     lines = ["# pytest-batchprof report", ""]
     if partial:
         lines += ["> **Partial:** the session was interrupted or had failures; this report "
@@ -210,6 +220,8 @@ def render_markdown(
     lines += [tabulate([[key, _text(value)] for key, value in environment.items()],
                        headers=["", ""], tablefmt="github", disable_numparse=True), ""]
     lines += ["## Summary", "", table, "", _notes(rows)]
+    for section in sections:
+        lines += [section, ""]
     if plots:
         lines += ["## Plots", ""]
         for title, link in plots:

@@ -39,11 +39,18 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(payload)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide reports from others
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def copy_atomic(source: Path, target: Path) -> Path:
@@ -103,7 +110,8 @@ def report_csv(rows: Sequence[Row]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: json.dumps(value) if isinstance(value, list | dict) else value
+        writer.writerow({key: json.dumps(value) if isinstance(value, list | tuple | dict)
+                         else value
                          for key, value in row.items()})
     return buffer.getvalue()
 

@@ -8,6 +8,7 @@ still reports every run that finished; the report then says it is partial.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +16,14 @@ from pathlib import Path
 import pytest
 
 from pytest_batchprof import storage
+from pytest_batchprof.gating import Comparison, compare
+from pytest_batchprof.options import source_of
 from pytest_batchprof.report import (
     Row,
     merge_outcome,
     render_markdown,
     render_table,
+    run_key,
     sort_rows,
     table_columns,
 )
@@ -34,13 +38,6 @@ def row_from_run(run: Run) -> Row:
     return row
 
 
-def run_key(row: Row) -> str:
-    """What makes two rows the same run: the configuration, not the test that asked."""
-    keys = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size", "epochs",
-            "lr", "optimizer", "seed", "device", "train_subset", "val_fraction")
-    return repr([row.get(key) for key in keys])
-
-
 @dataclass
 class SessionReport:
     """What the session produced, for the terminal summary."""
@@ -50,6 +47,8 @@ class SessionReport:
     partial: bool
     files: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    comparison: Comparison | None = None
+    saved_baseline: Path | None = None
 
 
 @dataclass
@@ -62,36 +61,52 @@ class SummaryCollector:
         for row in rows:
             kept = self.rows.setdefault(run_key(row), dict(row))
             kept["outcome"] = merge_outcome(kept.get("outcome"), outcome)
-            if nodeid not in kept["tests"]:
+            if nodeid and nodeid not in kept["tests"]:
                 kept["tests"] = [*kept["tests"], nodeid]
 
-    def finish(self, config: pytest.Config, settings, device: str, partial: bool) -> (
-            SessionReport | None):
-        """Apply the hooks, render, and write the files; ``None`` when nothing was trained."""
+    def finish(self, config: pytest.Config, settings, device: str, partial: bool,
+               baseline: tuple[Path, dict[str, object]] | None = None) -> SessionReport | None:
+        """Apply the hooks, compare, render, and write the files; ``None`` if nothing trained."""
         if not self.rows:
             return None
         rows = sort_rows(self.rows.values())
         standard_keys = {key for row in rows for key in row}
         config.hook.pytest_batchprof_summary(config=config, rows=rows)
+        rows = [{key: _finite(value) for key, value in row.items()} for row in rows]
         columns = table_columns(rows, settings.columns, standard_keys)
         known = {key for row in rows for key in row}
         warnings = []
         unknown = [column for column in columns if column not in known]
         if unknown:
-            warnings.append(f"--batchprof-columns names {', '.join(unknown)}, which no row "
-                            f"has; known: {', '.join(sorted(known))}")
+            warnings.append(f"{source_of(config, 'columns')} names {', '.join(unknown)}, which "
+                            f"no row has; known: {', '.join(sorted(known))}")
         table = render_table(rows, columns)
         env = storage.environment(_settings_dict(settings), device)
+        comparison = None
+        if baseline is not None:
+            comparison = compare(rows, baseline[1], baseline[0], settings.fail_drop,
+                                 settings.fail_slowdown, env)
         stem = _free_stem(settings.report_dir)
         plots = [] if settings.no_report else _plots(rows, settings.report_dir, stem, warnings)
         markdown = render_markdown(table, rows, env, [(title, path.name) for title, path in plots],
-                                   partial)
+                                   partial, [comparison.markdown()] if comparison else [])
         replaced = config.hook.pytest_batchprof_markdown(config=config, markdown=markdown)
         markdown = replaced if replaced is not None else markdown
-        report = SessionReport(table, markdown, partial, warnings=warnings)
+        report = SessionReport(table, markdown, partial, warnings=warnings,
+                               comparison=comparison)
         if not settings.no_report:
-            report.files = self._write(settings.report_dir, stem, markdown, rows, columns, env,
-                                       partial, plots)
+            try:
+                report.files = self._write(settings.report_dir, stem, markdown, rows, columns,
+                                           env, partial, plots)
+            except OSError as error:  # a full disk must not cost the terminal table
+                warnings.append(f"report files were not written: {error}")
+        if settings.save and partial:
+            warnings.append(f"baseline {settings.save!r} was not saved: the session had "
+                            f"failures or was interrupted, so its figures are incomplete")
+        elif settings.save:
+            report.saved_baseline = storage.write_atomic(
+                settings.baseline_dir / f"{settings.save}.json",
+                storage.report_json(rows, columns, env, partial))
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if step_summary:
             with open(step_summary, "a", encoding="utf-8") as handle:
@@ -139,3 +154,8 @@ def table_from_report(path: Path) -> str:
     """The summary table of a saved JSON report, exactly as the session printed it."""
     document = storage.load_report(path)
     return render_table(document["rows"], document["columns"])
+
+
+def _finite(value: object) -> object:
+    """``None`` for NaN and infinities (a hook may add them), which JSON cannot hold."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value

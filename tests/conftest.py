@@ -44,9 +44,10 @@ _import_torch_lazy_modules()
 
 @pytest.fixture(autouse=True)
 def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty data directory, and no downloads."""
+    """An empty data directory, no downloads, and no GitHub step summary."""
     empty = tmp_path_factory.mktemp("data-dir")
     monkeypatch.setenv("BATCHPROF_DATA_DIR", str(empty))
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)  # no writes to a real CI summary
 
     def no_download(dataset_class: type, root: Path) -> None:
         raise OSError("downloads are disabled in the test suite")
