@@ -7,19 +7,27 @@ than ``--batchprof-fail-drop`` percentage points fails the session (an
 improvement is reported, not failed), and, when asked, a training-time growth
 larger than ``--batchprof-fail-slowdown`` percent. A configuration present on
 one side only is listed, never an error.
+
+"The same configuration" is the experiment, not the recipe: model, data set,
+input crop, activation, batch size, epochs, seed and the data split. The
+learning rate, optimizer and device are left out on purpose: changing them is
+the kind of change a baseline is there to judge.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tabulate import tabulate
 
-from pytest_batchprof.report import Row, human_number, run_key, run_title
+from pytest_batchprof.report import Row, human_number, run_title
 
 SPLITS = ("test", "val", "train")
+EXPERIMENT_KEYS = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size",
+                   "epochs", "seed", "train_subset", "val_fraction")
 MACHINE_KEYS = ("machine", "cpu", "device", "torch")
 
 
@@ -137,12 +145,12 @@ def compare(
     environment: dict[str, object],
 ) -> Comparison:
     """Compare every run with the baseline run of the same configuration."""
-    old_rows = {run_key(row): row for row in baseline["rows"]}
+    old_rows = {experiment_key(row): row for row in baseline["rows"]}
     comparison = Comparison(path, machine_note=_machine_note(baseline.get("environment", {}),
                                                              environment))
     seen = set()
     for row in rows:
-        key = run_key(row)
+        key = experiment_key(row)
         seen.add(key)
         old = old_rows.get(key)
         if old is None:
@@ -156,6 +164,11 @@ def compare(
                                             old.get("train_seconds"), None,
                                             "not run (only in baseline)"))
     return comparison
+
+
+def experiment_key(row: Row) -> str:
+    """What a run is compared by (see the module docstring)."""
+    return json.dumps([row.get(key) for key in EXPERIMENT_KEYS])
 
 
 def _entry(row: Row, old: Row, fail_drop_pp: float, fail_slowdown_pct: float | None) -> Entry:

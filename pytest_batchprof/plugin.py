@@ -12,6 +12,7 @@ failing every test.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +20,11 @@ import torch
 from pytest_batchprof import hooks
 from pytest_batchprof.data import Dataset, DatasetUnavailable
 from pytest_batchprof.devices import Accelerators, DeviceError, select_device
+from pytest_batchprof.gating import Threshold, baseline_path
 from pytest_batchprof.options import register, settings_from_config, source_of
 from pytest_batchprof.report import run_key
 from pytest_batchprof.session import BatchprofSession
+from pytest_batchprof.storage import ReportError, load_report
 from pytest_batchprof.summary import SessionReport, SummaryCollector, row_from_run
 from pytest_batchprof.training import Run
 
@@ -44,6 +47,11 @@ def pytest_configure(config: pytest.Config) -> None:
     """Validate every option, pick the device and keep both in ``config.stash``."""
     config.addinivalue_line(
         "markers",
+        "min_accuracy(fraction, split='test'): fail the test if any run it trains has a lower "
+        "accuracy on that split (test, val or train), e.g. min_accuracy(0.96)",
+    )
+    config.addinivalue_line(
+        "markers",
         "dataset(name, **options): the data set of this test's dataset and trained_mlp "
         "fixtures instead of --dataset, e.g. dataset('synthetic', size=600)",
     )
@@ -58,7 +66,8 @@ def pytest_configure(config: pytest.Config) -> None:
         ) from None
     config.stash[SESSION_KEY] = BatchprofSession(settings, device, _live_writer(config))
     if not hasattr(config, "workerinput"):  # xdist workers send their rows to the controller
-        config.pluginmanager.register(SummaryReporter(config), "batchprof-summary")
+        config.pluginmanager.register(SummaryReporter(config, _baseline(config, settings)),
+                                      "batchprof-summary")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -114,8 +123,11 @@ class SummaryReporter:
     runs sessions inside sessions) keeps its own rows.
     """
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config,
+                 baseline: tuple[Path, dict[str, object]] | None = None) -> None:
         self.config = config
+        self.baseline = baseline
+        self.nothing_compared = False
         self.collector = SummaryCollector()
         self.report: SessionReport | None = None
 
@@ -134,11 +146,21 @@ class SummaryReporter:
             if run_key(row) not in self.collector.rows:
                 self.collector.add([row], "", "interrupted")
         self.report = self.collector.finish(self.config, state.settings, str(state.device),
-                                            partial=exitstatus != pytest.ExitCode.OK)
+                                            partial=exitstatus != pytest.ExitCode.OK,
+                                            baseline=self.baseline)
+        if self.report and self.report.comparison and self.report.comparison.regressions:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        elif self.baseline is not None and self.report is None:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # compared nothing: no silent pass
+            self.nothing_compared = True
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         """Print the markdown summary table and where the report files went."""
         report = self.report
+        if self.nothing_compared:
+            terminalreporter.write_line(
+                f"batchprof: no run was trained, so nothing was compared with the baseline "
+                f"{self.baseline[0]}", red=True)
         if report is None:
             return
         title = "batchprof summary" + (" (partial)" if report.partial else "")
@@ -149,8 +171,40 @@ class SummaryReporter:
             terminalreporter.write_line(
                 f"report: {report.files[0]} (+ {len(report.files) - 1} files: json, csv, "
                 f"plots; latest.md and latest.json point at it)")
+        comparison = report.comparison
+        if comparison is not None:
+            terminalreporter.write_sep("-", f"compared with baseline {comparison.baseline_path}")
+            if comparison.machine_note:
+                terminalreporter.write_line(comparison.machine_note, yellow=True)
+            for line in comparison.table().splitlines():
+                terminalreporter.write_line(line)
+            for entry in comparison.regressions:
+                terminalreporter.write_line(f"batchprof: {entry.title}: {entry.verdict}",
+                                            red=True, bold=True)
+        if report.saved_baseline:
+            terminalreporter.write_line(f"baseline saved: {report.saved_baseline}")
         for warning in report.warnings:
             terminalreporter.write_line(f"batchprof: {warning}", yellow=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Check ``@pytest.mark.min_accuracy`` against every run the test trained."""
+    result = yield
+    marker = item.get_closest_marker("min_accuracy")
+    if marker is not None:
+        try:
+            threshold = Threshold.from_marker(marker.args, marker.kwargs)
+        except ValueError as error:
+            pytest.fail(f"@pytest.mark.{error}", pytrace=False)
+        runs = item.stash.get(RUNS_KEY, [])
+        if not runs:
+            pytest.fail("@pytest.mark.min_accuracy: the test trained no run to check "
+                        "(use the trained_mlp fixture)", pytrace=False)
+        failures = threshold.failures([run.summary() for run in runs])
+        if failures:
+            pytest.fail("\n".join(failures), pytrace=False)
+    return result
 
 
 # ---------------------------------------------------------------- fixtures
@@ -254,6 +308,17 @@ def _record_in_benchmark(benchmark: object, run: Run) -> None:
     runs = benchmark.extra_info.setdefault("batchprof", [])
     if figures not in runs:
         runs.append(figures)
+
+
+def _baseline(config: pytest.Config, settings) -> tuple[Path, dict[str, object]] | None:
+    """The baseline of ``--batchprof-compare``, read now: a bad file ends the session at once."""
+    if settings.compare is None:
+        return None
+    path = baseline_path(settings.compare, settings.baseline_dir)
+    try:
+        return path, load_report(path)
+    except ReportError as error:
+        raise pytest.UsageError(f"{source_of(config, 'compare')}: baseline {error}") from None
 
 
 def _dataset_request(item: pytest.Item) -> tuple[str | None, dict[str, object]]:

@@ -12,6 +12,7 @@ numbers in a column compare at a glance.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
@@ -102,7 +103,7 @@ def run_key(row: Row) -> str:
     """What makes two rows the same run: the configuration, not the test that asked."""
     keys = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size", "epochs",
             "lr", "optimizer", "seed", "device", "train_subset", "val_fraction")
-    return repr([row.get(key) for key in keys])
+    return json.dumps([row.get(key) for key in keys])  # tuples and lists alike, as in JSON
 
 
 def sort_rows(rows: Iterable[Row]) -> list[Row]:

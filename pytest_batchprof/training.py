@@ -190,9 +190,14 @@ class Run:
                 for key, value in figures.items()}
 
     def __repr__(self) -> str:
-        test = "n/a" if self.test_accuracy is None else f"{self.test_accuracy:.4f}"
+        """Names the run and its figures: what a failing ``assert run.test_accuracy`` shows."""
+        def percent(value: float | None) -> str:
+            return "n/a" if value is None or math.isnan(value) else f"{value:.2%}"
+
         state = f", diverged: {self.diverged}" if self.diverged else ""
-        return f"<Run {self.config.describe()}: test accuracy {test}{state}>"
+        return (f"<Run {self.config.describe()}: test acc {percent(self.test_accuracy)}, "
+                f"val acc {percent(self.val_accuracy)}, train acc {percent(self.train_accuracy)}"
+                f", {self.train_seconds:.2f} s{state}>")
 
 
 def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
