@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from pytest_batchprof.report import Row, human_number, run_title
+from pytest_batchprof.report import Row, human_number, run_key, run_title
 
 SPLITS = ("test", "val", "train")
 EXPERIMENT_KEYS = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size",
@@ -119,7 +119,8 @@ class Comparison:
     def table(self) -> str:
         body = []
         for entry in self.entries:
-            delta = (None if entry.drop_pp is None else f"{-entry.drop_pp:+.2f} pp")
+            delta = (None if entry.drop_pp is None
+                     else f"{(entry.now - entry.baseline) * 100:+.2f} pp")
             time_delta = None
             if entry.baseline_seconds and entry.now_seconds is not None:
                 time_delta = f"{entry.now_seconds / entry.baseline_seconds - 1:+.0%}"
@@ -145,21 +146,23 @@ def compare(
     environment: dict[str, object],
 ) -> Comparison:
     """Compare every run with the baseline run of the same configuration."""
-    old_rows = {experiment_key(row): row for row in baseline["rows"]}
+    exact = {run_key(row): row for row in baseline["rows"]}
+    by_experiment = {experiment_key(row): row for row in baseline["rows"]}
     comparison = Comparison(path, machine_note=_machine_note(baseline.get("environment", {}),
                                                              environment))
-    seen = set()
+    seen: set[int] = set()
     for row in rows:
-        key = experiment_key(row)
-        seen.add(key)
-        old = old_rows.get(key)
+        # the same recipe first (a learning-rate sweep keeps its pairs), else the experiment
+        old = exact.get(run_key(row)) or by_experiment.get(experiment_key(row))
+        if old is not None:
+            seen.add(id(old))
         if old is None:
             comparison.entries.append(Entry(run_title(row), None, row.get("test_accuracy"), None,
                                             row.get("train_seconds"), "new (not in baseline)"))
             continue
         comparison.entries.append(_entry(row, old, fail_drop_pp, fail_slowdown_pct))
-    for key, old in old_rows.items():
-        if key not in seen:
+    for old in baseline["rows"]:
+        if id(old) not in seen:
             comparison.entries.append(Entry(run_title(old), old.get("test_accuracy"), None,
                                             old.get("train_seconds"), None,
                                             "not run (only in baseline)"))
@@ -178,22 +181,19 @@ def _entry(row: Row, old: Row, fail_drop_pp: float, fail_slowdown_pct: float | N
     if now is None and before is not None:
         verdicts.append("REGRESSION: no test accuracy (diverged)")
     elif now is not None and before is not None:
-        drop = (before - now) * 100
+        drop = round((before - now) * 100, 9)  # 0.9 - 0.895 is 0.5000000000000004 pp
         if drop > fail_drop_pp:
             verdicts.append(f"REGRESSION: -{drop:.2f} pp > {fail_drop_pp:g} pp allowed")
         elif drop < 0:
             verdicts.append("improved")
-        else:
-            verdicts.append("ok")
-    else:
-        verdicts.append("ok")
     if fail_slowdown_pct is not None and seconds and old_seconds:
         growth = (seconds / old_seconds - 1) * 100
         if growth > fail_slowdown_pct:
             verdicts.append(f"REGRESSION: training {growth:.0f}% slower > "
                             f"{fail_slowdown_pct:g}% allowed")
     verdicts.sort(key=lambda verdict: not verdict.startswith("REGRESSION"))
-    return Entry(run_title(row), before, now, old_seconds, seconds, "; ".join(verdicts))
+    return Entry(run_title(row), before, now, old_seconds, seconds,
+                 "; ".join(verdicts) or "ok")
 
 
 def _machine_note(old: dict[str, object], new: dict[str, object]) -> str | None:

@@ -150,7 +150,8 @@ class SummaryReporter:
                                             baseline=self.baseline)
         if self.report and self.report.comparison and self.report.comparison.regressions:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        elif self.baseline is not None and self.report is None:
+        elif (self.baseline is not None and self.report is None
+              and not self.config.option.collectonly):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED  # compared nothing: no silent pass
             self.nothing_compared = True
 
@@ -187,16 +188,17 @@ class SummaryReporter:
             terminalreporter.write_line(f"batchprof: {warning}", yellow=True)
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Reject bad ``@pytest.mark.min_accuracy`` arguments before the test trains anything."""
+    _threshold(item)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     """Check ``@pytest.mark.min_accuracy`` against every run the test trained."""
     result = yield
-    marker = item.get_closest_marker("min_accuracy")
-    if marker is not None:
-        try:
-            threshold = Threshold.from_marker(marker.args, marker.kwargs)
-        except ValueError as error:
-            pytest.fail(f"@pytest.mark.{error}", pytrace=False)
+    threshold = _threshold(item)
+    if threshold is not None:
         runs = item.stash.get(RUNS_KEY, [])
         if not runs:
             pytest.fail("@pytest.mark.min_accuracy: the test trained no run to check "
@@ -308,6 +310,16 @@ def _record_in_benchmark(benchmark: object, run: Run) -> None:
     runs = benchmark.extra_info.setdefault("batchprof", [])
     if figures not in runs:
         runs.append(figures)
+
+
+def _threshold(item: pytest.Item) -> Threshold | None:
+    marker = item.get_closest_marker("min_accuracy")
+    if marker is None:
+        return None
+    try:
+        return Threshold.from_marker(marker.args, marker.kwargs)
+    except ValueError as error:
+        raise pytest.fail.Exception(f"@pytest.mark.{error}", pytrace=False) from None
 
 
 def _baseline(config: pytest.Config, settings) -> tuple[Path, dict[str, object]] | None:

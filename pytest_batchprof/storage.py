@@ -132,6 +132,9 @@ def load_report(path: Path) -> dict[str, object]:
     if not isinstance(document.get("rows"), list) or not isinstance(document.get("columns"),
                                                                       list):
         raise ReportError(f"{path}: has no rows or columns")
+    if not all(isinstance(row, dict) for row in document["rows"]) or not isinstance(
+            document.get("environment", {}), dict):
+        raise ReportError(f"{path}: its rows or environment are not JSON objects")
     return document
 
 

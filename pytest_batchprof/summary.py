@@ -103,6 +103,9 @@ class SummaryCollector:
         if settings.save and partial:
             warnings.append(f"baseline {settings.save!r} was not saved: the session had "
                             f"failures or was interrupted, so its figures are incomplete")
+        elif settings.save and comparison and comparison.regressions:
+            warnings.append(f"baseline {settings.save!r} was not saved: the session regressed "
+                            f"against {comparison.baseline_path}")
         elif settings.save:
             report.saved_baseline = storage.write_atomic(
                 settings.baseline_dir / f"{settings.save}.json",
