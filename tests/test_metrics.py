@@ -381,7 +381,17 @@ def test_inference_batch_size_below_one_is_refused(size: int) -> None:
 # ---------------------------------------------------------------- peak memory
 
 
-def test_peak_memory_sees_a_50_mb_tensor() -> None:
+@pytest.fixture(params=["kernel peak", "sampled"])
+def rss_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of measuring peak RSS: Linux's VmHWM, and the sampling fallback."""
+    if request.param == "sampled":
+        monkeypatch.setattr(metrics, "_reset_peak_rss", lambda: False)
+    elif not metrics._reset_peak_rss():
+        pytest.skip("this kernel keeps no resettable peak RSS")
+    return request.param
+
+
+def test_peak_memory_sees_a_50_mb_tensor(rss_method: str) -> None:
     with peak_memory(torch.device("cpu")) as result:
         assert result == []
         big = torch.ones(50 * MB // 4)  # written, so its pages are resident
@@ -389,10 +399,11 @@ def test_peak_memory_sees_a_50_mb_tensor() -> None:
     (peak,) = result
     assert peak.bytes >= 40 * MB
     assert "RSS" in peak.method
+    assert ("VmHWM" in peak.method) == (rss_method == "kernel peak")
 
 
-def test_peak_memory_samples_while_the_block_runs() -> None:
-    """A tensor freed before the block ends is seen by the sampler."""
+def test_peak_memory_samples_while_the_block_runs(rss_method: str) -> None:
+    """A tensor freed before the block ends still counts."""
     with peak_memory(torch.device("cpu")) as result:
         big = torch.ones(50 * MB // 4)
         time.sleep(0.1)
