@@ -382,7 +382,8 @@ def test_without_env_data_dir_defaults_to_user_cache(pytester: pytest.Pytester,
 FLAGS = ["--batch-sizes", "--epochs", "--dataset", "--data-dir", "--device", "--seed", "--lr",
          "--optimizer", "--train-subset", "--val-fraction", "--inference-batch-size",
          "--no-co2", "--co2-country", "--batchprof-report", "--batchprof-no-report",
-         "--batchprof-columns"]
+         "--batchprof-columns", "--batchprof-save", "--batchprof-compare",
+         "--batchprof-fail-drop", "--batchprof-fail-slowdown"]
 INI_KEYS = ["batchprof_" + flag[2:].replace("-", "_").removeprefix("batchprof_")
             for flag in FLAGS]
 
