@@ -128,14 +128,23 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _finite_float(text: str, zero_allowed: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise OptionError(f"is {text!r}, which is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise OptionError(f"is {text}, which is not a finite number above 0")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        bound = ">= 0" if zero_allowed else "above 0"
+        raise OptionError(f"is {text}, which is not a finite number {bound}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _finite_float(text, zero_allowed=False)
+
+
+def _non_negative_float(text: str) -> float:
+    return _finite_float(text, zero_allowed=True)
 
 
 def _fraction(text: str) -> float:
@@ -185,16 +194,6 @@ def _baseline_name(text: str) -> str:
     if not _BASELINE_NAME.match(name) or name.endswith(".json"):
         raise OptionError(f"is {text!r}, which is not a baseline name")
     return name
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise OptionError(f"is {text!r}, which is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise OptionError(f"is {text}, which is not a finite number >= 0")
-    return value
 
 
 def _device(text: str) -> str:

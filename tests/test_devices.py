@@ -233,26 +233,18 @@ def device_test(expected: str) -> str:
     )
 
 
-def test_session_auto_picks_the_first_gpu(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake_machine(monkeypatch, TWO_GPUS)
-    pytester.makepyfile(device_test("cuda:0"))
-    result = run(pytester, "--device", "auto")
+@pytest.mark.parametrize(("machine", "spec", "expected"), [
+    (TWO_GPUS, "auto", "cuda:0"),              # auto picks the first GPU
+    (TWO_GPUS_AND_MPS, "cpu", "cpu"),          # cpu is cpu even with GPUs
+], ids=["auto-picks-first-gpu", "cpu-even-with-gpus"])
+def test_session_device_choice(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                               machine: Accelerators, spec: str, expected: str) -> None:
+    fake_machine(monkeypatch, machine)
+    pytester.makepyfile(device_test(expected))
+    result = run(pytester, "--device", spec)
     result.assert_outcomes(passed=1)
-    assert (pytester.path / "device.txt").read_text() == "cuda:0"
-    result.stdout.fnmatch_lines(["batchprof: dataset=* device=auto * (cuda:0)"])
-
-
-def test_session_cpu_is_cpu_even_with_gpus(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake_machine(monkeypatch, TWO_GPUS_AND_MPS)
-    pytester.makepyfile(device_test("cpu"))
-    result = run(pytester, "--device", "cpu")
-    result.assert_outcomes(passed=1)
-    assert (pytester.path / "device.txt").read_text() == "cpu"
-    result.stdout.fnmatch_lines(["batchprof: dataset=* device=cpu * (cpu)"])
+    assert (pytester.path / "device.txt").read_text() == expected
+    result.stdout.fnmatch_lines([f"batchprof: dataset=* device={spec} * ({expected})"])
 
 
 def test_session_header_shows_the_resolved_device(
