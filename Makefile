@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: bench test lint clean overhead
+.PHONY: bench test lint clean overhead speed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,6 @@ clean:
 
 overhead: $(STAMP)
 	$(PY) benchmarks/measurement_overhead.py $(ARGS)
+
+speed: $(STAMP)
+	$(PY) benchmarks/speed/compare_loops.py $(ARGS)

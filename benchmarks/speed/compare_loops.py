@@ -1,0 +1,361 @@
+"""The plugin's training engine against the textbook PyTorch loop, side by side in one run.
+
+Both sides train the same MLP (``build_mlp``, same seed) with Adam (lr 1e-3) on
+the same MNIST training samples (the engine's 55,000-sample split, reproduced
+from ``data.SPLIT_SEED``), for the same number of samples and optimizer steps:
+
+* textbook: ``torchvision.datasets.MNIST`` with ``ToTensor()`` + ``Normalize``,
+  ``DataLoader(shuffle=True)`` (no workers), ``zero_grad()``, ``loss.backward()``,
+  ``Adam.step()``, and ``loss.item()`` per step for the running loss, as the
+  PyTorch tutorials print it; test accuracy through a ``DataLoader`` over the
+  test set;
+* engine: ``BatchprofSession.run`` with CO2 off, i.e. as the ``trained_mlp``
+  fixture runs it (memory sampling during training, measuring afterwards).
+
+The engine's seconds per epoch include its per-epoch validation pass; the
+textbook's include no evaluation at all. Rows capped by ``--max-steps`` train
+both sides on the first ``steps x batch`` samples of the split, extrapolate the
+training seconds linearly to the whole epoch, and report test accuracy measured
+after that partial epoch. Engine GFLOP/s is training FLOPs per sample
+(FlopCounterMode, forward + backward) times training samples per second, set
+against a large float32 ``torch.mm`` timed in the same run.
+
+    make speed                                       # both models, batch 1,16,64,128: long
+    make speed ARGS="--quick --data-dir=/path/to/data"   # smoke test, about a minute
+    .venv/bin/python benchmarks/speed/compare_loops.py --models 784-1024-10 \\
+        --batch-sizes 1 --max-steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import psutil
+import torch
+from tabulate import tabulate
+from torch import nn
+from torch.utils.benchmark import Timer
+from torch.utils.data import DataLoader, Subset
+
+from pytest_batchprof.data import SPLIT_SEED, Dataset, load_dataset
+from pytest_batchprof.models import build_mlp, mlp_name
+from pytest_batchprof.options import DEFAULT_VAL_FRACTION, Settings, default_data_dir
+from pytest_batchprof.session import BatchprofSession
+from pytest_batchprof.training import Run
+
+MODELS: dict[str, tuple[int, ...]] = {
+    "784-1024-10": (1024,),
+    "784-1024-1024-10": (1024, 1024),
+}
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the constants every MNIST tutorial normalises with
+SEED = 0
+LR = 1e-3
+TEST_BATCH_SIZE = 1000
+MATMUL_SIZE = 2048
+QUICK_SAMPLES = 10_000
+BATCH1_DEFAULT_CAP = 3000
+ACCURACY_TOLERANCE_PP = 1.0
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side's figures for one (model, batch) row."""
+
+    seconds_per_epoch: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class Row:
+    """Both sides of one (model, batch) comparison."""
+
+    model: str
+    batch_size: int
+    steps: int
+    full_steps: int
+    textbook: Side
+    engine: Side
+    engine_call_seconds: float
+    engine_gflops: float
+
+    @property
+    def extrapolated(self) -> bool:
+        return self.steps < self.full_steps
+
+    @property
+    def speedup(self) -> float:
+        return self.textbook.seconds_per_epoch / self.engine.seconds_per_epoch
+
+
+# ---------------------------------------------------------------- machine
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (or the platform's guess elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def matmul_gflops(size: int = MATMUL_SIZE) -> float:
+    """GFLOP/s of a ``size`` x ``size`` float32 ``torch.mm``: 2 n^3 FLOPs per call."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    timer = Timer("torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b},
+                  num_threads=torch.get_num_threads())
+    seconds = timer.blocked_autorange(min_run_time=1.0).median
+    return 2 * size**3 / seconds / 1e9
+
+
+# ---------------------------------------------------------------- textbook side
+
+
+def train_indices(count: int, val_fraction: float) -> torch.Tensor:
+    """Indices of the engine's training split in the 60,000-sample training file."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return order[round(count * val_fraction):]
+
+
+def textbook_sets(data_dir: Path) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """torchvision's MNIST train and test sets with the tutorials' transform."""
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
+    return (datasets.MNIST(str(data_dir), train=True, download=False, transform=transform),
+            datasets.MNIST(str(data_dir), train=False, download=False, transform=transform))
+
+
+def seeded_mlp(hidden: tuple[int, ...]) -> nn.Module:
+    """The engine's model: ``build_mlp`` under the run's seed, global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        return build_mlp(784, hidden, 10)
+
+
+def textbook_train(model: nn.Module, train_set: torch.utils.data.Dataset, batch_size: int,
+                   epochs: int) -> float:
+    """The loop a user writes today; returns seconds of training (no evaluation)."""
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(SEED))
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    criterion = nn.CrossEntropyLoss()
+    started = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        running_loss = 0.0
+        for images, labels in loader:
+            optimizer.zero_grad()
+            loss = criterion(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+    return time.perf_counter() - started
+
+
+@torch.no_grad()
+def textbook_accuracy(model: nn.Module, test_set: torch.utils.data.Dataset) -> float:
+    """Test accuracy the textbook way: a DataLoader over the test set."""
+    model.eval()
+    correct = total = 0
+    for images, labels in DataLoader(test_set, batch_size=TEST_BATCH_SIZE):
+        correct += (model(images).argmax(dim=1) == labels).sum().item()
+        total += len(labels)
+    return correct / total
+
+
+# ---------------------------------------------------------------- engine side
+
+
+def engine_run(settings: Settings, data: Dataset, hidden: tuple[int, ...], batch_size: int,
+               train_count: int) -> tuple[Run, float]:
+    """Train as ``trained_mlp`` does (fresh session, CO2 off); the run and the call's seconds."""
+    session = BatchprofSession(replace(settings, batch_sizes=(batch_size,),
+                                       train_subset=train_count), torch.device("cpu"))
+    started = time.perf_counter()
+    run = session.run(data, hidden, batch_size)
+    return run, time.perf_counter() - started
+
+
+def engine_seconds_per_epoch(run: Run, scale: float) -> float:
+    """Seconds per epoch with the training part scaled by ``scale`` (validation as measured)."""
+    seconds = sum(r.train_seconds * scale + r.eval_seconds for r in run.history)
+    return seconds / len(run.history)
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def warm_up(settings: Settings, data: Dataset, train_set: torch.utils.data.Dataset,
+            test_set: torch.utils.data.Dataset, hidden: tuple[int, ...]) -> None:
+    """A few steps of both paths: one-off costs (imports, first kernels) count for neither."""
+    textbook_train(seeded_mlp(hidden), Subset(train_set, range(256)), 64, 1)
+    textbook_accuracy(seeded_mlp(hidden), Subset(test_set, range(TEST_BATCH_SIZE)))
+    engine_run(replace(settings, epochs=1), data, hidden, 64, 256)
+
+
+def compare(args: argparse.Namespace, settings: Settings, data: Dataset, indices: torch.Tensor,
+            train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset,
+            model: str, batch_size: int) -> Row:
+    """Train one (model, batch) both ways and collect the row."""
+    hidden = MODELS[model]
+    count = len(indices)
+    full_steps = math.ceil(count / batch_size)
+    cap = args.max_steps if args.max_steps is not None else (
+        BATCH1_DEFAULT_CAP if batch_size == 1 else None)
+    steps = min(full_steps, cap) if cap else full_steps
+    used = min(count, steps * batch_size)
+    scale = full_steps / steps
+
+    model_t = seeded_mlp(hidden)
+    seconds = textbook_train(model_t, Subset(train_set, indices[:used].tolist()), batch_size,
+                             args.epochs)
+    textbook = Side(seconds * scale / args.epochs, textbook_accuracy(model_t, test_set))
+
+    run, call_seconds = engine_run(settings, data, hidden, batch_size, used)
+    if run.diverged or run.measurements is None or run.test_accuracy is None:
+        raise RuntimeError(f"the engine's run failed: {run!r}")
+    engine = Side(engine_seconds_per_epoch(run, scale), run.test_accuracy)
+    train_flops = run.measurements.flops.train_flops or 0
+    gflops = train_flops * run.train_samples_per_second / 1e9
+    return Row(model, batch_size, steps, full_steps, textbook, engine, call_seconds, gflops)
+
+
+def check_same_split(data: Dataset, train_set: torch.utils.data.Dataset,
+                     indices: torch.Tensor) -> None:
+    """Fail loudly if the reproduced split is not the engine's."""
+    labels = train_set.targets[indices]
+    if not torch.equal(labels, data.train.y[:len(indices)].cpu()):
+        raise RuntimeError("the reproduced training split differs from load_dataset's")
+
+
+def targets(rows: list[Row], peak: float) -> list[tuple[str, str]]:
+    """Each target of the issue and whether this run meets it."""
+    def verdict(selected: list[Row], holds) -> str:
+        if not selected:
+            return "not run"
+        return "holds" if all(holds(row) for row in selected) else "MISSED"
+
+    results = []
+    for batches, minimum in (((64, 128), 5.0), ((1,), 3.0)):
+        selected = [row for row in rows if row.batch_size in batches]
+        speedups = ", ".join(f"{row.speedup:.1f}x" for row in selected)
+        results.append((f">= {minimum:g}x speed-up at batch {' and '.join(map(str, batches))}",
+                        f"{verdict(selected, lambda r, m=minimum: r.speedup >= m)}"
+                        + (f" ({speedups})" if selected else "")))
+    selected = [row for row in rows if row.batch_size == 128 and row.model == "784-1024-10"]
+    shares = ", ".join(f"{row.engine_gflops / peak:.0%}" for row in selected)
+    results.append((">= 50% of matmul peak at batch 128, 784-1024-10",
+                    verdict(selected, lambda r: r.engine_gflops / peak >= 0.5)
+                    + (f" ({shares})" if selected else "")))
+    full = [row for row in rows if not row.extrapolated]
+    worst = max((abs(row.textbook.test_accuracy - row.engine.test_accuracy) * 100
+                 for row in full), default=0.0)
+    results.append((f"test accuracies agree within {ACCURACY_TOLERANCE_PP:g} pp "
+                    "(noise check, full-epoch rows)",
+                    "not run" if not full else
+                    f"{'holds' if worst <= ACCURACY_TOLERANCE_PP else 'MISSED'} "
+                    f"(largest gap {worst:.2f} pp)"))
+    return results
+
+
+def table(rows: list[Row], peak: float) -> str:
+    """The comparison as a GitHub-flavoured markdown table."""
+    body = [[
+        row.model, row.batch_size,
+        f"{row.textbook.seconds_per_epoch:.2f}", f"{row.engine.seconds_per_epoch:.2f}",
+        f"{row.speedup:.1f}",
+        f"{row.textbook.test_accuracy:.2%}".rstrip("%"),
+        f"{row.engine.test_accuracy:.2%}".rstrip("%"),
+        f"{row.engine_gflops:.1f}", f"{row.engine_gflops / peak:.0%}",
+        f"{row.engine_call_seconds:.2f}",
+        (f"extrapolated from {row.steps} of {row.full_steps} steps; acc after "
+         f"{row.steps} steps" if row.extrapolated else ""),
+    ] for row in rows]
+    headers = ["model", "batch", "textbook s/epoch", "engine s/epoch", "speed-up (x)",
+               "textbook test acc (%)", "engine test acc (%)", "engine GFLOP/s",
+               "% of matmul peak", "engine call s", "note"]
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                        help="directory holding MNIST/raw/ (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--batch-sizes", default="1,16,64,128")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="cap optimizer steps per epoch and extrapolate seconds/epoch "
+                             f"(default: {BATCH1_DEFAULT_CAP} at batch 1, no cap otherwise)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke test: 784-1024-10, batch 64 and 128, "
+                             f"{QUICK_SAMPLES:,} training samples")
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"torch threads (default: torch's, {torch.get_num_threads()})")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.batch_sizes = "784-1024-10", "64,128"
+    args.models = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = [name for name in args.models if name not in MODELS]
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    try:
+        args.batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    except ValueError:
+        parser.error(f"--batch-sizes must be whole numbers, got {args.batch_sizes!r}")
+    if args.epochs < 1 or min(args.batch_sizes) < 1 or (args.max_steps or 1) < 1:
+        parser.error("--epochs, --batch-sizes and --max-steps must be >= 1")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = Settings(epochs=args.epochs, dataset="mnist", data_dir=args.data_dir,
+                        device="cpu", seed=SEED, lr=LR, optimizer="adam", no_co2=True)
+    data = load_dataset("mnist", args.data_dir, DEFAULT_VAL_FRACTION)
+    train_set, test_set = textbook_sets(args.data_dir)
+    indices = train_indices(len(train_set), DEFAULT_VAL_FRACTION)
+    if args.quick:
+        indices = indices[:QUICK_SAMPLES]
+    check_same_split(data, train_set, indices)
+
+    peak = matmul_gflops()
+    physical = psutil.cpu_count(logical=False)
+    print(f"{cpu_name()}, {physical} cores / {os.cpu_count()} logical, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {MATMUL_SIZE}x{MATMUL_SIZE} float32 matmul "
+          f"{peak:.1f} GFLOP/s")
+    print(f"MNIST from {args.data_dir}: {len(indices):,} training samples per epoch "
+          f"(the engine's split{', first 10,000: --quick' if args.quick else ''}), "
+          f"{args.epochs} epoch(s), Adam lr {LR:g}, seed {SEED}. Engine s/epoch includes its "
+          f"validation pass; 'engine call s' is the whole session.run call, measuring included.")
+
+    for name in args.models:
+        warm_up(settings, data, train_set, test_set, MODELS[name])
+    rows = []
+    for name in args.models:
+        for batch_size in args.batch_sizes:
+            rows.append(compare(args, settings, data, indices, train_set, test_set,
+                                name, batch_size))
+            print(f"  done: {mlp_name(784, MODELS[name], 10)} batch {batch_size}", flush=True)
+    print()
+    print(table(rows, peak))
+    print()
+    for target, result in targets(rows, peak):
+        print(f"{target}: {result}")
+
+
+if __name__ == "__main__":
+    main()
