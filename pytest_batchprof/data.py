@@ -21,6 +21,7 @@ cropped: importing it costs seconds, and the plugin loads in every pytest run.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 from collections.abc import Callable
@@ -82,6 +83,21 @@ class Dataset:
         """The same data set with every split on ``device``."""
         return replace(self, train=self.train.to(device), val=self.val.to(device),
                        test=self.test.to(device))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the name and every split's tensors (shape, dtype and raw bytes).
+
+        A cached run is only as good as the data it was trained on: a changed
+        file, split or normalisation changes this. It reads every byte (0.2-0.4 s
+        for MNIST's 220 MB of float32 on one CPU core), so callers keep it.
+        """
+        digest = hashlib.sha256(f"{self.name}|{self.num_classes}".encode())
+        for split_name, split in (("train", self.train), ("val", self.val), ("test", self.test)):
+            for part, tensor in (("x", split.x), ("y", split.y)):
+                flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+                digest.update(f"|{split_name}.{part}:{tuple(tensor.shape)}:{tensor.dtype}|".encode())
+                digest.update(memoryview(flat.view(torch.uint8).numpy()))
+        return digest.hexdigest()
 
     def with_train_subset(self, count: int | None) -> Dataset:
         """Keep the first ``count`` training samples (the split is already shuffled)."""

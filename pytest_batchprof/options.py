@@ -58,6 +58,8 @@ class Settings:
     compare: str | None = None
     fail_drop: float = 0.5
     fail_slowdown: float | None = None
+    cache_dir: Path | None = None
+    cache_clear: bool = False
 
     @property
     def baseline_dir(self) -> Path:
@@ -75,7 +77,7 @@ class Settings:
             f"optimizer={self.optimizer} lr={self.lr:g} seed={self.seed} device={self.device} "
             f"train-subset={subset} val-fraction={self.val_fraction:.4g} "
             f"inference-batch-size={inference} co2={co2} data-dir={self.data_dir}"
-        )
+        ) + (f" cache={self.cache_dir}" if self.cache_dir is not None else "")
 
 
 class OptionError(ValueError):
@@ -196,6 +198,16 @@ def _baseline_name(text: str) -> str:
     return name
 
 
+def _directory(text: str) -> Path:
+    return Path(text.strip()).expanduser()
+
+
+def _not_a_file(path: Path) -> None:
+    """A directory that may not exist yet, but not a path taken by a file."""
+    if path.exists() and not path.is_dir():
+        raise OptionError(f"names an existing file ({path}), not a directory")
+
+
 def _device(text: str) -> str:
     spec = text.strip().lower()
     if not _DEVICE.match(spec):
@@ -219,6 +231,8 @@ class Option:
     """A flag without a value on the command line (``--no-co2``); ``true``/``false`` in ini."""
     name: str | None = None
     """The option's name when it is not the field's: ``batchprof_report`` for ``report_dir``."""
+    check: Callable[[Any], None] | None = None
+    """A check of the final value, after a relative ini path is resolved against the ini file."""
 
     @property
     def flag(self) -> str:
@@ -286,6 +300,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("fail_slowdown", "PCT", _non_negative_float, "a percentage >= 0",
            "with --batchprof-compare: fail when a run trained more than PCT% slower "
            "(default: off; times depend on the machine)", name="batchprof_fail_slowdown"),
+    Option("cache_dir", "DIR", _directory, "a directory path (created when missing)",
+           "keep trained runs in DIR, keyed by configuration, data and versions, and load "
+           "them instead of training again (default: off)", name="batchprof_cache",
+           check=_not_a_file),
+    Option("cache_clear", None, _boolean, "true or false",
+           "with --batchprof-cache: delete the cached runs when the session starts",
+           name="batchprof_cache_clear", switch=True),
 )
 
 
@@ -317,10 +338,22 @@ def settings_from_config(config: pytest.Config) -> Settings:
             ) from None
         if isinstance(value, Path) and source.startswith(option.ini) and config.inipath:
             value = config.inipath.parent / value
+        if option.check is not None:
+            try:
+                option.check(value)
+            except OptionError as error:
+                raise pytest.UsageError(
+                    f"{source} {error}; expected {option.allowed} (got {raw!r})"
+                ) from None
         values[option.field] = value
     if "data_dir" not in values:
         values["data_dir"] = default_data_dir()
     values.setdefault("report_dir", config.rootpath / "reports")
+    if values.get("cache_clear") and values.get("cache_dir") is None:
+        raise pytest.UsageError(
+            f"{source_of(config, 'cache_clear')} needs --batchprof-cache DIR "
+            f"(or batchprof_cache in the ini file): there is no cache to clear"
+        )
     return Settings(**values)
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from pytest_batchprof import hooks
+from pytest_batchprof.cache import RunCache
 from pytest_batchprof.data import Dataset, DatasetUnavailable
 from pytest_batchprof.devices import Accelerators, DeviceError, select_device
 from pytest_batchprof.gating import Threshold, baseline_path
@@ -29,6 +30,7 @@ from pytest_batchprof.summary import SessionReport, SummaryCollector, row_from_r
 from pytest_batchprof.training import Run
 
 SESSION_KEY = pytest.StashKey[BatchprofSession]()
+CLEARED_KEY = pytest.StashKey[int]()
 RUNS_KEY = pytest.StashKey[list[Run]]()
 DATA_FIXTURES = ("dataset", "trained_mlp")
 
@@ -65,15 +67,25 @@ def pytest_configure(config: pytest.Config) -> None:
             f"machine has (got {settings.device!r})"
         ) from None
     config.stash[SESSION_KEY] = BatchprofSession(settings, device, _live_writer(config))
+    if settings.cache_clear and not hasattr(config, "workerinput"):  # once, before workers start
+        config.stash[CLEARED_KEY] = RunCache(settings.cache_dir).clear()
     if not hasattr(config, "workerinput"):  # xdist workers send their rows to the controller
         config.pluginmanager.register(SummaryReporter(config, _baseline(config, settings)),
                                       "batchprof-summary")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    """One line with every batchprof setting and the device actually used."""
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """One line with every batchprof setting and the device actually used.
+
+    A second line says how many cached runs ``--batchprof-cache-clear`` deleted.
+    """
     session = config.stash[SESSION_KEY]
-    return f"{session.settings.header()} ({session.device})"
+    lines = [f"{session.settings.header()} ({session.device})"]
+    if CLEARED_KEY in config.stash:
+        count = config.stash[CLEARED_KEY]
+        lines.append(f"batchprof: cleared {count} cached run{'s' if count != 1 else ''} "
+                     f"from {session.settings.cache_dir}")
+    return lines
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pytest_batchprof.carbon import CarbonMeter
+from pytest_batchprof.cache import RunCache
+from pytest_batchprof.carbon import Carbon, CarbonMeter
 from pytest_batchprof.data import Dataset, crop_shape, dataset_key, load_dataset
-from pytest_batchprof.metrics import measure, peak_memory
-from pytest_batchprof.models import ACTIVATIONS, normalise_hidden
+from pytest_batchprof.metrics import PeakMemory, measure, peak_memory
+from pytest_batchprof.models import ACTIVATIONS, build_mlp, normalise_hidden
 from pytest_batchprof.options import OPTIMIZERS, Settings
-from pytest_batchprof.training import Run, RunConfig, train, warm_up
+from pytest_batchprof.training import Run, RunConfig, make_optimizer, train, warm_up
 
 
 @dataclass
@@ -31,11 +32,22 @@ class BatchprofSession:
     datasets: dict[str, Dataset] = field(default_factory=dict)
     runs: dict[RunConfig, Run] = field(default_factory=dict)
     carbon: CarbonMeter | None = field(init=False, default=None)
+    cache: RunCache | None = field(init=False, default=None)
+    fingerprints: dict[str, str] = field(init=False, default_factory=dict)
+    """Data fingerprints by data set name: hashing MNIST takes 0.2-0.4 s."""
     warmed_up: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if not self.settings.no_co2:
             self.carbon = CarbonMeter(self.settings.co2_country)
+        if self.settings.cache_dir is not None:
+            self.cache = RunCache(self.settings.cache_dir)
+
+    def fingerprint(self, dataset: Dataset) -> str:
+        """The data set's fingerprint, computed once per session (data sets are frozen)."""
+        if dataset.name not in self.fingerprints:
+            self.fingerprints[dataset.name] = dataset.fingerprint()
+        return self.fingerprints[dataset.name]
 
     def dataset(self, name: str | None = None, options: dict[str, object] | None = None) -> (
             Dataset):
@@ -99,6 +111,13 @@ class BatchprofSession:
             return self.runs[config]
         data = dataset.with_train_subset(config.train_subset).cropped(config.input_shape)
         _check_run_config(config, len(data.train))
+        cache_key = None
+        if self.cache is not None:
+            cache_key = self.cache.key(config, self.fingerprint(dataset))
+            run = self._load_cached(config, cache_key, data)
+            if run is not None:
+                self.runs[config] = run
+                return run
         self._say(f"batchprof: training {config.describe()}")
         if not self.warmed_up:  # one-off costs are not part of any run's figures
             warm_up(self.device)
@@ -120,7 +139,54 @@ class BatchprofSession:
             )
             self._say(f"  trained in {run.train_seconds:.2f} s, test acc={run.test_accuracy:.4f}, "
                       f"{run.measurements.latency.describe()}")
+        if self.cache is not None and cache_key is not None:  # diverged runs too: see cache.py
+            self.cache.store(cache_key, run)
         self.runs[config] = run
+        return run
+
+    def _load_cached(self, config: RunConfig, key: str, data: Dataset) -> Run | None:
+        """The run of ``config`` from the cache, measured afresh; ``None`` on a miss.
+
+        Training figures (history, times, peak memory, training CO2eq) are the
+        ones measured when the run trained; latency, FLOPs, sizes and inference
+        CO2eq are measured now, on this machine.
+        """
+        assert self.cache is not None
+        if not self.cache.path(key).is_file():
+            return None  # a plain miss: no model to build
+        with torch.random.fork_rng(devices=[]):  # the same code path as training.train
+            torch.manual_seed(config.seed)
+            model = build_mlp(config.input_size, config.hidden, config.num_classes,
+                              config.activation)
+        model.to(self.device)
+        optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+        cached = self.cache.load(key, model, optimizer)
+        if cached is None:
+            return None
+        model.eval()
+        run = Run(config=config, model=model, optimizer=optimizer,
+                  samples_per_epoch=cached.samples_per_epoch, test_images=data.test.x,
+                  history=cached.history, train_seconds=cached.train_seconds,
+                  test_loss=cached.test_loss, test_accuracy=cached.test_accuracy,
+                  diverged=cached.diverged)
+        self._say(f"batchprof: loaded {config.describe()} from the cache")
+        if run.diverged:
+            self._say(f"  diverged: {run.diverged}")
+            return run
+        if self.carbon:
+            self.carbon.prepare()
+            train_carbon = cached.train_carbon or Carbon(
+                None, None, None, "not measured: trained with --no-co2 before it was cached")
+        else:
+            train_carbon = None
+        peak = cached.peak_memory or PeakMemory(0, "not measured (cached run)")
+        run.measurements = measure(
+            model, optimizer, data.test.x,
+            self.settings.inference_batch_size or config.batch_size,
+            peak, train_carbon, self.carbon,
+        )
+        self._say(f"  trained in {run.train_seconds:.2f} s (cached), "
+                  f"test acc={run.test_accuracy:.4f}, {run.measurements.latency.describe()}")
         return run
 
     def _say(self, line: str) -> None:

@@ -383,7 +383,8 @@ FLAGS = ["--batch-sizes", "--epochs", "--dataset", "--data-dir", "--device", "--
          "--optimizer", "--train-subset", "--val-fraction", "--inference-batch-size",
          "--no-co2", "--co2-country", "--batchprof-report", "--batchprof-no-report",
          "--batchprof-columns", "--batchprof-save", "--batchprof-compare",
-         "--batchprof-fail-drop", "--batchprof-fail-slowdown"]
+         "--batchprof-fail-drop", "--batchprof-fail-slowdown", "--batchprof-cache",
+         "--batchprof-cache-clear"]
 INI_KEYS = ["batchprof_" + flag[2:].replace("-", "_").removeprefix("batchprof_")
             for flag in FLAGS]
 
