@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,6 +46,7 @@ from pytest_batchprof.data import SPLIT_SEED, Dataset, load_dataset
 from pytest_batchprof.models import build_mlp, mlp_name
 from pytest_batchprof.options import DEFAULT_VAL_FRACTION, Settings, default_data_dir
 from pytest_batchprof.session import BatchprofSession
+from pytest_batchprof.storage import cpu_name
 from pytest_batchprof.training import Run
 
 MODELS: dict[str, tuple[int, ...]] = {
@@ -94,17 +94,6 @@ class Row:
 
 
 # ---------------------------------------------------------------- machine
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (or the platform's guess elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def matmul_gflops(size: int = MATMUL_SIZE) -> float:
