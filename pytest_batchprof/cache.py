@@ -32,6 +32,7 @@ from torch import nn
 
 import pytest_batchprof
 from pytest_batchprof.carbon import Carbon
+from pytest_batchprof.errors import one_line
 from pytest_batchprof.metrics import PeakMemory
 from pytest_batchprof.training import EpochRecord, Run, RunConfig
 
@@ -130,12 +131,12 @@ class RunCache:
         try:
             entry = torch.load(path, weights_only=True, map_location=device)
         except Exception as error:  # truncated, garbage, or pickled code weights_only refuses
-            self._discard(path, f"cannot be read ({_one_line(error)})")
+            self._discard(path, f"cannot be read ({one_line(error)})")
             return None
         try:
             return _restore(entry, self._inputs[key], model, optimizer)
         except Exception as error:  # a foreign or damaged entry is a miss, never a crash
-            self._discard(path, f"cannot be used ({_one_line(error)})")
+            self._discard(path, f"cannot be used ({one_line(error)})")
             return None
 
     def store(self, key: str, run: Run) -> Path | None:
@@ -172,7 +173,7 @@ class RunCache:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
             warnings.warn(f"batchprof: could not write cache entry {path} "
-                          f"({_one_line(error)}); the run is not cached",
+                          f"({one_line(error)}); the run is not cached",
                           BatchprofCacheWarning, stacklevel=2)
             return None
         return path
@@ -251,8 +252,3 @@ def _number(entry: dict[str, Any], name: str) -> float:
 
 def _optional_number(entry: dict[str, Any], name: str) -> float | None:
     return None if entry[name] is None else _number(entry, name)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

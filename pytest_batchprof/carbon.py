@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from pytest_batchprof.errors import one_line
+
 DEFAULT_COUNTRY = "USA"
 
 
@@ -87,7 +89,7 @@ class CarbonMeter:
                         project_name="pytest-batchprof",
                     )
             except Exception as error:
-                self._error = f"codecarbon failed to start: {_one_line(error)}"
+                self._error = f"codecarbon failed to start: {one_line(error)}"
         return self._tracker
 
     @contextmanager
@@ -103,7 +105,7 @@ class CarbonMeter:
             with _quiet():
                 tracker.start_task()
         except Exception as error:
-            failure = f"codecarbon failed: {_one_line(error)}"
+            failure = f"codecarbon failed: {one_line(error)}"
         else:
             try:
                 yield result
@@ -119,15 +121,10 @@ class CarbonMeter:
             with _quiet():
                 data = tracker.stop_task()
         except Exception as error:
-            return Carbon(None, None, None, f"codecarbon failed: {_one_line(error)}")
+            return Carbon(None, None, None, f"codecarbon failed: {one_line(error)}")
         if data is None:
             return Carbon(None, None, None, "codecarbon returned no measurement")
         if not data.energy_consumed or data.energy_consumed <= 0:
             return Carbon(None, None, data.duration,
                           "codecarbon could not estimate the power of this machine")
         return Carbon(float(data.energy_consumed), float(data.emissions), float(data.duration))
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from pytest_batchprof.errors import one_line
+
 SPLIT_SEED = 0
 """Seed of the train/validation (and, for digits, the test) split; fixed on purpose."""
 
@@ -166,10 +168,9 @@ def _torchvision_loader(class_name: str, num_classes: int = 10) -> Loader:
             try:
                 download(dataset_class, data_dir)
             except Exception as error:  # any network or disk failure means the same to a user
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 raise DatasetUnavailable(
                     f"{class_name} is not in {raw_dir} and could not be downloaded "
-                    f"({type(error).__name__}: {reason}); put its raw files there, point "
+                    f"({one_line(error)}); put its raw files there, point "
                     f"--data-dir (or BATCHPROF_DATA_DIR) at a directory that holds "
                     f"{class_name}/raw/, or run offline with --dataset digits"
                 ) from error

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pytest_batchprof.carbon import Carbon, CarbonMeter
+from pytest_batchprof.errors import one_line
 
 LATENCY_MIN_RUN_TIME = 0.05
 """Seconds of timed inference per latency figure, after the warm-up."""
@@ -221,7 +222,7 @@ def _flop_counter(model: nn.Module, example: torch.Tensor, notes: list[str]) -> 
             model(example)
         forward = counter.get_total_flops()
     except Exception as error:  # any model-specific failure becomes n/a, never a crash
-        notes.append(f"FlopCounterMode failed: {_one_line(error)}")
+        notes.append(f"FlopCounterMode failed: {one_line(error)}")
         return None, None
     try:
         parameters = [p for p in model.parameters() if p.requires_grad]
@@ -230,7 +231,7 @@ def _flop_counter(model: nn.Module, example: torch.Tensor, notes: list[str]) -> 
             torch.autograd.grad(output.float().sum(), parameters)  # leaves .grad untouched
         return forward, counter.get_total_flops()
     except Exception as error:
-        notes.append(f"FlopCounterMode failed (training FLOPs): {_one_line(error)}")
+        notes.append(f"FlopCounterMode failed (training FLOPs): {one_line(error)}")
         return forward, None
 
 
@@ -248,7 +249,7 @@ def _fvcore_macs(model: nn.Module, example: torch.Tensor, notes: list[str]) -> (
             total = int(analysis.total())
             by_module = analysis.by_module()
     except Exception as error:
-        notes.append(f"fvcore could not trace the model: {_one_line(error)}")
+        notes.append(f"fvcore could not trace the model: {one_line(error)}")
         return None, {}
     layers = {name: int(count) for name, count in by_module.items()
               if name and "." not in name and count}
@@ -304,7 +305,7 @@ def measure_latency(model: nn.Module, inputs: torch.Tensor,
     (``Timer.blocked_autorange`` grows its blocks tenfold at a time, which
     leaves one or two blocks for a fast model: no spread to report.)
     """
-    Measurement, Timer = _benchmark_timer()
+    Measurement, Timer = benchmark_timer()
     was_training = model.training
     model.eval()
     try:
@@ -398,7 +399,7 @@ def _peak_rss() -> int:
     raise ValueError("no VmHWM in /proc/self/status")
 
 
-def _benchmark_timer() -> tuple[type, type]:
+def benchmark_timer() -> tuple[type, type]:
     """``torch.utils.benchmark``'s Measurement and Timer, imported quietly.
 
     Importing it loads ``torch.utils.cpp_extension``, which logs a warning on a
@@ -412,8 +413,3 @@ def _benchmark_timer() -> tuple[type, type]:
     finally:
         logger.setLevel(level)
     return Measurement, Timer
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

@@ -17,9 +17,9 @@ from pytest_batchprof.cache import RunCache
 from pytest_batchprof.carbon import Carbon, CarbonMeter
 from pytest_batchprof.data import Dataset, crop_shape, dataset_key, load_dataset
 from pytest_batchprof.metrics import PeakMemory, measure, peak_memory
-from pytest_batchprof.models import ACTIVATIONS, build_mlp, normalise_hidden
+from pytest_batchprof.models import ACTIVATIONS, normalise_hidden
 from pytest_batchprof.options import OPTIMIZERS, Settings
-from pytest_batchprof.training import Run, RunConfig, make_optimizer, train, warm_up
+from pytest_batchprof.training import Run, RunConfig, initial_model, train, warm_up
 
 
 @dataclass
@@ -129,16 +129,7 @@ class BatchprofSession:
             train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None
             run = train(config, data, self.device,
                         lambda _, record: self._say("  " + record.line()))
-        if run.diverged:
-            self._say(f"  diverged: {run.diverged}")
-        else:
-            run.measurements = measure(
-                run.model, run.optimizer, data.test.x,
-                self.settings.inference_batch_size or config.batch_size,
-                memory[0], train_carbon[0] if train_carbon else None, self.carbon,
-            )
-            self._say(f"  trained in {run.train_seconds:.2f} s, test acc={run.test_accuracy:.4f}, "
-                      f"{run.measurements.latency.describe()}")
+        self._measure(run, data, memory[0], train_carbon[0] if train_carbon else None)
         if self.cache is not None and cache_key is not None:  # diverged runs too: see cache.py
             self.cache.store(cache_key, run)
         self.runs[config] = run
@@ -154,12 +145,7 @@ class BatchprofSession:
         assert self.cache is not None
         if not self.cache.path(key).is_file():
             return None  # a plain miss: no model to build
-        with torch.random.fork_rng(devices=[]):  # the same code path as training.train
-            torch.manual_seed(config.seed)
-            model = build_mlp(config.input_size, config.hidden, config.num_classes,
-                              config.activation)
-        model.to(self.device)
-        optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+        model, optimizer = initial_model(config, self.device)
         cached = self.cache.load(key, model, optimizer)
         if cached is None:
             return None
@@ -170,24 +156,28 @@ class BatchprofSession:
                   test_loss=cached.test_loss, test_accuracy=cached.test_accuracy,
                   diverged=cached.diverged)
         self._say(f"batchprof: loaded {config.describe()} from the cache")
-        if run.diverged:
-            self._say(f"  diverged: {run.diverged}")
-            return run
+        train_carbon = None
         if self.carbon:
             self.carbon.prepare()
             train_carbon = cached.train_carbon or Carbon(
                 None, None, None, "not measured: trained with --no-co2 before it was cached")
-        else:
-            train_carbon = None
         peak = cached.peak_memory or PeakMemory(0, "not measured (cached run)")
+        self._measure(run, data, peak, train_carbon, " (cached)")
+        return run
+
+    def _measure(self, run: Run, data: Dataset, peak: PeakMemory, train_carbon: Carbon | None,
+                 origin: str = "") -> None:
+        """Measure a run that did not diverge, and say how it went."""
+        if run.diverged:
+            self._say(f"  diverged: {run.diverged}")
+            return
         run.measurements = measure(
-            model, optimizer, data.test.x,
-            self.settings.inference_batch_size or config.batch_size,
+            run.model, run.optimizer, data.test.x,
+            self.settings.inference_batch_size or run.config.batch_size,
             peak, train_carbon, self.carbon,
         )
-        self._say(f"  trained in {run.train_seconds:.2f} s (cached), "
+        self._say(f"  trained in {run.train_seconds:.2f} s{origin}, "
                   f"test acc={run.test_accuracy:.4f}, {run.measurements.latency.describe()}")
-        return run
 
     def _say(self, line: str) -> None:
         if self.write_line is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pytest_batchprof import storage
+from pytest_batchprof.errors import one_line
 from pytest_batchprof.gating import Comparison, compare
 from pytest_batchprof.options import source_of
 from pytest_batchprof.report import (
@@ -134,7 +135,7 @@ def _plots(rows: list[Row], directory: Path, stem: str, warnings: list[str]):
     try:
         return write_plots(rows, directory, stem)
     except Exception as error:  # a plot must never cost the tables
-        warnings.append(f"plots were not drawn: {type(error).__name__}: {error}")
+        warnings.append(f"plots were not drawn: {one_line(error)}")
         return []
 
 

@@ -217,6 +217,21 @@ def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
         return classes[name](parameters, lr=lr)
 
 
+def initial_model(config: RunConfig, device: torch.device) -> (
+        tuple[nn.Module, torch.optim.Optimizer]):
+    """The untrained model of ``config`` (seeded, global RNG untouched) and its optimizer.
+
+    Training starts from it, and a cached run is loaded into it, so both build
+    exactly the same modules.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_mlp(config.input_size, config.hidden, config.num_classes,
+                          config.activation)
+    model.to(device)
+    return model, make_optimizer(config.optimizer, model.parameters(), config.lr)
+
+
 def warm_up(device: torch.device) -> None:
     """Pay torch's one-off costs before the first timed run.
 
@@ -270,12 +285,7 @@ def train(
 
     Never raises for a diverging loss: the returned run carries the reason.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_mlp(config.input_size, config.hidden, config.num_classes,
-                          config.activation)
-    model.to(device)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr)
+    model, optimizer = initial_model(config, device)
     run = Run(config=config, model=model, optimizer=optimizer,
               samples_per_epoch=len(data.train), test_images=data.test.x)
     shuffle = torch.Generator().manual_seed(config.seed)

@@ -46,7 +46,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fvcore.nn import FlopCountAnalysis, parameter_count
 
-    metrics._benchmark_timer()
+    metrics.benchmark_timer()
 
 HYPOTHESIS = settings(max_examples=25, deadline=None, database=None)
 MB = 2**20

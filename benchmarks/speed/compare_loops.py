@@ -39,10 +39,10 @@ import psutil
 import torch
 from tabulate import tabulate
 from torch import nn
-from torch.utils.benchmark import Timer
 from torch.utils.data import DataLoader, Subset
 
 from pytest_batchprof.data import SPLIT_SEED, Dataset, load_dataset
+from pytest_batchprof.metrics import benchmark_timer
 from pytest_batchprof.models import build_mlp, mlp_name
 from pytest_batchprof.options import DEFAULT_VAL_FRACTION, Settings, default_data_dir
 from pytest_batchprof.session import BatchprofSession
@@ -99,6 +99,7 @@ class Row:
 def matmul_gflops(size: int = MATMUL_SIZE) -> float:
     """GFLOP/s of a ``size`` x ``size`` float32 ``torch.mm``: 2 n^3 FLOPs per call."""
     a, b = torch.randn(size, size), torch.randn(size, size)
+    _, Timer = benchmark_timer()
     timer = Timer("torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b},
                   num_threads=torch.get_num_threads())
     seconds = timer.blocked_autorange(min_run_time=1.0).median
