@@ -49,6 +49,7 @@ class Settings:
     train_subset: int | None = None
     val_fraction: float = DEFAULT_VAL_FRACTION
     inference_batch_size: int | None = None
+    keep_denormals: bool = False
     no_co2: bool = False
     co2_country: str = DEFAULT_COUNTRY
     report_dir: Path = Path("reports")
@@ -77,7 +78,8 @@ class Settings:
             f"optimizer={self.optimizer} lr={self.lr:g} seed={self.seed} device={self.device} "
             f"train-subset={subset} val-fraction={self.val_fraction:.4g} "
             f"inference-batch-size={inference} co2={co2} data-dir={self.data_dir}"
-        ) + (f" cache={self.cache_dir}" if self.cache_dir is not None else "")
+        ) + (" keep-denormals" if self.keep_denormals else "") + (
+            f" cache={self.cache_dir}" if self.cache_dir is not None else "")
 
 
 class OptionError(ValueError):
@@ -272,6 +274,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("inference_batch_size", "N", _positive_int, "a whole number >= 1",
            "batch size of the inference latency figure (default: the run's training "
            "batch size, as in the reference posts)"),
+    Option("keep_denormals", None, _boolean, "true or false",
+           "compute on denormal floats instead of flushing them to zero while training "
+           "on the CPU (slower; see the README)", switch=True),
     Option("no_co2", None, _boolean, "true or false",
            "do not measure energy and CO2eq with codecarbon", switch=True),
     Option("co2_country", "ISO3", _country,

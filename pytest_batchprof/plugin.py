@@ -22,7 +22,7 @@ from pytest_batchprof.cache import RunCache
 from pytest_batchprof.data import Dataset, DatasetUnavailable
 from pytest_batchprof.devices import Accelerators, DeviceError, select_device
 from pytest_batchprof.gating import Threshold, baseline_path
-from pytest_batchprof.options import register, settings_from_config, source_of
+from pytest_batchprof.options import Settings, register, settings_from_config, source_of
 from pytest_batchprof.report import run_key
 from pytest_batchprof.session import BatchprofSession
 from pytest_batchprof.storage import ReportError, load_report
@@ -239,6 +239,17 @@ def batch_size(request: pytest.FixtureRequest) -> int:
 def device(pytestconfig: pytest.Config) -> torch.device:
     """The ``torch.device`` of this session, from ``--device`` (auto: cuda, mps, then cpu)."""
     return pytestconfig.stash[SESSION_KEY].device
+
+
+@pytest.fixture(scope="session")
+def batchprof_settings(pytestconfig: pytest.Config) -> Settings:
+    """The session's validated options, for experiments that adapt to them.
+
+    A frozen :class:`~pytest_batchprof.options.Settings`: ``.batch_sizes``,
+    ``.epochs``, ``.train_subset``, ``.seed``, ``.lr`` and the rest, after the
+    command line, the ini file and the defaults have been merged.
+    """
+    return pytestconfig.stash[SESSION_KEY].settings
 
 
 @pytest.fixture

@@ -102,7 +102,8 @@ def merge_outcome(current: str | None, new: str) -> str:
 def run_key(row: Row) -> str:
     """What makes two rows the same run: the configuration, not the test that asked."""
     keys = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size", "epochs",
-            "lr", "optimizer", "seed", "device", "train_subset", "val_fraction")
+            "lr", "optimizer", "seed", "device", "train_subset", "val_fraction",
+            "flush_denormals")
     return json.dumps([row.get(key) for key in keys])  # tuples and lists alike, as in JSON
 
 

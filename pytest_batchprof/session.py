@@ -106,6 +106,7 @@ class BatchprofSession:
             device=str(self.device),
             train_subset=settings.train_subset,
             val_fraction=settings.val_fraction,
+            flush_denormals=not settings.keep_denormals,
         )
         if config in self.runs:
             return self.runs[config]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytest_batchprof.data import Dataset, Split
+from pytest_batchprof.denormals import denormals_flushed
 from pytest_batchprof.devices import synchronize
 from pytest_batchprof.metrics import Latency, Measurements, inference_inputs, predictor
 from pytest_batchprof.models import build_mlp, mlp_name
@@ -48,6 +49,8 @@ class RunConfig:
     device: str
     train_subset: int | None
     val_fraction: float
+    flush_denormals: bool = True
+    """Flush denormal floats to zero on the CPU while training (see :mod:`.denormals`)."""
 
     @property
     def input_size(self) -> int:
@@ -285,6 +288,12 @@ def train(
 
     Never raises for a diverging loss: the returned run carries the reason.
     """
+    with denormals_flushed(config.flush_denormals and device.type == "cpu"):
+        return _train(config, data, device, on_epoch)
+
+
+def _train(config: RunConfig, data: Dataset, device: torch.device,
+           on_epoch: ProgressCallback | None) -> Run:
     model, optimizer = initial_model(config, device)
     run = Run(config=config, model=model, optimizer=optimizer,
               samples_per_epoch=len(data.train), test_images=data.test.x)

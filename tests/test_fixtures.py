@@ -29,6 +29,22 @@ def test_trained_mlp_returns_a_complete_run(pytester: pytest.Pytester):
     result.assert_outcomes(passed=1)
 
 
+def test_batchprof_settings_gives_the_merged_options(pytester: pytest.Pytester):
+    pytester.makeini("[pytest]\nbatchprof_epochs = 3\n")
+    pytester.makepyfile(
+        """
+        def test_settings(batchprof_settings):
+            assert batchprof_settings.epochs == 3                  # from the ini file
+            assert batchprof_settings.train_subset == 120          # from the command line
+            assert batchprof_settings.batch_sizes == (8, 32)
+            assert batchprof_settings.seed == 0                    # the default
+        """
+    )
+    result = pytester.runpytest("--dataset", "synthetic", "--train-subset", "120",
+                                "--batch-sizes", "8,32")
+    result.assert_outcomes(passed=1)
+
+
 def test_epoch_lines_show_live_without_dash_s(pytester: pytest.Pytester):
     pytester.makepyfile(
         """

@@ -222,6 +222,7 @@ GOOD_INI = [
     ("batchprof_device", "cpu", "device=cpu"),
     ("batchprof_inference_batch_size", "128", "inference-batch-size=128"),
     ("batchprof_no_co2", "true", "co2=off"),
+    ("batchprof_keep_denormals", "true", "keep-denormals"),
     ("batchprof_co2_country", "deu", "co2=DEU"),
 ]
 
@@ -281,6 +282,7 @@ BAD_INI = [
     ("batchprof_device", "gpu", "expected auto, cpu, cuda, cuda:N or mps"),
     ("batchprof_inference_batch_size", "0", "expected a whole number >= 1"),
     ("batchprof_no_co2", "maybe", "expected true or false"),
+    ("batchprof_keep_denormals", "sometimes", "expected true or false"),
     ("batchprof_co2_country", "XYZ", "expected an ISO 3166 alpha-3 country code"),
 ]
 
@@ -381,8 +383,8 @@ def test_without_env_data_dir_defaults_to_user_cache(pytester: pytest.Pytester,
 
 FLAGS = ["--batch-sizes", "--epochs", "--dataset", "--data-dir", "--device", "--seed", "--lr",
          "--optimizer", "--train-subset", "--val-fraction", "--inference-batch-size",
-         "--no-co2", "--co2-country", "--batchprof-report", "--batchprof-no-report",
-         "--batchprof-columns", "--batchprof-save", "--batchprof-compare",
+         "--keep-denormals", "--no-co2", "--co2-country", "--batchprof-report",
+         "--batchprof-no-report", "--batchprof-columns", "--batchprof-save", "--batchprof-compare",
          "--batchprof-fail-drop", "--batchprof-fail-slowdown", "--batchprof-cache",
          "--batchprof-cache-clear"]
 INI_KEYS = ["batchprof_" + flag[2:].replace("-", "_").removeprefix("batchprof_")
@@ -536,6 +538,7 @@ def test_header_shows_every_setting_and_the_device(pytester: pytest.Pytester,
         f"data-dir={tmp_path} (cpu)"
     )
     assert " co2=off " in header_line(pytester.runpytest("--no-co2"))
+    assert " keep-denormals " in header_line(pytester.runpytest("--keep-denormals"))
 
 
 def test_header_defaults(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,

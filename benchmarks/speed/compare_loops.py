@@ -20,8 +20,18 @@ after that partial epoch. Engine GFLOP/s is training FLOPs per sample
 (FlopCounterMode, forward + backward) times training samples per second, set
 against a large float32 ``torch.mm`` timed in the same run.
 
+The "floor" is what no loop doing this maths can beat on this machine: the
+step's matrix products (forward ``addmm`` per layer, the weight and input
+gradients of the backward pass) and one fused Adam step, each timed alone at
+the row's batch size with warm caches, times the steps of an epoch, plus the
+engine's validation pass. ``best speed-up`` is the textbook's seconds over the
+floor: the most any engine could reach. ``--profile`` prints torch.profiler's
+table of the engine's own training steps for each row, to see where the time
+between the engine and the floor goes.
+
     make speed                                       # both models, batch 1,16,64,128: long
     make speed ARGS="--quick --data-dir=/path/to/data"   # smoke test, about a minute
+    make speed ARGS="--profile --max-steps 300"          # where the engine's time goes
     .venv/bin/python benchmarks/speed/compare_loops.py --models 784-1024-10 \\
         --batch-sizes 1 --max-steps 200
 """
@@ -47,7 +57,7 @@ from pytest_batchprof.models import build_mlp, mlp_name
 from pytest_batchprof.options import DEFAULT_VAL_FRACTION, Settings, default_data_dir
 from pytest_batchprof.session import BatchprofSession
 from pytest_batchprof.storage import cpu_name
-from pytest_batchprof.training import Run
+from pytest_batchprof.training import Run, train
 
 MODELS: dict[str, tuple[int, ...]] = {
     "784-1024-10": (1024,),
@@ -83,6 +93,7 @@ class Row:
     engine: Side
     engine_call_seconds: float
     engine_gflops: float
+    floor_seconds_per_epoch: float
 
     @property
     def extrapolated(self) -> bool:
@@ -91,6 +102,11 @@ class Row:
     @property
     def speedup(self) -> float:
         return self.textbook.seconds_per_epoch / self.engine.seconds_per_epoch
+
+    @property
+    def best_speedup(self) -> float:
+        """The speed-up of a loop that spent nothing beyond the floor."""
+        return self.textbook.seconds_per_epoch / self.floor_seconds_per_epoch
 
 
 # ---------------------------------------------------------------- machine
@@ -182,6 +198,50 @@ def engine_seconds_per_epoch(run: Run, scale: float) -> float:
     return seconds / len(run.history)
 
 
+# ---------------------------------------------------------------- floor and profile
+
+
+def floor_seconds_per_step(hidden: tuple[int, ...], batch_size: int) -> float:
+    """Seconds of one training step's unavoidable kernels, run back to back.
+
+    Forward: one ``addmm`` per layer. Backward: each layer's weight gradient
+    (``grad.T @ input``) and, above the first layer, the input gradient
+    (``grad @ weight``). Then one fused Adam step over all parameters, which
+    sweeps the weights and their state through the caches as training does.
+    Element-wise work, the loss, autograd and Python's loop are left out.
+    """
+    _, Timer = benchmark_timer()
+    model = seeded_mlp(hidden)
+    layers = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter) * 1e-3
+    inputs = [torch.randn(batch_size, layer.in_features) for layer in layers]
+    grads = [torch.randn(batch_size, layer.out_features) for layer in layers]
+
+    @torch.no_grad()
+    def kernels() -> None:
+        for layer, x in zip(layers, inputs, strict=True):
+            torch.addmm(layer.bias, x, layer.weight.t())
+        for index, (layer, x, grad) in enumerate(zip(layers, inputs, grads, strict=True)):
+            torch.mm(grad.t(), x)
+            if index > 0:
+                torch.mm(grad, layer.weight)
+        optimizer.step()
+
+    timer = Timer("kernels()", globals={"kernels": kernels}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=0.5).median
+
+
+def profile_engine(run: Run, data: Dataset) -> str:
+    """torch.profiler's busiest operators while the engine trains ``run`` again (no measuring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        train(run.config, data.with_train_subset(run.config.train_subset), torch.device("cpu"))
+    return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+
+
 # ---------------------------------------------------------------- comparison
 
 
@@ -217,7 +277,13 @@ def compare(args: argparse.Namespace, settings: Settings, data: Dataset, indices
     engine = Side(engine_seconds_per_epoch(run, scale), run.test_accuracy)
     train_flops = run.measurements.flops.train_flops or 0
     gflops = train_flops * run.train_samples_per_second / 1e9
-    return Row(model, batch_size, steps, full_steps, textbook, engine, call_seconds, gflops)
+    eval_seconds = sum(record.eval_seconds for record in run.history) / len(run.history)
+    floor = floor_seconds_per_step(hidden, batch_size) * full_steps + eval_seconds
+    if args.profile:
+        print(f"\ntorch.profiler, engine, {model} batch {batch_size}, {used:,} samples:")
+        print(profile_engine(run, data))
+    return Row(model, batch_size, steps, full_steps, textbook, engine, call_seconds, gflops,
+               floor)
 
 
 def check_same_split(data: Dataset, train_set: torch.utils.data.Dataset,
@@ -267,13 +333,15 @@ def table(rows: list[Row], peak: float) -> str:
         f"{row.textbook.test_accuracy:.2%}".rstrip("%"),
         f"{row.engine.test_accuracy:.2%}".rstrip("%"),
         f"{row.engine_gflops:.1f}", f"{row.engine_gflops / peak:.0%}",
+        f"{row.floor_seconds_per_epoch:.2f}", f"{row.best_speedup:.1f}",
         f"{row.engine_call_seconds:.2f}",
         (f"extrapolated from {row.steps} of {row.full_steps} steps; acc after "
          f"{row.steps} steps" if row.extrapolated else ""),
     ] for row in rows]
     headers = ["model", "batch", "textbook s/epoch", "engine s/epoch", "speed-up (x)",
                "textbook test acc (%)", "engine test acc (%)", "engine GFLOP/s",
-               "% of matmul peak", "engine call s", "note"]
+               "% of matmul peak", "floor s/epoch", "best speed-up (x)", "engine call s",
+               "note"]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -291,6 +359,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke test: 784-1024-10, batch 64 and 128, "
                              f"{QUICK_SAMPLES:,} training samples")
+    parser.add_argument("--profile", action="store_true",
+                        help="print torch.profiler's busiest operators of each engine run")
     parser.add_argument("--threads", type=int, default=None,
                         help=f"torch threads (default: torch's, {torch.get_num_threads()})")
     args = parser.parse_args()
