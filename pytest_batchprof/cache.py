@@ -34,9 +34,9 @@ import pytest_batchprof
 from pytest_batchprof.carbon import Carbon
 from pytest_batchprof.errors import one_line
 from pytest_batchprof.metrics import PeakMemory
-from pytest_batchprof.training import EpochRecord, Run, RunConfig
+from pytest_batchprof.training import EpochRecord, Run, RunConfig, TimeToTarget
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Version of the entry layout; raise it when the layout or its meaning changes."""
 
 SUFFIX = ".pt"
@@ -45,6 +45,7 @@ _TEMP_SUFFIX = ".tmp"
 _FIELDS = frozenset({
     "format", "inputs", "model", "optimizer", "history", "train_seconds", "test_loss",
     "test_accuracy", "diverged", "samples_per_epoch", "peak_memory", "train_carbon",
+    "time_to_target",
 })
 
 
@@ -68,6 +69,7 @@ class CachedRun:
     samples_per_epoch: int
     peak_memory: PeakMemory | None
     train_carbon: Carbon | None
+    time_to_target: TimeToTarget | None
 
 
 def torch_version() -> str:
@@ -155,6 +157,8 @@ class RunCache:
             "samples_per_epoch": int(run.samples_per_epoch),
             "peak_memory": None,
             "train_carbon": None,
+            "time_to_target": (None if run.time_to_target is None
+                               else asdict(run.time_to_target)),
         }
         if run.measurements is not None:
             entry["peak_memory"] = asdict(run.measurements.peak_memory)
@@ -233,6 +237,8 @@ def _restore(entry: Any, inputs: str, model: nn.Module, optimizer: torch.optim.O
             **_typed(entry, "peak_memory", dict)),
         train_carbon=None if entry["train_carbon"] is None else Carbon(
             **_typed(entry, "train_carbon", dict)),
+        time_to_target=None if entry["time_to_target"] is None else TimeToTarget(
+            **_typed(entry, "time_to_target", dict)),
     )
 
 

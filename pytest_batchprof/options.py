@@ -27,6 +27,7 @@ GROUP = "batchprof"
 DATA_DIR_ENV = "BATCHPROF_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/pytest-batchprof")
 OPTIMIZERS = ("adam", "sgd")
+LR_SCALINGS = ("none", "linear", "sqrt")
 DEFAULT_VAL_FRACTION = 1 / 12
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
@@ -46,10 +47,15 @@ class Settings:
     seed: int = 0
     lr: float = 1e-3
     optimizer: str = "adam"
+    lr_scaling: str = "none"
+    lr_base_batch: int = 64
+    lr_warmup_epochs: float = 0.0
+    target_accuracy: float | None = None
     train_subset: int | None = None
     val_fraction: float = DEFAULT_VAL_FRACTION
     inference_batch_size: int | None = None
     keep_denormals: bool = False
+    noise_scale: bool = False
     no_co2: bool = False
     co2_country: str = DEFAULT_COUNTRY
     report_dir: Path = Path("reports")
@@ -78,8 +84,17 @@ class Settings:
             f"optimizer={self.optimizer} lr={self.lr:g} seed={self.seed} device={self.device} "
             f"train-subset={subset} val-fraction={self.val_fraction:.4g} "
             f"inference-batch-size={inference} co2={co2} data-dir={self.data_dir}"
-        ) + (" keep-denormals" if self.keep_denormals else "") + (
+        ) + self._lr_schedule() + (
+            f" target-accuracy={self.target_accuracy:g}" if self.target_accuracy else "") + (
+            " noise-scale" if self.noise_scale else "") + (
+            " keep-denormals" if self.keep_denormals else "") + (
             f" cache={self.cache_dir}" if self.cache_dir is not None else "")
+
+    def _lr_schedule(self) -> str:
+        if (self.lr_scaling, self.lr_base_batch, self.lr_warmup_epochs) == ("none", 64, 0.0):
+            return ""  # the defaults: every run at --lr
+        return (f" lr-scaling={self.lr_scaling} lr-base-batch={self.lr_base_batch} "
+                f"lr-warmup-epochs={self.lr_warmup_epochs:g}")
 
 
 class OptionError(ValueError):
@@ -266,6 +281,17 @@ OPTIONS: tuple[Option, ...] = (
            "learning rate (default: 1e-3)"),
     Option("optimizer", "NAME", _choice(OPTIMIZERS), "adam or sgd",
            "optimizer (default: adam)"),
+    Option("lr_scaling", "RULE", _choice(LR_SCALINGS), "none, linear or sqrt",
+           "scale --lr with the batch size b: linear lr x b/B (Goyal et al. 2017), sqrt "
+           "lr x sqrt(b/B), where B is --lr-base-batch (default: none)"),
+    Option("lr_base_batch", "B", _positive_int, "a whole number >= 1",
+           "the batch size at which --lr applies unscaled (default: 64)"),
+    Option("lr_warmup_epochs", "E", _non_negative_float, "a number of epochs >= 0, e.g. 1 or 0.5",
+           "ramp the learning rate linearly from --lr to the run's scaled lr over the first E "
+           "epochs, step by step (default: 0, no warm-up)"),
+    Option("target_accuracy", "F", _fraction, "a fraction above 0 and below 1, e.g. 0.97",
+           "stop each run when its validation accuracy reaches F, and report the steps, "
+           "samples, epochs and seconds it took (default: off)"),
     Option("train_subset", "N", _positive_int, "a whole number >= 1",
            "train on the first N training samples only, for quick runs (default: all)"),
     Option("val_fraction", "F", _fraction, "a number above 0 and below 1",
@@ -274,6 +300,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("inference_batch_size", "N", _positive_int, "a whole number >= 1",
            "batch size of the inference latency figure (default: the run's training "
            "batch size, as in the reference posts)"),
+    Option("noise_scale", None, _boolean, "true or false",
+           "estimate each run's critical batch size (the gradient noise scale B_simple of "
+           "McCandlish et al. 2018) after training", switch=True),
     Option("keep_denormals", None, _boolean, "true or false",
            "compute on denormal floats instead of flushing them to zero while training "
            "on the CPU (slower; see the README)", switch=True),
@@ -342,7 +371,7 @@ def settings_from_config(config: pytest.Config) -> Settings:
                 f"{source} {error}; expected {option.allowed} (got {raw!r})"
             ) from None
         if isinstance(value, Path) and source.startswith(option.ini) and config.inipath:
-            value = config.inipath.parent / value
+            value = Path(os.path.normpath(config.inipath.parent / value))  # no "dir/../"
         if option.check is not None:
             try:
                 option.check(value)

@@ -5,7 +5,10 @@ canvas of their own, never through pyplot, so plotting needs no display and
 touches no global state of the process (a user's backend, open figures).
 
 Rows are ``Run.summary()`` dicts. Runs that differ only in their seed are
-averaged per batch size, so every line stays single-valued. A diverged run
+averaged per batch size, so every line stays single-valued. Runs trained for
+different numbers of epochs (a 2-epoch study beside a 200-epoch one) get a
+panel each in the per-batch-size plots, with axes of their own: their
+accuracies and times are not on one scale. A diverged run
 (``test_accuracy`` None) is left out of every plot: its time and its learning
 curve stop at the divergence and would pull the averages down.
 """
@@ -65,8 +68,10 @@ class Series:
     """
 
     label: str
+    epochs: object = None
     accuracy: dict[int, float] = field(default_factory=dict)
     seconds: dict[int, float] = field(default_factory=dict)
+    steps_to_target: dict[int, float] = field(default_factory=dict)
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
 
 
@@ -104,6 +109,7 @@ def build_figures(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, str, 
     for name, title, draw in (
         ("accuracy", "Test accuracy vs batch size", _accuracy_figure),
         ("time", "Training time vs batch size", _time_figure),
+        ("steps-to-target", "Steps to target accuracy vs batch size", _steps_figure),
         ("learning-curves", "Learning curves", _curves_figure),
     ):
         figure = draw(series, title + note)
@@ -136,12 +142,15 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
 
     result = []
     for key, by_batch in groups.items():
-        series = Series(labels[key])
+        series = Series(labels[key], epochs=next(iter(by_batch.values()))[0].get("epochs"))
         for batch_size in sorted(by_batch):
             runs = by_batch[batch_size]
             accuracy = _mean(100 * run["test_accuracy"] for run in runs)
             seconds = _mean(run.get("train_seconds") for run in runs)
             curve = _mean_curve(run.get("history") or () for run in runs)
+            steps = [run.get("target_steps") for run in runs]
+            if steps and all(isinstance(value, (int, float)) for value in steps):
+                series.steps_to_target[batch_size] = fmean(steps)  # every seed reached it
             if accuracy is not None:
                 series.accuracy[batch_size] = accuracy
             if seconds is not None and seconds > 0:
@@ -193,10 +202,10 @@ def _mean_curve(histories: Iterable[Iterable[Mapping[str, object]]]) -> list[tup
     return curve
 
 
-def _new_figure(rows: int = 1, columns: int = 1, layout: str = "tight", **subplots: object) -> (
-        tuple[Figure, list[Axes]]):
+def _new_figure(rows: int = 1, columns: int = 1, layout: str = "tight", width: float = WIDTH,
+                **subplots: object) -> tuple[Figure, list[Axes]]:
     height = HEIGHT + CURVE_ROW_HEIGHT * (rows - 1)
-    figure = Figure(figsize=(WIDTH, height), dpi=DPI, layout=layout)
+    figure = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, squeeze=False, **subplots)
     return figure, list(axes.flat)
@@ -209,32 +218,52 @@ def _style(index: int) -> dict[str, object]:
 
 def _per_batch_figure(
     series: list[Series], values: str, title: str, ylabel: str
-) -> tuple[Figure, Axes] | None:
-    """One line per series over a log-2 batch-size axis, or None when no series has data."""
-    if not any(getattr(one, values) for one in series):
+) -> tuple[Figure, list[tuple[Axes, list[float]]]] | None:
+    """Lines over a log-2 batch-size axis, a panel per training budget (epochs).
+
+    Returns the figure and each panel with the values drawn in it, or None
+    when no series has data.
+    """
+    drawn = [(index, one) for index, one in enumerate(series) if getattr(one, values)]
+    if not drawn:
         return None
-    figure, (axes,) = _new_figure()
-    sizes: set[int] = set()
-    for index, one in enumerate(series):
-        points = getattr(one, values)
-        if points:
-            axes.plot(list(points), list(points.values()), label=one.label, linewidth=1.6,
-                      markersize=6, **_style(index))
+    budgets: dict[str, list[tuple[int, Series]]] = {}
+    for index, one in drawn:
+        budgets.setdefault(repr(one.epochs), []).append((index, one))
+    columns = len(budgets)
+    figure, panels = _new_figure(1, columns, width=WIDTH * (1 + 0.6 * (columns - 1)))
+    result = []
+    for panel, members in zip(panels, budgets.values(), strict=True):
+        sizes: set[int] = set()
+        plotted: list[float] = []
+        for index, one in members:
+            points = getattr(one, values)
+            panel.plot(list(points), list(points.values()), label=one.label, linewidth=1.6,
+                       markersize=6, **_style(index))
             sizes.update(points)
-    _batch_size_axis(axes, sorted(sizes))
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.grid(True, which="major", alpha=0.35)
-    axes.legend(loc="best", fontsize="small", framealpha=0.85)
-    return figure, axes
+            plotted.extend(points.values())
+        _batch_size_axis(panel, sorted(sizes), AXIS_INCHES * (1 + 0.6 * (columns - 1)) / columns)
+        panel.set_ylabel(ylabel)
+        if columns > 1:
+            epochs = members[0][1].epochs
+            panel.set_title(f"{epochs} epoch{'' if epochs == 1 else 's'}", fontsize="medium")
+        panel.grid(True, which="major", alpha=0.35)
+        panel.legend(loc="best", fontsize="small", framealpha=0.85)
+        result.append((panel, plotted))
+    if columns > 1:
+        figure.suptitle(title)
+    else:
+        panels[0].set_title(title)
+    return figure, result
 
 
 def _accuracy_figure(series: list[Series], title: str) -> Figure | None:
     drawn = _per_batch_figure(series, "accuracy", title, "Test accuracy (%)")
     if drawn is None:
         return None
-    figure, axes = drawn
-    _percent_axis(axes, [value for one in series for value in one.accuracy.values()])
+    figure, panels = drawn
+    for axes, values in panels:
+        _percent_axis(axes, values)
     return figure
 
 
@@ -242,18 +271,43 @@ def _time_figure(series: list[Series], title: str) -> Figure | None:
     drawn = _per_batch_figure(series, "seconds", title, "Training time (s)")
     if drawn is None:
         return None
-    figure, axes = drawn
-    seconds = [value for one in series for value in one.seconds.values()]
-    if max(seconds) > LOG_TIME_RATIO * min(seconds):
+    figure, panels = drawn
+    for axes, seconds in panels:
+        if max(seconds) > LOG_TIME_RATIO * min(seconds):
+            axes.set_yscale("log")
+            decades = math.log10(max(seconds) / min(seconds))
+            # 1-2-5 ticks read better than bare decades, until they crowd the axis.
+            axes.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if decades <= 2.5 else (1,)))
+            axes.yaxis.set_minor_locator(LogLocator(subs="auto"))
+            axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axes.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+        else:
+            axes.set_ylim(bottom=0)
+    return figure
+
+
+def _steps_figure(series: list[Series], title: str) -> Figure | None:
+    """Steps to the target accuracy against batch size, log-log, as Shallue et al. (2018) draw it.
+
+    The dashed line of each series is perfect scaling from its smallest batch:
+    doubling the batch halves the steps. Where the points leave it, a bigger
+    batch gives diminishing returns; where they flatten, the maximal useful
+    batch size is passed.
+    """
+    drawn = _per_batch_figure(series, "steps_to_target", title, "Steps to target (log scale)")
+    if drawn is None:
+        return None
+    figure, panels = drawn
+    for axes, _ in panels:
         axes.set_yscale("log")
-        decades = math.log10(max(seconds) / min(seconds))
-        # 1-2-5 ticks read better than bare decades, until they crowd the axis.
-        axes.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if decades <= 2.5 else (1,)))
-        axes.yaxis.set_minor_locator(LogLocator(subs="auto"))
         axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        axes.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
-    else:
-        axes.set_ylim(bottom=0)
+        for line in list(axes.get_lines()):
+            sizes, steps = list(line.get_xdata()), list(line.get_ydata())
+            if len(sizes) > 1:
+                axes.plot(sizes, [steps[0] * sizes[0] / size for size in sizes],
+                          linestyle="--", linewidth=1, color=line.get_color(), alpha=0.6)
+        axes.plot([], [], linestyle="--", color="grey", label="perfect scaling")
+        axes.legend(loc="best", fontsize="small", framealpha=0.85)
     return figure
 
 
@@ -326,7 +380,7 @@ def _epoch_axis(axes: Axes, epochs: list[int]) -> None:
         axes.set_xlim(last - 1, last + 1)
 
 
-def _batch_size_axis(axes: Axes, sizes: list[int]) -> None:
+def _batch_size_axis(axes: Axes, sizes: list[int], axis_inches: float = AXIS_INCHES) -> None:
     """Log-2 x axis with a tick at every batch size, labelled as a plain integer.
 
     A label that would run into another is left out (its tick stays); powers
@@ -335,7 +389,7 @@ def _batch_size_axis(axes: Axes, sizes: list[int]) -> None:
     axes.set_xscale("log", base=2)
     low, high = math.log2(sizes[0]) - 0.5, math.log2(sizes[-1]) + 0.5
     axes.set_xlim(2 ** low, 2 ** high)
-    inches_per_doubling = AXIS_INCHES / (high - low)
+    inches_per_doubling = axis_inches / (high - low)
     labelled: dict[int, tuple[float, float]] = {}
     for size in sorted(sizes, key=lambda size: size & (size - 1) != 0):
         centre = math.log2(size) * inches_per_doubling

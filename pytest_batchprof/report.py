@@ -53,6 +53,11 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def _unless_text(value: object, number: Callable[[object], str]) -> str:
+    """``not reached`` stays as it is; a number is formatted."""
+    return value if isinstance(value, str) else number(value)
+
+
 COLUMNS: dict[str, Column] = {column.key: column for column in (
     Column("model", "model", plain=_text),
     Column("dataset", "data set", plain=_text),
@@ -79,15 +84,35 @@ COLUMNS: dict[str, Column] = {column.key: column for column in (
     Column("train_energy_kwh", "energy (train)", ENERGY_UNITS),
     Column("train_co2eq_kg", "CO2eq (train)", MASS_UNITS),
     Column("inference_per_1000_co2eq_kg", "CO2eq / 1k inferences", MASS_UNITS),
+    Column("target_steps", "steps to target", plain=lambda value: _unless_text(value, _count)),
+    Column("target_samples", "samples to target",
+           plain=lambda value: _unless_text(value, _count)),
+    Column("target_epochs", "epochs to target",
+           plain=lambda value: _unless_text(value, lambda v: f"{float(v):.2f}")),
+    Column("target_seconds", "time to target (s)",
+           plain=lambda value: _unless_text(value, lambda v: f"{float(v):.2f}")),
+    Column("critical_batch", "critical batch", plain=lambda value: f"{float(value):,.0f}"),
+    Column("critical_batch_low", "critical batch, 95% low",
+           plain=lambda value: f"{float(value):,.0f}"),
+    Column("critical_batch_high", "critical batch, 95% high",
+           plain=lambda value: f"{float(value):,.0f}"),
     Column("outcome", "outcome", plain=_text),
 )}
 
 DEFAULT_COLUMNS = (
     "model", "dataset", "batch_size", "epochs", "train_seconds", "seconds_per_epoch",
     "train_accuracy", "val_accuracy", "test_accuracy", "latency_median_s", "flops", "params",
-    "checkpoint_bytes", "train_co2eq_kg", "outcome",
+    "checkpoint_bytes", "train_co2eq_kg", "target_steps", "target_samples", "target_epochs",
+    "target_seconds", "critical_batch", "critical_batch_low",
+    "critical_batch_high", "outcome",
 )
 """The table of the reference posts, plus the data set, validation accuracy and CO2eq."""
+
+OPTIONAL_COLUMNS = frozenset({
+    "target_steps", "target_samples", "target_epochs", "target_seconds", "critical_batch",
+    "critical_batch_low", "critical_batch_high",
+})
+"""Default columns that only runs with ``--target-accuracy`` or ``--noise-scale`` have."""
 
 ROW_KEYS = frozenset(COLUMNS)
 
@@ -103,7 +128,7 @@ def run_key(row: Row) -> str:
     """What makes two rows the same run: the configuration, not the test that asked."""
     keys = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size", "epochs",
             "lr", "optimizer", "seed", "device", "train_subset", "val_fraction",
-            "flush_denormals")
+            "flush_denormals", "lr_warmup_epochs", "target_accuracy")
     return json.dumps([row.get(key) for key in keys])  # tuples and lists alike, as in JSON
 
 
@@ -131,6 +156,8 @@ def table_columns(
         return list(requested)
     present = {key for row in rows for key in row}
     columns = [key for key in DEFAULT_COLUMNS if key in present]
+    if "epochs" in columns and len({row["lr"] for row in rows if row.get("lr") is not None}) > 1:
+        columns.insert(columns.index("epochs") + 1, "lr")  # --lr-scaling: each run's own lr
     standard = set(standard_keys)
     for row in rows:
         for key, value in row.items():

@@ -12,14 +12,16 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
+from pytest_batchprof import noise_scale
 from pytest_batchprof.cache import RunCache
 from pytest_batchprof.carbon import Carbon, CarbonMeter
 from pytest_batchprof.data import Dataset, crop_shape, dataset_key, load_dataset
 from pytest_batchprof.metrics import PeakMemory, measure, peak_memory
 from pytest_batchprof.models import ACTIVATIONS, normalise_hidden
 from pytest_batchprof.options import OPTIMIZERS, Settings
-from pytest_batchprof.training import Run, RunConfig, initial_model, train, warm_up
+from pytest_batchprof.training import Run, RunConfig, initial_model, scaled_lr, train, warm_up
 
 
 @dataclass
@@ -92,6 +94,7 @@ class BatchprofSession:
     ) -> Run:
         """Train (or return the already trained) run of this configuration."""
         settings = self.settings
+        base_lr = settings.lr if lr is None else float(lr)  # an explicit lr is used unscaled
         config = RunConfig(
             dataset=dataset.name,
             input_shape=crop_shape(input_size, dataset.image_shape),
@@ -100,13 +103,17 @@ class BatchprofSession:
             activation=activation,
             batch_size=batch_size,
             epochs=settings.epochs if epochs is None else epochs,
-            lr=settings.lr if lr is None else float(lr),
+            lr=(scaled_lr(base_lr, batch_size, settings.lr_base_batch, settings.lr_scaling)
+                if lr is None else base_lr),
             optimizer=settings.optimizer if optimizer is None else optimizer,
             seed=settings.seed if seed is None else seed,
             device=str(self.device),
             train_subset=settings.train_subset,
             val_fraction=settings.val_fraction,
             flush_denormals=not settings.keep_denormals,
+            lr_warmup_epochs=settings.lr_warmup_epochs,
+            lr_warmup_start=base_lr if settings.lr_warmup_epochs else None,
+            target_accuracy=settings.target_accuracy,
         )
         if config in self.runs:
             return self.runs[config]
@@ -155,7 +162,7 @@ class BatchprofSession:
                   samples_per_epoch=cached.samples_per_epoch, test_images=data.test.x,
                   history=cached.history, train_seconds=cached.train_seconds,
                   test_loss=cached.test_loss, test_accuracy=cached.test_accuracy,
-                  diverged=cached.diverged)
+                  diverged=cached.diverged, time_to_target=cached.time_to_target)
         self._say(f"batchprof: loaded {config.describe()} from the cache")
         train_carbon = None
         if self.carbon:
@@ -179,6 +186,10 @@ class BatchprofSession:
         )
         self._say(f"  trained in {run.train_seconds:.2f} s{origin}, "
                   f"test acc={run.test_accuracy:.4f}, {run.measurements.latency.describe()}")
+        if self.settings.noise_scale:
+            run.noise_scale = noise_scale.estimate(
+                run.model, F.cross_entropy, data.train.x, data.train.y, seed=run.config.seed)
+            self._say(f"  {run.noise_scale.describe()}")
 
     def _say(self, line: str) -> None:
         if self.write_line is not None:

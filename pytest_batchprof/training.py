@@ -24,9 +24,14 @@ from pytest_batchprof.denormals import denormals_flushed
 from pytest_batchprof.devices import synchronize
 from pytest_batchprof.metrics import Latency, Measurements, inference_inputs, predictor
 from pytest_batchprof.models import build_mlp, mlp_name
+from pytest_batchprof.noise_scale import NoiseScale
 
 DIVERGENCE_CHECK_STEPS = 200
 """How often (in optimizer steps) the running loss is checked for NaN or inf."""
+
+TARGET_CHECK_SAMPLES = 5_000
+"""With a target accuracy, the validation accuracy is checked after every this many
+training samples (rounded to whole steps), and at the end of every epoch."""
 
 EVAL_BATCH_SIZE = 4096
 """Batch size of validation and test passes; it does not change the result, only the speed."""
@@ -51,6 +56,12 @@ class RunConfig:
     val_fraction: float
     flush_denormals: bool = True
     """Flush denormal floats to zero on the CPU while training (see :mod:`.denormals`)."""
+    lr_warmup_epochs: float = 0.0
+    """Epochs over which the learning rate ramps linearly from ``lr_warmup_start`` to ``lr``."""
+    lr_warmup_start: float | None = None
+    """The learning rate of the first step of a warm-up (the unscaled ``--lr``)."""
+    target_accuracy: float | None = None
+    """Stop when the validation accuracy reaches this fraction (time-to-accuracy)."""
 
     @property
     def input_size(self) -> int:
@@ -101,6 +112,35 @@ class EpochRecord:
         )
 
 
+@dataclass(frozen=True)
+class TimeToTarget:
+    """How long a run took to reach its target validation accuracy, as MLPerf ranks training.
+
+    ``seconds`` is wall time from the first step, the validation checks
+    included. Every figure is ``None`` when the target was not reached within
+    the run's epochs.
+    """
+
+    target: float
+    steps: int | None = None
+    samples: int | None = None
+    epochs: float | None = None
+    seconds: float | None = None
+
+    @property
+    def reached(self) -> bool:
+        return self.steps is not None
+
+    def summary(self) -> dict[str, object]:
+        """Row figures; ``"not reached"`` in place of a number that does not exist."""
+        def figure(value: object) -> object:
+            return value if self.reached else "not reached"
+
+        return {"target_accuracy": self.target, "target_reached": self.reached,
+                "target_steps": figure(self.steps), "target_samples": figure(self.samples),
+                "target_epochs": figure(self.epochs), "target_seconds": figure(self.seconds)}
+
+
 @dataclass
 class Run:
     """A trained configuration: the model, its history and its results.
@@ -121,6 +161,10 @@ class Run:
     test_accuracy: float | None = None
     diverged: str | None = None
     measurements: Measurements | None = None
+    noise_scale: NoiseScale | None = None
+    """The gradient noise scale at the end of training, with ``--noise-scale``."""
+    time_to_target: TimeToTarget | None = None
+    """Steps, samples, epochs and seconds to ``config.target_accuracy``, when it is set."""
 
     @property
     def name(self) -> str:
@@ -144,7 +188,10 @@ class Run:
     def train_samples_per_second(self) -> float:
         """Training throughput: samples per second of optimisation (validation excluded)."""
         seconds = sum(record.train_seconds for record in self.history)
-        return self.samples_per_epoch * len(self.history) / seconds if seconds else math.nan
+        samples = self.samples_per_epoch * len(self.history)
+        if self.time_to_target is not None and self.time_to_target.reached:
+            samples = self.time_to_target.samples  # the last epoch stopped at the target
+        return samples / seconds if seconds else math.nan
 
     @property
     def params(self) -> int | None:
@@ -187,6 +234,8 @@ class Run:
             "diverged": self.diverged,
             "train_samples_per_second": self.train_samples_per_second,
             **(self.measurements.summary() if self.measurements else {}),
+            **(self.noise_scale.summary() if self.noise_scale else {}),
+            **(self.time_to_target.summary() if self.time_to_target else {}),
             "history": [asdict(record) for record in self.history],
         }
         return {key: None if isinstance(value, float) and math.isnan(value) else value
@@ -201,6 +250,33 @@ class Run:
         return (f"<Run {self.config.describe()}: test acc {percent(self.test_accuracy)}, "
                 f"val acc {percent(self.val_accuracy)}, train acc {percent(self.train_accuracy)}"
                 f", {self.train_seconds:.2f} s{state}>")
+
+
+def scaled_lr(lr: float, batch_size: int, base_batch: int, rule: str) -> float:
+    """The learning rate for ``batch_size`` when ``lr`` is right at ``base_batch``.
+
+    ``linear``: lr x b/B, the rule of Goyal et al. (2017) for SGD; ``sqrt``:
+    lr x sqrt(b/B), the gentler rule often used with Adam; ``none``: lr unchanged.
+    """
+    if rule == "linear":
+        return lr * batch_size / base_batch
+    if rule == "sqrt":
+        return lr * math.sqrt(batch_size / base_batch)
+    if rule == "none":
+        return lr
+    raise ValueError(f"lr scaling {rule!r} is not one of none, linear, sqrt")
+
+
+def warmup_lr(config: RunConfig, step: int, warmup_steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (1-based) during a warm-up of ``warmup_steps``.
+
+    A linear ramp from ``lr_warmup_start`` at step 1 to ``lr`` at step
+    ``warmup_steps + 1``, the gradual warm-up of Goyal et al. (2017).
+    """
+    start = config.lr if config.lr_warmup_start is None else config.lr_warmup_start
+    if step > warmup_steps:
+        return config.lr
+    return start + (config.lr - start) * (step - 1) / warmup_steps
 
 
 def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
@@ -294,12 +370,29 @@ def train(
 
 def _train(config: RunConfig, data: Dataset, device: torch.device,
            on_epoch: ProgressCallback | None) -> Run:
-    model, optimizer = initial_model(config, device)
+    model, optimizer = initial_model(config, device)  # at config.lr, the rate after warm-up
     run = Run(config=config, model=model, optimizer=optimizer,
               samples_per_epoch=len(data.train), test_images=data.test.x)
     shuffle = torch.Generator().manual_seed(config.seed)
     train_split = data.train
     count = len(train_split)
+    warmup_steps = math.ceil(config.lr_warmup_epochs * math.ceil(count / config.batch_size))
+    steps_done = samples_done = 0
+    target = config.target_accuracy
+    check_steps = max(1, round(TARGET_CHECK_SAMPLES / config.batch_size))
+    if target is not None:
+        run.time_to_target = TimeToTarget(target)
+    synchronize(device)
+    run_started = time.perf_counter()
+
+    def reached(val_accuracy: float) -> bool:
+        """Record the target as reached now, if it is (and was not before)."""
+        if target is None or run.time_to_target.reached or val_accuracy < target:
+            return False
+        run.time_to_target = TimeToTarget(target, steps_done, samples_done,
+                                          samples_done / count,
+                                          time.perf_counter() - run_started)
+        return True
 
     for epoch in range(1, config.epochs + 1):
         synchronize(device)
@@ -308,7 +401,12 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
         order = torch.randperm(count, generator=shuffle).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
         for step, start in enumerate(range(0, count, config.batch_size), start=1):
+            steps_done += 1
+            if steps_done <= warmup_steps + 1 and warmup_steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = warmup_lr(config, steps_done, warmup_steps)
             index = order[start:start + config.batch_size]
             images, labels = train_split.x[index], train_split.y[index]
             logits = model(images)
@@ -319,10 +417,15 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
             with torch.no_grad():
                 loss_sum += loss.detach() * len(labels)
                 correct += (logits.argmax(dim=1) == labels).sum()
+            seen += len(labels)
+            samples_done += len(labels)
             if step % DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum):
                 break
-        train_loss = loss_sum.item() / count
-        train_accuracy = correct.item() / count
+            if (target is not None and steps_done % check_steps == 0
+                    and reached(evaluate(model, data.val)[1])):
+                break  # the epoch ends here; its record covers the samples seen
+        train_loss = loss_sum.item() / seen
+        train_accuracy = correct.item() / seen
         synchronize(device)
         trained = time.perf_counter()
         run.train_seconds += trained - started
@@ -340,6 +443,9 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
         run.history.append(record)
         if on_epoch is not None:
             on_epoch(config, record)
+        reached(val_accuracy)
+        if run.time_to_target is not None and run.time_to_target.reached:
+            break
 
     if run.diverged is None:
         run.test_loss, run.test_accuracy = evaluate(model, data.test)

@@ -274,7 +274,8 @@ def test_key_depends_on_every_input(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         ("dataset", "digits"), ("input_shape", (6, 6)), ("hidden", (9,)), ("num_classes", 9),
         ("activation", "tanh"), ("batch_size", 33), ("epochs", 2), ("lr", 2e-3),
         ("optimizer", "sgd"), ("seed", 1), ("device", "cuda:0"), ("train_subset", 100),
-        ("val_fraction", 0.2),
+        ("val_fraction", 0.2), ("flush_denormals", False), ("lr_warmup_epochs", 1.0),
+        ("target_accuracy", 0.9),
     ]}
     changed.add(runs.key(CONFIG, "other data"))
     monkeypatch.setattr(cache, "torch_version", lambda: "0.0.1")
@@ -285,7 +286,7 @@ def test_key_depends_on_every_input(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.undo()
     monkeypatch.setattr(cache, "CACHE_FORMAT", 999)
     changed.add(runs.key(CONFIG, "data"))
-    assert len(changed) == 17 and base not in changed
+    assert len(changed) == 20 and base not in changed
 
 
 def test_fingerprint_follows_the_data(small: data.Dataset) -> None:
@@ -326,6 +327,18 @@ def test_store_then_load_restores_the_run(small: data.Dataset, tmp_path: Path) -
         assert torch.equal(tensor, model.state_dict()[name])
     assert optimizer.state_dict()["state"][0]["step"] == run.optimizer.state_dict()["state"][0][
         "step"]
+
+
+def test_time_to_target_is_cached(small: data.Dataset, tmp_path: Path) -> None:
+    config = replace(CONFIG, target_accuracy=0.01, epochs=3)  # reached at the first check
+    run = train(config, small, torch.device("cpu"))
+    assert run.time_to_target is not None and run.time_to_target.reached
+    runs = RunCache(tmp_path)
+    key = runs.key(config, small.fingerprint())
+    assert key != runs.key(CONFIG, small.fingerprint())
+    runs.store(key, run)
+    cached = runs.load(key, *fresh(config))
+    assert cached is not None and cached.time_to_target == run.time_to_target
 
 
 def test_diverged_run_is_cached(small: data.Dataset, tmp_path: Path) -> None:

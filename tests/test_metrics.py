@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 import time
 import warnings
 from typing import ClassVar
@@ -381,34 +383,52 @@ def test_inference_batch_size_below_one_is_refused(size: int) -> None:
 # ---------------------------------------------------------------- peak memory
 
 
-@pytest.fixture(params=["kernel peak", "sampled"])
-def rss_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways of measuring peak RSS: Linux's VmHWM, and the sampling fallback."""
-    if request.param == "sampled":
-        monkeypatch.setattr(metrics, "_reset_peak_rss", lambda: False)
-    elif not metrics._reset_peak_rss():
-        pytest.skip("this kernel keeps no resettable peak RSS")
-    return request.param
-
-
-def test_peak_memory_sees_a_50_mb_tensor(rss_method: str) -> None:
-    with peak_memory(torch.device("cpu")) as result:
-        assert result == []
-        big = torch.ones(50 * MB // 4)  # written, so its pages are resident
-    assert big[-1].item() == 1
-    (peak,) = result
-    assert peak.bytes >= 40 * MB
-    assert "RSS" in peak.method
-    assert ("VmHWM" in peak.method) == (rss_method == "kernel peak")
-
-
-def test_peak_memory_samples_while_the_block_runs(rss_method: str) -> None:
-    """A tensor freed before the block ends still counts."""
-    with peak_memory(torch.device("cpu")) as result:
-        big = torch.ones(50 * MB // 4)
+RSS_PROBE = """
+import json, sys, time
+import torch
+from pytest_batchprof import metrics
+if sys.argv[1] == "sampled":
+    metrics._reset_peak_rss = lambda: False
+elif not metrics._reset_peak_rss():
+    print(json.dumps(None)); sys.exit()
+with metrics.peak_memory(torch.device("cpu")) as result:
+    big = torch.ones(50 * 2**20 // 4)  # written, so its pages are resident
+    big[-1].item()
+    if sys.argv[2] == "freed":
         time.sleep(0.1)
         del big
-    assert result[0].bytes >= 40 * MB
+print(json.dumps([result[0].bytes, result[0].method]))
+"""
+
+
+def measure_rss_in_a_fresh_process(method: str, case: str) -> tuple[int, str]:
+    """Peak RSS growth of a 50 MB tensor, measured in a process of its own.
+
+    RSS belongs to the whole process: in this one, threads that earlier
+    in-process pytest sessions left behind may free memory during the block and
+    hide the tensor's growth.
+    """
+    done = subprocess.run([sys.executable, "-c", RSS_PROBE, method, case], capture_output=True,
+                          text=True, check=True, timeout=120)
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    if figures is None:
+        pytest.skip("this kernel keeps no resettable peak RSS")
+    return figures[0], figures[1]
+
+
+@pytest.mark.parametrize("method", ["kernel peak", "sampled"])
+def test_peak_memory_sees_a_50_mb_tensor(method: str) -> None:
+    grown, how = measure_rss_in_a_fresh_process(method, "kept")
+    assert grown >= 40 * MB
+    assert "RSS" in how
+    assert ("VmHWM" in how) == (method == "kernel peak")
+
+
+@pytest.mark.parametrize("method", ["kernel peak", "sampled"])
+def test_peak_memory_samples_while_the_block_runs(method: str) -> None:
+    """A tensor freed before the block ends still counts."""
+    grown, _ = measure_rss_in_a_fresh_process(method, "freed")
+    assert grown >= 40 * MB
 
 
 def test_peak_memory_on_cuda_uses_the_allocator_statistics(monkeypatch) -> None:

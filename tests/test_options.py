@@ -223,6 +223,10 @@ GOOD_INI = [
     ("batchprof_inference_batch_size", "128", "inference-batch-size=128"),
     ("batchprof_no_co2", "true", "co2=off"),
     ("batchprof_keep_denormals", "true", "keep-denormals"),
+    ("batchprof_noise_scale", "true", "noise-scale"),
+    ("batchprof_lr_scaling", "sqrt", "lr-scaling=sqrt"),
+    ("batchprof_lr_base_batch", "256", "lr-base-batch=256"),
+    ("batchprof_lr_warmup_epochs", "0.5", "lr-warmup-epochs=0.5"),
     ("batchprof_co2_country", "deu", "co2=DEU"),
 ]
 
@@ -283,6 +287,9 @@ BAD_INI = [
     ("batchprof_inference_batch_size", "0", "expected a whole number >= 1"),
     ("batchprof_no_co2", "maybe", "expected true or false"),
     ("batchprof_keep_denormals", "sometimes", "expected true or false"),
+    ("batchprof_lr_scaling", "cubic", "expected none, linear or sqrt"),
+    ("batchprof_lr_base_batch", "0", "expected a whole number >= 1"),
+    ("batchprof_lr_warmup_epochs", "-1", "expected a number of epochs >= 0"),
     ("batchprof_co2_country", "XYZ", "expected an ISO 3166 alpha-3 country code"),
 ]
 
@@ -382,8 +389,9 @@ def test_without_env_data_dir_defaults_to_user_cache(pytester: pytest.Pytester,
 # ---------------------------------------------------------------- --help
 
 FLAGS = ["--batch-sizes", "--epochs", "--dataset", "--data-dir", "--device", "--seed", "--lr",
-         "--optimizer", "--train-subset", "--val-fraction", "--inference-batch-size",
-         "--keep-denormals", "--no-co2", "--co2-country", "--batchprof-report",
+         "--optimizer", "--lr-scaling", "--lr-base-batch", "--lr-warmup-epochs",
+         "--target-accuracy", "--train-subset", "--val-fraction", "--inference-batch-size",
+         "--noise-scale", "--keep-denormals", "--no-co2", "--co2-country", "--batchprof-report",
          "--batchprof-no-report", "--batchprof-columns", "--batchprof-save", "--batchprof-compare",
          "--batchprof-fail-drop", "--batchprof-fail-slowdown", "--batchprof-cache",
          "--batchprof-cache-clear"]

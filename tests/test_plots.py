@@ -209,3 +209,26 @@ def test_a_failed_save_leaves_the_old_file_and_no_temporary(
         write_plots(rows, tmp_path, "s")
     assert target.read_bytes() == b"previous report"
     assert [path.name for path in tmp_path.iterdir()] == ["s-accuracy.png"]
+
+
+def test_studies_of_different_epochs_get_a_panel_each_with_own_axes() -> None:
+    short = [row(SMALL, size, 0, acc, sec, epochs=2)
+             for size, acc, sec in ((16, 0.97, 20.0), (64, 0.968, 9.0))]
+    long = [row("784-1-10", size, 0, acc, sec, epochs=200, activation="linear")
+            for size, acc, sec in ((1000, 0.44, 28.0), (20000, 0.25, 30.0))]
+    built = {name: figure for name, _, figure in build_figures(short + long)}
+    for name in ("accuracy", "time"):
+        panels = built[name].axes
+        assert [axes.get_title() for axes in panels] == ["2 epochs", "200 epochs"]
+        assert [len(axes.get_lines()) for axes in panels] == [1, 1]
+    low, high = built["accuracy"].axes[0].get_ylim()
+    assert low > 90 and high < 100  # the 2-epoch panel is not squashed by the 25-44 % study
+    assert list(built["accuracy"].axes[1].get_lines()[0].get_xdata()) == [1000, 20000]
+
+
+def test_one_budget_keeps_one_panel(rows: list[dict]) -> None:
+    for row_ in rows:
+        row_["epochs"] = 2
+    built = {name: figure for name, _, figure in build_figures(rows)}
+    assert len(built["accuracy"].axes) == 1
+    assert built["accuracy"].axes[0].get_title().startswith("Test accuracy vs batch size")

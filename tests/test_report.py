@@ -25,6 +25,7 @@ from pytest_batchprof.report import (
     DEFAULT_COLUMNS,
     ENERGY_UNITS,
     MASS_UNITS,
+    OPTIONAL_COLUMNS,
     TIME_UNITS,
     format_column,
     human_number,
@@ -525,7 +526,7 @@ def test_session_report_files_table_and_step_summary(pytester: pytest.Pytester,
     assert (document["schema"], document["schema_version"], document["partial"]) == (
         "pytest-batchprof/report", 1, False)
     assert document["environment"]["torch"] == torch.__version__
-    assert document["columns"] == list(DEFAULT_COLUMNS)
+    assert document["columns"] == [key for key in DEFAULT_COLUMNS if key not in OPTIONAL_COLUMNS]
     assert [(row["model"], row["batch_size"]) for row in document["rows"]] == [
         ("64-8-10", 32), ("64-8-10", 64), ("64-16-10", 32), ("64-16-10", 64)]
     for row in document["rows"]:

@@ -1,0 +1,118 @@
+"""The experiments folder (``benchmarks/``): its threshold rule, defaults and selection.
+
+The experiments themselves run on MNIST in ``.ci/run`` (``make bench-fast``);
+here they are collected, and a few run on scikit-learn's digits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def rule() -> ModuleType:
+    return load("conftest")
+
+
+def test_full_budget_keeps_the_floors(rule: ModuleType) -> None:
+    assert rule.floor_for("mnist", 16, 110_000, 55_000) == pytest.approx(0.95)
+    assert rule.floor_for("mnist", 128, 110_000, 55_000) == pytest.approx(0.95)
+    assert rule.floor_for("mnist", 1, 110_000, 55_000) == pytest.approx(0.90)
+    assert rule.floor_for("mnist", 15, 110_000, 55_000) == pytest.approx(0.90)
+
+
+def test_more_samples_never_raise_a_floor(rule: ModuleType) -> None:
+    assert rule.floor_for("mnist", 64, 550_000, 55_000) == pytest.approx(0.95)
+
+
+def test_ci_fast_mode_relaxes_by_two_points_per_halving(rule: ModuleType) -> None:
+    halvings = math.log2(110_000 / 5_000)  # --train-subset 5000 --epochs 1: 4.46 halvings
+    expected = 0.95 - 0.02 * halvings
+    assert rule.floor_for("mnist", 64, 5_000, 55_000) == pytest.approx(expected)
+    assert 0.86 < expected < 0.87
+    assert rule.floor_for("mnist", 64, 55_000, 55_000) == pytest.approx(0.93)  # one epoch
+
+
+def test_every_dataset_has_floors(rule: ModuleType) -> None:
+    from pytest_batchprof.data import DATASETS
+
+    assert set(rule.FLOORS) == set(DATASETS)
+    for small, large in rule.FLOORS.values():
+        assert 0.1 < small <= large < 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")  # registered in benchmarks/
+def test_large_batches_keep_the_posts_steps_per_epoch() -> None:
+    linear = load("test_large_batch_linear")
+    assert [linear.scaled_batch_size(b, 55_000) for b in linear.POSTS_BATCH_SIZES] == [
+        1000, 2000, 5000, 10000, 20000]
+    assert [linear.scaled_batch_size(b, 5_000) for b in linear.POSTS_BATCH_SIZES] == [
+        91, 182, 455, 909, 1818]
+    assert linear.scaled_batch_size(1000, 10) == 1
+
+
+@pytest.fixture
+def experiments(pytester: pytest.Pytester) -> Path:
+    """A copy of ``benchmarks/`` (its tests, conftest and pytest.ini) in the test's directory."""
+    target = pytester.path / "benchmarks"
+    shutil.copytree(BENCHMARKS, target, ignore=shutil.ignore_patterns("speed", "__pycache__",
+                                                                       "*overhead*"))
+    return target
+
+
+def collected(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.outlines if "::" in line]
+
+
+def test_folder_defaults_to_batches_16_64_128(pytester: pytest.Pytester,
+                                             experiments: Path) -> None:
+    result = pytester.runpytest(str(experiments), "--collect-only", "-q", "--dataset", "digits")
+    ids = collected(result)
+    assert result.ret == pytest.ExitCode.OK
+    one_layer = [i for i in ids if "test_one_hidden_layer_1024" in i]
+    assert [i.rsplit("[", 1)[1] for i in one_layer] == ["bs16]", "bs64]", "bs128]"]
+    assert len(ids) == 2 * 3 + 4 * 3 + 5 + 1
+
+
+@pytest.mark.parametrize(("marker", "count"), [
+    ("batch_size_study", 2 * 3), ("depth_width", 4 * 3), ("large_batch", 5 + 1),
+])
+def test_each_experiment_is_selected_by_its_marker(pytester: pytest.Pytester,
+                                                   experiments: Path, marker: str,
+                                                   count: int) -> None:
+    result = pytester.runpytest(str(experiments), "--collect-only", "-q", "--dataset",
+                                "digits", "-m", marker, "--strict-markers")
+    assert len(collected(result)) == count
+
+
+def test_batch_sizes_option_overrides_the_folder_default(pytester: pytest.Pytester,
+                                                         experiments: Path) -> None:
+    result = pytester.runpytest(str(experiments), "--collect-only", "-q", "--dataset",
+                                "digits", "--batch-sizes", "1,16,64", "-k", "depth")
+    ids = collected(result)
+    assert len(ids) == 4 * 3
+    assert sum("bs16" in i for i in ids) == sum("bs64" in i for i in ids) == 4  # and 4 of bs1
+
+
+def test_depth_and_width_pass_their_floors_on_digits(pytester: pytest.Pytester,
+                                                     experiments: Path) -> None:
+    result = pytester.runpytest(str(experiments), "-m", "depth_width", "--dataset", "digits",
+                                "--batch-sizes", "128", "--no-co2", "--batchprof-no-report")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*64-1024-1024-10*digits*128*"])
