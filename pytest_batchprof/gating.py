@@ -1,17 +1,20 @@
 """CI gates: accuracy thresholds on runs, and comparison with a saved baseline.
 
 A baseline is a session's report JSON (see :mod:`pytest_batchprof.storage`)
-saved under a name. Each run of the current session is compared with the
-baseline run of the same configuration. Only a drop in test accuracy larger
-than ``--batchprof-fail-drop`` percentage points fails the session (an
-improvement is reported, not failed), and, when asked, a training-time growth
-larger than ``--batchprof-fail-slowdown`` percent. A configuration present on
-one side only is listed, never an error.
+saved under a name. Each configuration of the current session is compared with
+the baseline's same configuration, the mean test accuracy of its seeds against
+the mean of the baseline's seeds. Only a drop of the mean larger than
+``--batchprof-fail-drop`` percentage points fails the session (an improvement
+is reported, not failed), and, when asked, a training-time growth larger than
+``--batchprof-fail-slowdown`` percent. Beside each difference the comparison
+says whether it is larger than the noise the seeds measured (a Welch
+interval). A configuration present on one side only is listed, never an error.
 
 "The same configuration" is the experiment, not the recipe: model, data set,
-input crop, activation, batch size, epochs, seed and the data split. The
-learning rate, optimizer and device are left out on purpose: changing them is
-the kind of change a baseline is there to judge.
+input crop, activation, batch size, epochs and the data split. The seed is a
+sample of the experiment, not part of it. The learning rate, optimizer and
+device are left out on purpose: changing them is the kind of change a baseline
+is there to judge.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from pytest_batchprof.repeats import group_seeds
 from pytest_batchprof.report import Row, human_number, run_key, run_title
+from pytest_batchprof.stats import Interval, difference_interval, finite, mean_interval, seed_label
 
 SPLITS = ("test", "val", "train")
 EXPERIMENT_KEYS = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size",
-                   "epochs", "seed", "train_subset", "val_fraction")
+                   "epochs", "train_subset", "val_fraction")
 MACHINE_KEYS = ("machine", "cpu", "device", "torch")
 
 
@@ -53,14 +58,28 @@ class Threshold:
         return cls(float(minimum), str(split))
 
     def failures(self, rows: Sequence[Row]) -> list[str]:
-        """One line per run below the threshold (a diverged run always is)."""
+        """One line per configuration below the threshold (a diverged run always is).
+
+        The seeds of one configuration (``--repeats``) are checked by their mean.
+        """
+        key = f"{self.split}_accuracy"
         lines = []
-        for row in rows:
-            accuracy = row.get(f"{self.split}_accuracy")
-            if accuracy is None or accuracy < self.minimum:
-                shown = "n/a" if accuracy is None else f"{accuracy:.2%}"
-                lines.append(f"{run_title(row)}: {self.split} accuracy {shown} is below "
-                             f"{self.minimum:.2%} ({figures(row)})")
+        for group in group_seeds(rows):
+            unfinished = [row for row in group if row.get(key) is None]
+            if len(group) == 1 or unfinished:
+                for row in unfinished or group:
+                    accuracy = row.get(key)
+                    if accuracy is None or accuracy < self.minimum:
+                        shown = "n/a" if accuracy is None else f"{accuracy:.2%}"
+                        lines.append(f"{run_title(row)}: {self.split} accuracy {shown} is "
+                                     f"below {self.minimum:.2%} ({figures(row)})")
+                continue
+            spread = mean_interval([float(row[key]) for row in group])
+            if spread.mean < self.minimum:
+                each = ", ".join(f"{row[key]:.2%}" for row in group)
+                lines.append(f"{_title(group)}: mean {self.split} accuracy {spread.mean:.2%} "
+                             f"± {spread.half_width * 100:.2f} pp (95% CI) is below "
+                             f"{self.minimum:.2%} (seeds: {each})")
         return lines
 
 
@@ -87,7 +106,7 @@ def baseline_path(name_or_path: str, directory: Path) -> Path:
 
 @dataclass(frozen=True)
 class Entry:
-    """One configuration in the comparison."""
+    """One configuration in the comparison: the means of its seeds on either side."""
 
     title: str
     baseline: float | None
@@ -95,6 +114,10 @@ class Entry:
     baseline_seconds: float | None
     now_seconds: float | None
     verdict: str
+    baseline_spread: Interval | None = None
+    now_spread: Interval | None = None
+    noise: Interval | None = None
+    """``now - baseline`` test accuracy with its 95% interval, when both sides finished."""
 
     @property
     def drop_pp(self) -> float | None:
@@ -102,6 +125,15 @@ class Entry:
         if self.baseline is None or self.now is None:
             return None
         return (self.baseline - self.now) * 100
+
+    def seeds(self) -> str:
+        """``1, 3``: the seeds behind the baseline's figure and the session's."""
+        return ", ".join("0" if spread is None else str(spread.n)
+                         for spread in (self.baseline_spread, self.now_spread))
+
+    def noise_text(self) -> str:
+        """Whether the difference stands out of the seed noise (see :func:`_noise_text`)."""
+        return _noise_text(self.noise)
 
 
 @dataclass
@@ -124,17 +156,28 @@ class Comparison:
             time_delta = None
             if entry.baseline_seconds and entry.now_seconds is not None:
                 time_delta = f"{entry.now_seconds / entry.baseline_seconds - 1:+.0%}"
-            body.append([entry.title, _percent(entry.baseline), _percent(entry.now),
-                         delta or "n/a", time_delta or "n/a", entry.verdict])
-        return tabulate(body, headers=["run", "baseline test acc (%)", "now test acc (%)",
-                                       "delta", "train time", "verdict"],
+            body.append([entry.title, entry.seeds(), _percent(entry.baseline_spread),
+                         _percent(entry.now_spread), delta or "n/a", entry.noise_text(),
+                         time_delta or "n/a", entry.verdict])
+        return tabulate(body, headers=["run", "seeds (baseline, now)", "baseline test acc (%)",
+                                       "now test acc (%)", "delta", "noise (95% CI of delta)",
+                                       "train time", "verdict"],
                         tablefmt="github", disable_numparse=True)
 
     def markdown(self) -> str:
-        lines = ["## Comparison with the baseline", "", f"Baseline: `{self.baseline_path}`", ""]
+        lines = ["## Comparison with the baseline", "", f"Baseline: `{self.baseline_path}`", "",
+                 NOISE_NOTE, ""]
         if self.machine_note:
             lines += [self.machine_note, ""]
         return "\n".join([*lines, self.table(), ""])
+
+
+NOISE_NOTE = (
+    "Test accuracies are means over each side's seeds (± the half-width of the 95% Student t "
+    "interval). The noise column is the 95% interval of the difference of the means "
+    "(Welch): a delta inside it is within the spread the seeds showed; with one seed on "
+    "each side the noise is unknown (train with --repeats 3 to measure it)."
+)
 
 
 def compare(
@@ -145,27 +188,31 @@ def compare(
     fail_slowdown_pct: float | None,
     environment: dict[str, object],
 ) -> Comparison:
-    """Compare every run with the baseline run of the same configuration."""
-    exact = {run_key(row): row for row in baseline["rows"]}
-    by_experiment = {experiment_key(row): row for row in baseline["rows"]}
+    """Compare every configuration with the baseline's, mean over seeds against mean."""
+    old_groups = group_seeds(baseline["rows"])
+    exact = {run_key(group[0], seed=False): group for group in old_groups}
+    by_experiment = {experiment_key(group[0]): group for group in old_groups}
     comparison = Comparison(path, machine_note=_machine_note(baseline.get("environment", {}),
                                                              environment))
     seen: set[int] = set()
-    for row in rows:
+    for group in group_seeds(rows):
         # the same recipe first (a learning-rate sweep keeps its pairs), else the experiment
-        old = exact.get(run_key(row)) or by_experiment.get(experiment_key(row))
-        if old is not None:
-            seen.add(id(old))
+        old = exact.get(run_key(group[0], seed=False)) or by_experiment.get(
+            experiment_key(group[0]))
         if old is None:
-            comparison.entries.append(Entry(run_title(row), None, row.get("test_accuracy"), None,
-                                            row.get("train_seconds"), "new (not in baseline)"))
+            now = _spread(group, "test_accuracy")
+            comparison.entries.append(Entry(
+                _title(group), None, _mean(now), None, _mean(_spread(group, "train_seconds")),
+                "new (not in baseline)", now_spread=now))
             continue
-        comparison.entries.append(_entry(row, old, fail_drop_pp, fail_slowdown_pct))
-    for old in baseline["rows"]:
+        seen.add(id(old))
+        comparison.entries.append(_entry(group, old, fail_drop_pp, fail_slowdown_pct))
+    for old in old_groups:
         if id(old) not in seen:
-            comparison.entries.append(Entry(run_title(old), old.get("test_accuracy"), None,
-                                            old.get("train_seconds"), None,
-                                            "not run (only in baseline)"))
+            before = _spread(old, "test_accuracy")
+            comparison.entries.append(Entry(
+                _title(old), _mean(before), None, _mean(_spread(old, "train_seconds")), None,
+                "not run (only in baseline)", baseline_spread=before))
     return comparison
 
 
@@ -174,26 +221,70 @@ def experiment_key(row: Row) -> str:
     return json.dumps([row.get(key) for key in EXPERIMENT_KEYS])
 
 
-def _entry(row: Row, old: Row, fail_drop_pp: float, fail_slowdown_pct: float | None) -> Entry:
-    now, before = row.get("test_accuracy"), old.get("test_accuracy")
-    seconds, old_seconds = row.get("train_seconds"), old.get("train_seconds")
+def _entry(group: Sequence[Row], old: Sequence[Row], fail_drop_pp: float,
+           fail_slowdown_pct: float | None) -> Entry:
+    now_spread, before_spread = _spread(group, "test_accuracy"), _spread(old, "test_accuracy")
+    now, before = _mean(now_spread), _mean(before_spread)
+    seconds = _mean(_spread(group, "train_seconds"))
+    old_seconds = _mean(_spread(old, "train_seconds"))
+    noise = None
+    if now_spread is not None and before_spread is not None:
+        noise = difference_interval(finite(row.get("test_accuracy") for row in old),
+                                    finite(row.get("test_accuracy") for row in group))
     verdicts = []
-    if now is None and before is not None:
-        verdicts.append("REGRESSION: no test accuracy (diverged)")
-    elif now is not None and before is not None:
+    diverged = sum(1 for row in group if row.get("test_accuracy") is None)
+    if diverged and before is not None:
+        verdicts.append("REGRESSION: no test accuracy (diverged)" if now is None else
+                        f"REGRESSION: {diverged} of {len(group)} seeds diverged")
+    if now is not None and before is not None:
         drop = round((before - now) * 100, 9)  # 0.9 - 0.895 is 0.5000000000000004 pp
+        within = _within_noise(noise)
         if drop > fail_drop_pp:
-            verdicts.append(f"REGRESSION: -{drop:.2f} pp > {fail_drop_pp:g} pp allowed")
+            verdicts.append(f"REGRESSION: -{drop:.2f} pp > {fail_drop_pp:g} pp allowed{within}")
         elif drop < 0:
-            verdicts.append("improved")
+            verdicts.append(f"improved{within}")
     if fail_slowdown_pct is not None and seconds and old_seconds:
         growth = (seconds / old_seconds - 1) * 100
         if growth > fail_slowdown_pct:
             verdicts.append(f"REGRESSION: training {growth:.0f}% slower > "
                             f"{fail_slowdown_pct:g}% allowed")
     verdicts.sort(key=lambda verdict: not verdict.startswith("REGRESSION"))
-    return Entry(run_title(row), before, now, old_seconds, seconds,
-                 "; ".join(verdicts) or "ok")
+    return Entry(_title(group), before, now, old_seconds, seconds,
+                 "; ".join(verdicts) or "ok", before_spread, now_spread, noise)
+
+
+def _spread(group: Sequence[Row], key: str) -> Interval | None:
+    """Mean and interval of a figure over a group's seeds; ``None`` if no seed has it."""
+    values = finite(row.get(key) for row in group)
+    return mean_interval(values) if values else None
+
+
+def _mean(spread: Interval | None) -> float | None:
+    return None if spread is None else spread.mean
+
+
+def _title(group: Sequence[Row]) -> str:
+    """``... batch 32, seed 0`` for one run, ``... batch 32, seeds 0-2`` for several."""
+    if len(group) == 1:
+        return run_title(group[0])
+    return run_title({**group[0], "seed": seed_label(row.get("seed") for row in group)})
+
+
+def _noise_text(noise: Interval | None) -> str:
+    """``±0.45 pp: within noise``, ``±0.12 pp: beyond noise``, or why it is not known."""
+    if noise is None:
+        return "n/a"
+    if noise.half_width is None:
+        return "unknown (1 seed each)"
+    verdict = "beyond noise" if noise.excludes_zero() else "within noise"
+    return f"±{noise.half_width * 100:.2f} pp: {verdict}"
+
+
+def _within_noise(noise: Interval | None) -> str:
+    """`` (within noise, ±0.80 pp)`` when the seeds' spread covers the difference."""
+    if noise is None or noise.half_width is None or noise.excludes_zero():
+        return ""
+    return f" (within noise, ±{noise.half_width * 100:.2f} pp)"
 
 
 def _machine_note(old: dict[str, object], new: dict[str, object]) -> str | None:
@@ -205,5 +296,10 @@ def _machine_note(old: dict[str, object], new: dict[str, object]) -> str | None:
             + "; ".join(differences) + "): training times are not comparable.")
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 100:.2f}"
+def _percent(spread: Interval | None) -> str:
+    """``96.90``, or ``96.90 ± 0.30`` over several seeds."""
+    if spread is None:
+        return "n/a"
+    if spread.half_width is None:
+        return f"{spread.mean * 100:.2f}"
+    return f"{spread.mean * 100:.2f} ± {spread.half_width * 100:.2f}"

@@ -45,6 +45,7 @@ class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
     device: str = "auto"
     seed: int = 0
+    repeats: int = 1
     lr: float = 1e-3
     optimizer: str = "adam"
     lr_scaling: str = "none"
@@ -81,7 +82,8 @@ class Settings:
         co2 = "off" if self.no_co2 else self.co2_country
         return (
             f"batchprof: dataset={self.dataset} batch-sizes={sizes} epochs={self.epochs} "
-            f"optimizer={self.optimizer} lr={self.lr:g} seed={self.seed} device={self.device} "
+            f"optimizer={self.optimizer} lr={self.lr:g} seed={self.seed}"
+            f"{f' repeats={self.repeats}' if self.repeats > 1 else ''} device={self.device} "
             f"train-subset={subset} val-fraction={self.val_fraction:.4g} "
             f"inference-batch-size={inference} co2={co2} data-dir={self.data_dir}"
         ) + self._lr_schedule() + (
@@ -277,6 +279,9 @@ OPTIONS: tuple[Option, ...] = (
            "torch device: auto picks cuda, then mps, then cpu (default: auto)"),
     Option("seed", "N", _non_negative_int, "a whole number >= 0",
            "seed of weight initialisation and shuffling (default: 0)"),
+    Option("repeats", "N", _positive_int, "a whole number >= 1",
+           "train every configuration with N seeds, --seed to --seed + N - 1; tables show "
+           "the mean and its 95-percent confidence interval (default: 1)"),
     Option("lr", "FLOAT", _positive_float, "a finite number above 0, e.g. 1e-3",
            "learning rate (default: 1e-3)"),
     Option("optimizer", "NAME", _choice(OPTIMIZERS), "adam or sgd",

@@ -5,7 +5,9 @@ canvas of their own, never through pyplot, so plotting needs no display and
 touches no global state of the process (a user's backend, open figures).
 
 Rows are ``Run.summary()`` dicts. Runs that differ only in their seed are
-averaged per batch size, so every line stays single-valued. Runs trained for
+averaged per batch size, so every line stays single-valued; where a point has
+two seeds or more, an error bar (a band on the learning curves) shows the 95%
+Student t interval of that mean. Runs trained for
 different numbers of epochs (a 2-epoch study beside a 200-epoch one) get a
 panel each in the per-batch-size plots, with axes of their own: their
 accuracies and times are not on one scale. A diverged run
@@ -21,13 +23,15 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import fmean
 
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+
+from pytest_batchprof.stats import finite, mean_interval
 
 WIDTH, HEIGHT, DPI = 6.4, 4.2, 120
 """Figure size in inches and resolution: 768 x 504 pixels, readable in a markdown page."""
@@ -46,11 +50,19 @@ that no experiment produced; the seed, the batch size and the device are not
 among them (the device differs between xdist workers running one experiment).
 """
 
+PER_BATCH_FIELDS = frozenset({"lr"})
+"""Settings that split lines only when runs of one batch size differ in them: a
+learning-rate sweep does, ``--lr-scaling`` (one lr per batch size) does not."""
+
 AXIS_INCHES, DIGIT_INCHES, LABEL_GAP_INCHES = 5.4, 0.08, 0.08
 """Approximate x-axis length, width of a 10 pt digit and the least gap between tick labels."""
 
 MAX_EPOCH_TICKS = 10
 """Up to this many epochs every epoch gets a tick; beyond, matplotlib picks whole numbers."""
+
+LEGEND_COLUMNS = 5
+"""At most this many batch sizes side by side in the learning curves' legend: six
+``batch 1024`` entries are wider than the figure."""
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 """One marker per series, so lines stay apart in greyscale print."""
@@ -73,6 +85,21 @@ class Series:
     seconds: dict[int, float] = field(default_factory=dict)
     steps_to_target: dict[int, float] = field(default_factory=dict)
     curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    errors: dict[str, dict[int, float]] = field(default_factory=dict)
+    """Half-widths of the 95% intervals, by figure (``accuracy``, ...) and batch size,
+    where two seeds or more were averaged."""
+    curve_errors: dict[int, list[float | None]] = field(default_factory=dict)
+    """Half-widths along each learning curve (``None`` at an epoch with one seed)."""
+
+    def add(self, figure: str, batch_size: int, values: Iterable[object]) -> None:
+        """Put the mean of the seeds' ``values`` at ``batch_size``, and its interval."""
+        numbers = finite(values)
+        if not numbers:
+            return
+        spread = mean_interval(numbers)
+        getattr(self, figure)[batch_size] = spread.mean
+        if spread.half_width is not None:
+            self.errors.setdefault(figure, {})[batch_size] = spread.half_width
 
 
 def write_plots(rows: Sequence[Mapping[str, object]], directory: Path, stem: str) -> (
@@ -126,8 +153,7 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
     """
     finished = [row for row in rows if _finished(row)]
     several_datasets = len({row.get("dataset") for row in finished}) > 1
-    varying = [name for name in SERIES_FIELDS
-               if len({repr(row.get(name)) for row in finished}) > 1]
+    varying = [name for name in SERIES_FIELDS if _varies(finished, name)]
     groups: dict[tuple[object, ...], dict[int, list[Mapping[str, object]]]] = {}
     labels: dict[tuple[object, ...], str] = {}
     for row in finished:
@@ -145,20 +171,31 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
         series = Series(labels[key], epochs=next(iter(by_batch.values()))[0].get("epochs"))
         for batch_size in sorted(by_batch):
             runs = by_batch[batch_size]
-            accuracy = _mean(100 * run["test_accuracy"] for run in runs)
-            seconds = _mean(run.get("train_seconds") for run in runs)
-            curve = _mean_curve(run.get("history") or () for run in runs)
             steps = [run.get("target_steps") for run in runs]
-            if steps and all(isinstance(value, (int, float)) for value in steps):
-                series.steps_to_target[batch_size] = fmean(steps)  # every seed reached it
-            if accuracy is not None:
-                series.accuracy[batch_size] = accuracy
-            if seconds is not None and seconds > 0:
-                series.seconds[batch_size] = seconds
+            if all(isinstance(value, (int, float)) for value in steps):  # every seed reached it
+                series.add("steps_to_target", batch_size, steps)
+            series.add("accuracy", batch_size, [100 * run["test_accuracy"] for run in runs])
+            seconds = [run.get("train_seconds") for run in runs]
+            if any(isinstance(value, (int, float)) and value > 0 for value in seconds):
+                series.add("seconds", batch_size, seconds)
+            curve = _mean_curve(run.get("history") or () for run in runs)
             if curve:
-                series.curves[batch_size] = curve
+                series.curves[batch_size] = [(epoch, mean) for epoch, mean, _ in curve]
+                series.curve_errors[batch_size] = [half for _, _, half in curve]
         result.append(series)
     return result
+
+
+def _varies(rows: Sequence[Mapping[str, object]], name: str) -> bool:
+    """Whether ``name`` differs between rows (between rows of one batch size, for
+    :data:`PER_BATCH_FIELDS`)."""
+    if name not in PER_BATCH_FIELDS:
+        return len({repr(row.get(name)) for row in rows}) > 1
+    values: dict[tuple[object, ...], set[str]] = {}
+    for row in rows:
+        point = (row.get("model"), row.get("dataset"), row.get("batch_size"))
+        values.setdefault(point, set()).add(repr(row.get(name)))
+    return any(len(seen) > 1 for seen in values.values())
 
 
 def save_png(figure: Figure, path: Path) -> None:
@@ -182,23 +219,20 @@ def _finished(row: Mapping[str, object]) -> bool:
     return isinstance(accuracy, (int, float)) and math.isfinite(accuracy)
 
 
-def _mean(values: Iterable[object]) -> float | None:
-    finite = [float(value) for value in values
-              if isinstance(value, (int, float)) and math.isfinite(value)]
-    return fmean(finite) if finite else None
-
-
-def _mean_curve(histories: Iterable[Iterable[Mapping[str, object]]]) -> list[tuple[int, float]]:
-    """Mean validation accuracy (%) per epoch over the histories that reached that epoch."""
+def _mean_curve(histories: Iterable[Iterable[Mapping[str, object]]]) -> (
+        list[tuple[int, float, float | None]]):
+    """Mean validation accuracy (%) per epoch over the histories that reached that epoch,
+    with the half-width of its 95% interval (``None`` where one history reached it)."""
     by_epoch: dict[int, list[object]] = {}
     for history in histories:
         for record in history:
             by_epoch.setdefault(int(record["epoch"]), []).append(record.get("val_accuracy"))
     curve = []
     for epoch in sorted(by_epoch):
-        accuracy = _mean(by_epoch[epoch])
-        if accuracy is not None:
-            curve.append((epoch, 100 * accuracy))
+        accuracies = finite(100 * value for value in by_epoch[epoch] if value is not None)
+        if accuracies:
+            spread = mean_interval(accuracies)
+            curve.append((epoch, spread.mean, spread.half_width))
     return curve
 
 
@@ -218,11 +252,12 @@ def _style(index: int) -> dict[str, object]:
 
 def _per_batch_figure(
     series: list[Series], values: str, title: str, ylabel: str
-) -> tuple[Figure, list[tuple[Axes, list[float]]]] | None:
-    """Lines over a log-2 batch-size axis, a panel per training budget (epochs).
+) -> tuple[Figure, list[tuple[Axes, list[float], list[Line2D]]]] | None:
+    """Lines over a log-2 batch-size axis, a panel per training budget (epochs), with
+    error bars where seeds were averaged.
 
-    Returns the figure and each panel with the values drawn in it, or None
-    when no series has data.
+    Returns the figure and each panel with the values drawn in it (error bar
+    ends included) and its data lines, or None when no series has data.
     """
     drawn = [(index, one) for index, one in enumerate(series) if getattr(one, values)]
     if not drawn:
@@ -236,12 +271,28 @@ def _per_batch_figure(
     for panel, members in zip(panels, budgets.values(), strict=True):
         sizes: set[int] = set()
         plotted: list[float] = []
+        lines: list[Line2D] = []
         for index, one in members:
             points = getattr(one, values)
-            panel.plot(list(points), list(points.values()), label=one.label, linewidth=1.6,
-                       markersize=6, **_style(index))
+            x, y = list(points), list(points.values())
+            halves = [one.errors.get(values, {}).get(size) for size in x]
+            if any(half is not None for half in halves):
+                # below the point, a bar stops short of 0 so that a log axis can draw it
+                lower = [math.nan if half is None else min(half, 0.9 * mean)
+                         for half, mean in zip(halves, y, strict=True)]
+                upper = [math.nan if half is None else half for half in halves]
+                drawn = panel.errorbar(x, y, yerr=[lower, upper], label=one.label,
+                                       linewidth=1.6, markersize=6, capsize=3, elinewidth=1,
+                                       **_style(index))
+                lines.append(drawn.lines[0])
+                plotted.extend(mean + sign * bar for mean, low, high in zip(y, lower, upper,
+                                                                            strict=True)
+                               for sign, bar in ((-1, low), (1, high)) if not math.isnan(bar))
+            else:
+                lines.extend(panel.plot(x, y, label=one.label, linewidth=1.6, markersize=6,
+                                        **_style(index)))
             sizes.update(points)
-            plotted.extend(points.values())
+            plotted.extend(y)
         _batch_size_axis(panel, sorted(sizes), AXIS_INCHES * (1 + 0.6 * (columns - 1)) / columns)
         panel.set_ylabel(ylabel)
         if columns > 1:
@@ -249,7 +300,7 @@ def _per_batch_figure(
             panel.set_title(f"{epochs} epoch{'' if epochs == 1 else 's'}", fontsize="medium")
         panel.grid(True, which="major", alpha=0.35)
         panel.legend(loc="best", fontsize="small", framealpha=0.85)
-        result.append((panel, plotted))
+        result.append((panel, plotted, lines))
     if columns > 1:
         figure.suptitle(title)
     else:
@@ -262,7 +313,7 @@ def _accuracy_figure(series: list[Series], title: str) -> Figure | None:
     if drawn is None:
         return None
     figure, panels = drawn
-    for axes, values in panels:
+    for axes, values, _ in panels:
         _percent_axis(axes, values)
     return figure
 
@@ -272,7 +323,7 @@ def _time_figure(series: list[Series], title: str) -> Figure | None:
     if drawn is None:
         return None
     figure, panels = drawn
-    for axes, seconds in panels:
+    for axes, seconds, _ in panels:
         if max(seconds) > LOG_TIME_RATIO * min(seconds):
             axes.set_yscale("log")
             decades = math.log10(max(seconds) / min(seconds))
@@ -298,10 +349,10 @@ def _steps_figure(series: list[Series], title: str) -> Figure | None:
     if drawn is None:
         return None
     figure, panels = drawn
-    for axes, _ in panels:
+    for axes, _, lines in panels:
         axes.set_yscale("log")
         axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        for line in list(axes.get_lines()):
+        for line in lines:
             sizes, steps = list(line.get_xdata()), list(line.get_ydata())
             if len(sizes) > 1:
                 axes.plot(sizes, [steps[0] * sizes[0] / size for size in sizes],
@@ -332,10 +383,15 @@ def _curves_figure(series: list[Series], title: str) -> Figure | None:
         for size, curve in one.curves.items():
             # viridis without its last, pale yellow fifth: small batches dark, large ones light.
             shade = 0.85 * sizes.index(size) / max(len(sizes) - 1, 1)
-            (handles[size],) = panel.plot(
-                [epoch for epoch, _ in curve], [value for _, value in curve],
-                color=colormap(shade), marker="o", markersize=3.5, linewidth=1.5,
-                label=f"batch {size}")
+            epochs, means = [epoch for epoch, _ in curve], [value for _, value in curve]
+            (handles[size],) = panel.plot(epochs, means, color=colormap(shade), marker="o",
+                                          markersize=3.5, linewidth=1.5, label=f"batch {size}")
+            halves = one.curve_errors.get(size, [])
+            if any(half is not None for half in halves):  # the seeds' 95% interval
+                panel.fill_between(
+                    epochs, [mean - (half or 0) for mean, half in zip(means, halves, strict=True)],
+                    [mean + (half or 0) for mean, half in zip(means, halves, strict=True)],
+                    color=colormap(shade), alpha=0.18, linewidth=0)
         # Half a panel is too narrow for "400-1024-1024-10 (fashion-mnist, lr=0.001)" on one line.
         panel.set_title(one.label.replace(" (", "\n(", 1), fontsize="medium")
         _epoch_axis(panel, [epoch for curve in one.curves.values() for epoch, _ in curve])
@@ -347,9 +403,10 @@ def _curves_figure(series: list[Series], title: str) -> Figure | None:
     _percent_axis(axes[0], [value for one in panels for curve in one.curves.values()
                             for _, value in curve])
     figure.suptitle(title)
+    rows_of_entries = math.ceil(len(sizes) / LEGEND_COLUMNS)  # balanced: 7 sizes as 4 + 3
     figure.legend([handles[size] for size in sizes], [f"batch {size}" for size in sizes],
-                  loc="outside lower center", ncols=min(len(sizes), 6), fontsize="small",
-                  frameon=False)
+                  loc="outside lower center", ncols=math.ceil(len(sizes) / rows_of_entries),
+                  fontsize="small", frameon=False)
     return figure
 
 

@@ -23,6 +23,7 @@ from pytest_batchprof.data import Dataset, DatasetUnavailable
 from pytest_batchprof.devices import Accelerators, DeviceError, select_device
 from pytest_batchprof.gating import Threshold, baseline_path
 from pytest_batchprof.options import Settings, register, settings_from_config, source_of
+from pytest_batchprof.repeats import RepeatedRun
 from pytest_batchprof.report import run_key
 from pytest_batchprof.session import BatchprofSession
 from pytest_batchprof.storage import ReportError, load_report
@@ -278,10 +279,19 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
     test's ``batch_size`` if it has one, else the first of ``--batch-sizes``),
     ``epochs``, ``lr``, ``optimizer``, ``seed`` (default: the options),
     ``input_size`` (e.g. ``400`` for a 20x20 centre crop, or ``(h, w)``),
-    ``activation`` (relu, gelu, tanh, sigmoid, linear) and ``dataset`` (a
-    data set name; default: this test's data set). The same configuration
-    asked for again in the session is trained once. A run whose loss becomes
-    NaN or inf fails the test with the reason.
+    ``activation`` (relu, gelu, tanh, sigmoid, linear), ``dataset`` (a
+    data set name; default: this test's data set) and ``repeats`` (default:
+    ``--repeats``). The same configuration asked for again in the session is
+    trained once. A run whose loss becomes NaN or inf fails the test with the
+    reason.
+
+    With ``repeats=N`` above 1 the configuration is trained with seeds
+    ``seed`` to ``seed + N - 1`` and the factory returns a
+    :class:`~pytest_batchprof.repeats.RepeatedRun`: its figures are the means
+    over the seeds (so ``run.test_accuracy >= 0.96`` checks the mean),
+    ``run.interval("test_accuracy")`` gives the 95% confidence interval, and
+    ``run.runs`` the single runs. The report shows one row per configuration,
+    mean ± interval.
 
     With pytest-benchmark's ``benchmark`` fixture in the same test, every
     run's figures go into ``benchmark.extra_info["batchprof"]`` (kept by
@@ -301,7 +311,11 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
         input_size: int | tuple[int, int] | None = None,
         activation: str = "relu",
         dataset: str | None = None,
-    ) -> Run:
+        repeats: int | None = None,
+    ) -> Run | RepeatedRun:
+        repeats = state.settings.repeats if repeats is None else repeats
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats={repeats!r} must be a whole number >= 1")
         if dataset is None:
             data = request.getfixturevalue("dataset")
         else:
@@ -310,21 +324,31 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
             batch_size = (request.getfixturevalue("batch_size")
                           if "batch_size" in request.fixturenames
                           else state.settings.batch_sizes[0])
-        run = state.run(data, hidden, batch_size, epochs=epochs, lr=lr, optimizer=optimizer,
-                        seed=seed, input_size=input_size, activation=activation)
-        used = request.node.stash.setdefault(RUNS_KEY, [])
-        if run not in used:
-            used.append(run)
-        if "benchmark" in request.fixturenames:
-            _record_in_benchmark(request.getfixturevalue("benchmark"), run)
-        if run.diverged:
-            pytest.fail(f"{run.config.describe()} diverged: {run.diverged}", pytrace=False)
-        return run
+        first_seed = state.settings.seed if seed is None else seed
+        runs = []
+        for offset in range(repeats):
+            run = state.run(data, hidden, batch_size, epochs=epochs, lr=lr, optimizer=optimizer,
+                            seed=_offset_seed(first_seed, offset), input_size=input_size,
+                            activation=activation)
+            used = request.node.stash.setdefault(RUNS_KEY, [])
+            if run not in used:
+                used.append(run)
+            if "benchmark" in request.fixturenames:
+                _record_in_benchmark(request.getfixturevalue("benchmark"), run)
+            if run.diverged:
+                pytest.fail(f"{run.config.describe()} diverged: {run.diverged}", pytrace=False)
+            runs.append(run)
+        return runs[0] if repeats == 1 else RepeatedRun(tuple(runs))
 
     return factory
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _offset_seed(seed: object, offset: int) -> object:
+    """The seed of repeat ``offset``; a bad seed is passed on as it is, for its own error."""
+    return seed + offset if isinstance(seed, int) and not isinstance(seed, bool) else seed
 
 
 def _record_in_benchmark(benchmark: object, run: Run) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
+from pytest_batchprof.stats import Interval
+
 Row = dict[str, object]
 
 OUTCOME_RANK = {"passed": 0, "skipped": 1, "interrupted": 2, "failed": 3}
@@ -46,7 +48,7 @@ def _percent(value: object) -> str:
 
 
 def _count(value: object) -> str:
-    return f"{int(value):,}"
+    return f"{round(float(value)):,}"
 
 
 def _text(value: object) -> str:
@@ -64,6 +66,7 @@ COLUMNS: dict[str, Column] = {column.key: column for column in (
     Column("batch_size", "batch", plain=_count),
     Column("epochs", "epochs", plain=_count),
     Column("seed", "seed", plain=_text),
+    Column("seeds", "seeds", plain=_text),
     Column("optimizer", "optimizer", plain=_text),
     Column("lr", "lr", plain=lambda value: f"{float(value):g}"),
     Column("train_seconds", "train time", TIME_UNITS),
@@ -124,11 +127,18 @@ def merge_outcome(current: str | None, new: str) -> str:
     return max(current, new, key=lambda outcome: OUTCOME_RANK.get(outcome, 0))
 
 
-def run_key(row: Row) -> str:
-    """What makes two rows the same run: the configuration, not the test that asked."""
-    keys = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size", "epochs",
+RUN_KEYS = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size", "epochs",
             "lr", "optimizer", "seed", "device", "train_subset", "val_fraction",
             "flush_denormals", "lr_warmup_epochs", "target_accuracy")
+"""The configuration of a run, as its row holds it."""
+
+
+def run_key(row: Row, seed: bool = True) -> str:
+    """What makes two rows the same run: the configuration, not the test that asked.
+
+    With ``seed=False``, the seeds of one configuration (``--repeats``) share a key.
+    """
+    keys = RUN_KEYS if seed else tuple(key for key in RUN_KEYS if key != "seed")
     return json.dumps([row.get(key) for key in keys])  # tuples and lists alike, as in JSON
 
 
@@ -158,6 +168,8 @@ def table_columns(
     columns = [key for key in DEFAULT_COLUMNS if key in present]
     if "epochs" in columns and len({row["lr"] for row in rows if row.get("lr") is not None}) > 1:
         columns.insert(columns.index("epochs") + 1, "lr")  # --lr-scaling: each run's own lr
+    if "epochs" in columns and seeds_repeat(rows):  # --repeats: how many seeds each row folds
+        columns.insert(columns.index("lr" if "lr" in columns else "epochs") + 1, "seeds")
     standard = set(standard_keys)
     for row in rows:
         for key, value in row.items():
@@ -166,8 +178,19 @@ def table_columns(
     return columns
 
 
+def seeds_repeat(rows: Iterable[Row]) -> bool:
+    """Whether some configuration among ``rows`` was trained with more than one seed."""
+    keys = [run_key(row, seed=False) for row in rows]
+    return len(set(keys)) < len(keys)
+
+
 def render_table(rows: Sequence[Row], columns: Sequence[str]) -> str:
-    """A GitHub-flavoured markdown table of ``rows``; ``n/a`` where a figure is missing."""
+    """A GitHub-flavoured markdown table of ``rows``; ``n/a`` where a figure is missing.
+
+    A value may be an :class:`~pytest_batchprof.stats.Interval` (seeds folded
+    by :func:`pytest_batchprof.repeats.aggregate_seeds`): it shows as
+    ``mean ± half-width`` in the column's unit.
+    """
     headers, cells = [], []
     for key in columns:
         header, formatted = format_column(key, [row.get(key) for row in rows])
@@ -182,11 +205,30 @@ def format_column(key: str, values: Sequence[object]) -> tuple[str, list[str]]:
     column = COLUMNS.get(key, Column(key, key, plain=_text))
     if column.units is None:
         plain = column.plain or _text
-        return column.label, [_missing(value) or plain(value) for value in values]
-    numbers = [float(value) for value in values if _missing(value) is None]
+        number = human_number if plain is _text else plain  # a hook's column of floats
+        return column.label, [
+            _missing(value) or (_interval(value, number) if isinstance(value, Interval)
+                                else plain(value))
+            for value in values]
+    numbers = [value.mean if isinstance(value, Interval) else float(value)
+               for value in values if _missing(value) is None]
     name, scale = pick_unit(numbers, column.units)
-    cells = [_missing(value) or human_number(float(value) / scale) for value in values]
+    cells = [_missing(value) or (
+        _interval(value, lambda number: human_number(float(number) / scale))
+        if isinstance(value, Interval) else human_number(float(value) / scale))
+        for value in values]
     return f"{column.label} ({name})", cells
+
+
+def _interval(value: Interval, number: Callable[[object], str]) -> str:
+    """``96.9 ± 0.3``; a half-width that the column's precision would show as 0 gets
+    two significant digits; no ``±`` when the spread is unknown (one finished seed)."""
+    if value.half_width is None:
+        return number(value.mean)
+    half = number(value.half_width)
+    if value.half_width > 0 and not any(digit in "123456789" for digit in half):
+        half = f"{float(number(1.0).replace(',', '')) * value.half_width:.2g}"
+    return f"{number(value.mean)} ± {half}"
 
 
 def pick_unit(values: Sequence[float], units: Sequence[tuple[str, float]]) -> tuple[str, float]:
@@ -227,9 +269,10 @@ def render_history(row: Row) -> str:
 
 
 def run_title(row: Row) -> str:
-    """``784-1024-10 on mnist, batch 64, seed 0``."""
+    """``784-1024-10 on mnist, batch 64, seed 0`` (``seeds 0-2`` for a row of folded seeds)."""
+    seed = row.get("seed")
     return (f"{row.get('model')} on {row.get('dataset')}, batch {row.get('batch_size')}, "
-            f"seed {row.get('seed')}")
+            f"seed{'s' if isinstance(seed, str) else ''} {seed}")
 
 
 def render_markdown(
@@ -269,6 +312,10 @@ def _notes(rows: Sequence[Row]) -> str:
              "Latency is the median per sample at the inference batch size. Size is the "
              "checkpoint of model and optimizer state. Training and validation accuracy "
              "are of the last epoch."]
+    if seeds_repeat(rows):
+        notes.append("A row of several seeds (see seeds) shows each figure that differs "
+                     "between them as mean ± the half-width of its 95% confidence interval "
+                     "(Student t).")
     reasons = sorted({str(row[key]) for row in rows
                       for key in ("train_co2_note",) if row.get(key)})
     notes += [f"CO2eq n/a: {reason}." for reason in reasons]

@@ -19,12 +19,14 @@ from pytest_batchprof import storage
 from pytest_batchprof.errors import one_line
 from pytest_batchprof.gating import Comparison, compare
 from pytest_batchprof.options import source_of
+from pytest_batchprof.repeats import aggregate_seeds
 from pytest_batchprof.report import (
     Row,
     merge_outcome,
     render_markdown,
     render_table,
     run_key,
+    seeds_repeat,
     sort_rows,
     table_columns,
 )
@@ -75,13 +77,13 @@ class SummaryCollector:
         config.hook.pytest_batchprof_summary(config=config, rows=rows)
         rows = [{key: _finite(value) for key, value in row.items()} for row in rows]
         columns = table_columns(rows, settings.columns, standard_keys)
-        known = {key for row in rows for key in row}
+        known = {key for row in [*rows, *aggregate_seeds(rows)] for key in row}
         warnings = []
         unknown = [column for column in columns if column not in known]
         if unknown:
             warnings.append(f"{source_of(config, 'columns')} names {', '.join(unknown)}, which "
                             f"no row has; known: {', '.join(sorted(known))}")
-        table = render_table(rows, columns)
+        table = summary_table(rows, columns)
         env = storage.environment(_settings_dict(settings), device)
         comparison = None
         if baseline is not None:
@@ -89,8 +91,11 @@ class SummaryCollector:
                                  settings.fail_slowdown, env)
         stem = _free_stem(settings.report_dir)
         plots = [] if settings.no_report else _plots(rows, settings.report_dir, stem, warnings)
+        sections = [per_seed_section(rows, columns)] if seeds_repeat(rows) else []
+        if comparison:
+            sections.append(comparison.markdown())
         markdown = render_markdown(table, rows, env, [(title, path.name) for title, path in plots],
-                                   partial, [comparison.markdown()] if comparison else [])
+                                   partial, sections)
         replaced = config.hook.pytest_batchprof_markdown(config=config, markdown=markdown)
         markdown = replaced if replaced is not None else markdown
         report = SessionReport(table, markdown, partial, warnings=warnings,
@@ -154,10 +159,25 @@ def _settings_dict(settings) -> dict[str, object]:
 
 
 
+def summary_table(rows: list[Row], columns: list[str]) -> str:
+    """The summary table: one row per configuration, its seeds folded into mean ± 95% CI."""
+    return render_table(aggregate_seeds(rows), columns)
+
+
+def per_seed_section(rows: list[Row], columns: list[str]) -> str:
+    """The markdown section listing every seed's run, for the reader who wants the spread."""
+    per_seed = [("seed" if column == "seeds" else column) for column in columns]
+    return "\n".join([
+        "## Per-seed runs", "",
+        "The summary shows each configuration's mean over its seeds ± the half-width of "
+        "the 95% confidence interval (Student t with n - 1 degrees of freedom); these are "
+        "the runs behind it.", "", render_table(rows, per_seed), ""])
+
+
 def table_from_report(path: Path) -> str:
     """The summary table of a saved JSON report, exactly as the session printed it."""
     document = storage.load_report(path)
-    return render_table(document["rows"], document["columns"])
+    return summary_table(document["rows"], document["columns"])
 
 
 def _finite(value: object) -> object:

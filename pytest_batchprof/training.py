@@ -172,7 +172,13 @@ class Run:
 
     @property
     def seconds_per_epoch(self) -> float:
-        return self.train_seconds / len(self.history) if self.history else math.nan
+        """Wall time per epoch, validation included. A run stopped at its target has
+        trained a fraction of its last epoch, and is divided by the epochs it trained."""
+        if not self.history:
+            return math.nan
+        if self.time_to_target is not None and self.time_to_target.reached:
+            return self.train_seconds / self.time_to_target.epochs
+        return self.train_seconds / len(self.history)
 
     @property
     def train_accuracy(self) -> float:

@@ -116,3 +116,34 @@ def test_depth_and_width_pass_their_floors_on_digits(pytester: pytest.Pytester,
                                 "--batch-sizes", "128", "--no-co2", "--batchprof-no-report")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*64-1024-1024-10*digits*128*"])
+
+
+def study_args() -> list[str]:
+    """``STUDY_ARGS`` of the Makefile, the README's scaling study, as arguments."""
+    text = (BENCHMARKS.parent / "Makefile").read_text(encoding="utf-8")
+    definition = text.split("STUDY_ARGS :=", 1)[1]
+    lines = []
+    for line in definition.splitlines():
+        lines.append(line.rstrip("\\").strip())
+        if not line.endswith("\\"):
+            break
+    return " ".join(lines).split()
+
+
+def test_the_scaling_study_runs_as_the_makefile_says(pytester: pytest.Pytester,
+                                                      experiments: Path) -> None:
+    """``make study``'s options, on digits at two batch sizes instead of MNIST at seven."""
+    args = [arg for arg in study_args() if not arg.startswith("--batchprof-report")]
+    assert args[:2] == ["--batch-sizes", "16,32,64,128,256,512,1024"]
+    assert {"--repeats", "--lr-scaling", "--target-accuracy", "--noise-scale"} <= set(args)
+    result = pytester.runpytest(
+        str(experiments / "test_batch_size.py") + "::test_one_hidden_layer_1024", *args,
+        "--batch-sizes", "64,256", "--dataset", "digits", "--target-accuracy", "0.9",
+        "--no-co2", "--batchprof-no-report", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    assert result.stdout.str().count("batchprof: training 64-1024-10") == 6
+    header = next(line for line in result.outlines if line.startswith("| model"))
+    for label in ("| lr ", "| seeds ", "steps to target", "critical batch"):
+        assert label in header
+    rows = [line for line in result.outlines if line.startswith("| 64-1024-10")]
+    assert len(rows) == 2 and all(" ± " in line for line in rows)

@@ -22,7 +22,13 @@ import pytest
 import torch
 
 from pytest_batchprof import plugin
-from pytest_batchprof.gating import EXPERIMENT_KEYS, Threshold, compare, experiment_key
+from pytest_batchprof.gating import (
+    EXPERIMENT_KEYS,
+    NOISE_NOTE,
+    Threshold,
+    compare,
+    experiment_key,
+)
 from pytest_batchprof.storage import ReportError, load_report, report_json
 from pytest_batchprof.training import Run, RunConfig
 
@@ -46,8 +52,8 @@ T64 = "64-64-10 on digits, batch 16, seed 0"
 WEAK_LR = "0.00001"  # one epoch at this rate leaves a run near chance
 
 COMPARED = re.compile(r"^-+ compared with baseline (.+?) -+$")
-COMPARISON_HEADER = ["run", "baseline test acc (%)", "now test acc (%)", "delta", "train time",
-                     "verdict"]
+COMPARISON_HEADER = ["run", "seeds (baseline, now)", "baseline test acc (%)", "now test acc (%)",
+                     "delta", "noise (95% CI of delta)", "train time", "verdict"]
 NOT_SAVED = ("batchprof: baseline 'base' was not saved: the session had failures or was "
              "interrupted, so its figures are incomplete")
 
@@ -809,7 +815,7 @@ def test_recipe_changes_match_the_same_baseline_entry(recipe: dict[str, object])
 @pytest.mark.parametrize("key", EXPERIMENT_KEYS)
 def test_experiment_changes_do_not_match(key: str) -> None:
     other = {"model": "64-9-10", "dataset": "synthetic", "input_shape": [6, 6], "hidden": [9],
-             "activation": "gelu", "batch_size": 33, "epochs": 2, "seed": 1,
+             "activation": "gelu", "batch_size": 33, "epochs": 2,
              "train_subset": 500, "val_fraction": 0.2}[key]
     comparison = compared([row(**{key: other})], [row()])
     assert [entry.verdict for entry in comparison.entries] == [
@@ -857,7 +863,8 @@ def test_diverged_now_is_a_regression() -> None:
     assert comparison.regressions == [entry]
     assert entry.drop_pp is None
     assert table_cells(comparison.table())[2] == [
-        TITLE, "90.00", "n/a", "n/a", "+0%", "REGRESSION: no test accuracy (diverged)"]
+        TITLE, "1, 0", "90.00", "n/a", "n/a", "n/a", "+0%",
+        "REGRESSION: no test accuracy (diverged)"]
 
 
 def test_diverged_baseline_is_no_regression() -> None:
@@ -905,7 +912,8 @@ def test_machine_note_and_markdown() -> None:
     assert other.machine_note == note
     markdown = other.markdown()
     assert markdown.startswith("## Comparison with the baseline\n\n"
-                               "Baseline: `reports/baselines/base.json`\n\n" + note + "\n\n")
+                               "Baseline: `reports/baselines/base.json`\n\n" + NOISE_NOTE
+                               + "\n\n" + note + "\n\n")
     assert other.table() in markdown
     assert compared([row()], [row()], old_environment={}).machine_note.startswith(
         "The baseline was measured on another machine or software (machine None -> 'box';")
@@ -920,11 +928,12 @@ def test_entries_list_the_session_then_the_baseline_only_runs() -> None:
         ("64-2-10", "not run (only in baseline)")]
     header, _rule, new, improved, gone = table_cells(comparison.table())
     assert header == COMPARISON_HEADER
-    assert new == ["64-4-10 on digits, batch 32, seed 0", "n/a", "90.00", "n/a", "n/a",
-                   "new (not in baseline)"]
-    assert improved == [TITLE, "50.00", "90.00", "+40.00 pp", "+0%", "improved"]
-    assert gone == ["64-2-10 on digits, batch 32, seed 0", "90.00", "n/a", "n/a", "n/a",
-                    "not run (only in baseline)"]
+    assert new == ["64-4-10 on digits, batch 32, seed 0", "0, 1", "n/a", "90.00", "n/a", "n/a",
+                   "n/a", "new (not in baseline)"]
+    assert improved == [TITLE, "1, 1", "50.00", "90.00", "+40.00 pp", "unknown (1 seed each)",
+                        "+0%", "improved"]
+    assert gone == ["64-2-10 on digits, batch 32, seed 0", "1, 0", "90.00", "n/a", "n/a", "n/a",
+                    "n/a", "not run (only in baseline)"]
 
 
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])

@@ -176,6 +176,8 @@ BAD_CLI = [
     (["--val-fraction", "1.5"], "--val-fraction", "(got '1.5')",
      "expected a number above 0 and below 1"),
     (["--seed=-1"], "--seed", "(got '-1')", "expected a whole number >= 0"),
+    (["--repeats", "0"], "--repeats", "(got '0')", "expected a whole number >= 1"),
+    (["--repeats", "three"], "--repeats", "(got 'three')", "expected a whole number >= 1"),
     (["--optimizer", "rmsprop"], "--optimizer", "(got 'rmsprop')", "expected adam or sgd"),
     (["--inference-batch-size", "0"], "--inference-batch-size", "(got '0')",
      "expected a whole number >= 1"),
@@ -215,6 +217,7 @@ GOOD_INI = [
     ("batchprof_epochs", "3", "epochs=3"),
     ("batchprof_dataset", "digits", "dataset=digits"),
     ("batchprof_seed", "7", "seed=7"),
+    ("batchprof_repeats", "5", "repeats=5"),
     ("batchprof_lr", "0.05", "lr=0.05"),
     ("batchprof_optimizer", "sgd", "optimizer=sgd"),
     ("batchprof_train_subset", "100", "train-subset=100"),
@@ -279,6 +282,7 @@ BAD_INI = [
     ("batchprof_epochs", "0", "expected a whole number >= 1"),
     ("batchprof_dataset", "nope", "expected one of"),
     ("batchprof_seed", "-1", "expected a whole number >= 0"),
+    ("batchprof_repeats", "0", "expected a whole number >= 1"),
     ("batchprof_lr", "nan", "expected a finite number above 0"),
     ("batchprof_optimizer", "rmsprop", "expected adam or sgd"),
     ("batchprof_train_subset", "x", "expected a whole number >= 1"),
@@ -388,8 +392,8 @@ def test_without_env_data_dir_defaults_to_user_cache(pytester: pytest.Pytester,
 
 # ---------------------------------------------------------------- --help
 
-FLAGS = ["--batch-sizes", "--epochs", "--dataset", "--data-dir", "--device", "--seed", "--lr",
-         "--optimizer", "--lr-scaling", "--lr-base-batch", "--lr-warmup-epochs",
+FLAGS = ["--batch-sizes", "--epochs", "--dataset", "--data-dir", "--device", "--seed", "--repeats",
+         "--lr", "--optimizer", "--lr-scaling", "--lr-base-batch", "--lr-warmup-epochs",
          "--target-accuracy", "--train-subset", "--val-fraction", "--inference-batch-size",
          "--noise-scale", "--keep-denormals", "--no-co2", "--co2-country", "--batchprof-report",
          "--batchprof-no-report", "--batchprof-columns", "--batchprof-save", "--batchprof-compare",
@@ -547,6 +551,8 @@ def test_header_shows_every_setting_and_the_device(pytester: pytest.Pytester,
     )
     assert " co2=off " in header_line(pytester.runpytest("--no-co2"))
     assert " keep-denormals " in header_line(pytester.runpytest("--keep-denormals"))
+    assert " seed=5 repeats=3 device=" in header_line(pytester.runpytest("--seed=5",
+                                                                         "--repeats=3"))
 
 
 def test_header_defaults(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,

@@ -61,8 +61,22 @@ def figures(rows: list[dict]) -> dict[str, Figure]:
 
 
 def line_data(axes) -> dict[str, tuple[list[float], list[float]]]:
-    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
-            for line in axes.get_lines()}
+    """The labelled data lines, drawn plainly or as the line of an error bar."""
+    lines = {line.get_label(): line for line in axes.get_lines()
+             if not line.get_label().startswith("_")}
+    lines.update({container.get_label(): container.lines[0] for container in axes.containers})
+    return {label: (list(line.get_xdata()), list(line.get_ydata()))
+            for label, line in lines.items()}
+
+
+def error_bars(axes) -> dict[str, list[tuple[float, float]]]:
+    """Each error-bar series' (bottom, top) per point, as drawn (NaN: no bar)."""
+    bars = {}
+    for container in axes.containers:
+        (segments,) = container.lines[2]
+        bars[container.get_label()] = [(bottom[1], top[1])
+                                       for bottom, top in segments.get_segments()]
+    return bars
 
 
 def test_write_plots_writes_pngs_in_display_order(rows: list[dict], tmp_path: Path):
@@ -232,3 +246,24 @@ def test_one_budget_keeps_one_panel(rows: list[dict]) -> None:
     built = {name: figure for name, _, figure in build_figures(rows)}
     assert len(built["accuracy"].axes) == 1
     assert built["accuracy"].axes[0].get_title().startswith("Test accuracy vs batch size")
+
+
+def test_lr_scaled_with_the_batch_size_keeps_one_line():
+    """--lr-scaling gives each batch size its own lr; a sweep at one batch size splits lines."""
+    scaled = [row(SMALL, size, 0, 0.97, 10.0, (0.96,), lr=0.001 * size / 64)
+              for size in (16, 64, 256)]
+    (series,) = plots.group_series(scaled)
+    assert series.label == SMALL and sorted(series.accuracy) == [16, 64, 256]
+    sweep = [*scaled, row(SMALL, 64, 0, 0.95, 10.0, (0.94,), lr=0.1)]
+    assert [one.label for one in plots.group_series(sweep)] == [
+        f"{SMALL} (lr={0.001 * 16 / 64})", f"{SMALL} (lr=0.001)", f"{SMALL} (lr={0.001 * 4})",
+        f"{SMALL} (lr=0.1)"]
+
+
+def test_learning_curve_legend_wraps_seven_batch_sizes_into_balanced_rows():
+    sizes = (16, 32, 64, 128, 256, 512, 1024)
+    rows = [row(SMALL, size, 0, 0.97, 10.0, (0.95, 0.96)) for size in sizes]
+    figure = dict((name, figure) for name, _, figure in build_figures(rows))["learning-curves"]
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == [f"batch {s}" for s in sizes]
+    assert legend._ncols == 4  # 4 + 3, not 6 + 1 running off the figure

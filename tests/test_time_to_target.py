@@ -38,6 +38,7 @@ def test_a_reachable_target_stops_the_run(synthetic, monkeypatch) -> None:
     assert reached.epochs == pytest.approx(reached.samples / len(synthetic.train))
     assert 0 < reached.seconds <= run.train_seconds
     assert run.history[-1].val_accuracy >= 0.3  # measured where the run stopped
+    assert run.seconds_per_epoch == pytest.approx(run.train_seconds / reached.epochs)
     assert len(run.history) == math.ceil(reached.epochs)
     assert run.test_accuracy is not None
     summary = run.summary()
