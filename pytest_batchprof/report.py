@@ -227,8 +227,14 @@ def _interval(value: Interval, number: Callable[[object], str]) -> str:
         return number(value.mean)
     half = number(value.half_width)
     if value.half_width > 0 and not any(digit in "123456789" for digit in half):
-        half = f"{float(number(1.0).replace(',', '')) * value.half_width:.2g}"
+        half = f"{_factor(number) * value.half_width:.2g}"
     return f"{number(value.mean)} ± {half}"
+
+
+def _factor(number: Callable[[object], str]) -> float:
+    """What a cell formatter multiplies by (100 for percentages, 1,000 for s shown in
+    ms), read off its rendering of 1."""
+    return float(number(1.0).replace(",", ""))
 
 
 def pick_unit(values: Sequence[float], units: Sequence[tuple[str, float]]) -> tuple[str, float]:
