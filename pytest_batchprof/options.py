@@ -93,7 +93,8 @@ class Settings:
             f" cache={self.cache_dir}" if self.cache_dir is not None else "")
 
     def _lr_schedule(self) -> str:
-        if (self.lr_scaling, self.lr_base_batch, self.lr_warmup_epochs) == ("none", 64, 0.0):
+        schedule = (self.lr_scaling, self.lr_base_batch, self.lr_warmup_epochs)
+        if schedule == (Settings.lr_scaling, Settings.lr_base_batch, Settings.lr_warmup_epochs):
             return ""  # the defaults: every run at --lr
         return (f" lr-scaling={self.lr_scaling} lr-base-batch={self.lr_base_batch} "
                 f"lr-warmup-epochs={self.lr_warmup_epochs:g}")

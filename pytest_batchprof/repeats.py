@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
-from pytest_batchprof.metrics import Measurements
 from pytest_batchprof.report import Row, merge_outcome, run_key
 from pytest_batchprof.stats import Interval, finite, mean_interval, seed_label
-from pytest_batchprof.training import Run, RunConfig
+from pytest_batchprof.training import Run
 
 NOT_FOLDED = frozenset({"seed", "outcome", "tests", "history"})
 """Row keys :func:`aggregate_seeds` sets itself rather than by the general rule."""
@@ -92,6 +89,33 @@ def _fold_values(values: list[object]) -> object:
     return None
 
 
+class _FirstSeed:
+    """A :class:`RepeatedRun` attribute that is the first seed's (its model, its config)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: RepeatedRun | None, owner: type) -> object:
+        return self if instance is None else getattr(instance.runs[0], self.name)
+
+
+class _MeanOfSeeds:
+    """A :class:`RepeatedRun` figure that is the mean of the seeds' figure of that name
+    (those that have it; ``missing`` when none has, as a diverged run's test accuracy)."""
+
+    def __init__(self, missing: float | None = math.nan) -> None:
+        self.missing = missing
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: RepeatedRun | None, owner: type) -> object:
+        if instance is None:
+            return self
+        values = finite(getattr(run, self.name) for run in instance.runs)
+        return statistics.fmean(values) if values else self.missing
+
+
 @dataclass(frozen=True)
 class RepeatedRun:
     """The runs of one configuration with seeds ``seed`` to ``seed + N - 1``.
@@ -100,52 +124,37 @@ class RepeatedRun:
     ...), so an assertion such as ``run.test_accuracy >= 0.96`` reads the same
     as for one :class:`~pytest_batchprof.training.Run`. ``interval(name)``
     gives the mean and 95% Student t interval of any figure of
-    ``Run.summary()``; ``runs`` holds the single runs. The model, optimizer,
-    measurements and ``predictor()`` are the first seed's.
+    ``Run.summary()``; ``runs`` holds the single runs. The configuration
+    (its ``seed`` the first), model, optimizer, measurements and
+    ``predictor()`` are the first seed's.
     """
 
     runs: tuple[Run, ...]
+
+    config = _FirstSeed()
+    name = _FirstSeed()
+    model = _FirstSeed()
+    optimizer = _FirstSeed()
+    samples_per_epoch = _FirstSeed()
+    measurements = _FirstSeed()
+    params = _FirstSeed()
+    flops = _FirstSeed()
+    predictor = _FirstSeed()
+
+    test_accuracy = _MeanOfSeeds(missing=None)
+    test_loss = _MeanOfSeeds(missing=None)
+    val_accuracy = _MeanOfSeeds()
+    train_accuracy = _MeanOfSeeds()
+    train_seconds = _MeanOfSeeds()
+    seconds_per_epoch = _MeanOfSeeds()
 
     def __post_init__(self) -> None:
         if not self.runs:
             raise ValueError("RepeatedRun needs at least one run")
 
     @property
-    def config(self) -> RunConfig:
-        """The first seed's configuration (the others differ only in ``seed``)."""
-        return self.runs[0].config
-
-    @property
     def seeds(self) -> tuple[int, ...]:
         return tuple(run.config.seed for run in self.runs)
-
-    @property
-    def name(self) -> str:
-        return self.runs[0].name
-
-    @property
-    def model(self) -> nn.Module:
-        return self.runs[0].model
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self.runs[0].optimizer
-
-    @property
-    def samples_per_epoch(self) -> int:
-        return self.runs[0].samples_per_epoch
-
-    @property
-    def measurements(self) -> Measurements | None:
-        return self.runs[0].measurements
-
-    @property
-    def params(self) -> int | None:
-        return self.runs[0].params
-
-    @property
-    def flops(self) -> int | None:
-        return self.runs[0].flops
 
     @property
     def diverged(self) -> str | None:
@@ -153,47 +162,11 @@ class RepeatedRun:
         return next((f"seed {run.config.seed}: {run.diverged}" for run in self.runs
                      if run.diverged), None)
 
-    @property
-    def test_accuracy(self) -> float | None:
-        return self._mean(lambda run: run.test_accuracy)
-
-    @property
-    def test_loss(self) -> float | None:
-        return self._mean(lambda run: run.test_loss)
-
-    @property
-    def val_accuracy(self) -> float:
-        return _nan_if_none(self._mean(lambda run: run.val_accuracy))
-
-    @property
-    def train_accuracy(self) -> float:
-        return _nan_if_none(self._mean(lambda run: run.train_accuracy))
-
-    @property
-    def train_seconds(self) -> float:
-        return _nan_if_none(self._mean(lambda run: run.train_seconds))
-
-    @property
-    def seconds_per_epoch(self) -> float:
-        return _nan_if_none(self._mean(lambda run: run.seconds_per_epoch))
-
     def interval(self, figure: str) -> Interval | None:
         """Mean and 95% interval over the seeds of a ``Run.summary()`` figure, e.g.
         ``run.interval("test_accuracy").half_width``; ``None`` if no seed has it."""
         values = finite(run.summary().get(figure) for run in self.runs)
         return mean_interval(values) if values else None
-
-    def predictor(self, batch_size: int | None = None) -> Callable[[], torch.Tensor]:
-        """The first seed's :meth:`Run.predictor`."""
-        return self.runs[0].predictor(batch_size)
-
-    def summaries(self) -> list[Row]:
-        """Every seed's ``Run.summary()``."""
-        return [run.summary() for run in self.runs]
-
-    def _mean(self, figure: Callable[[Run], float | None]) -> float | None:
-        values = finite(figure(run) for run in self.runs)
-        return sum(values) / len(values) if values else None
 
     def __repr__(self) -> str:
         """What a failing ``assert run.test_accuracy`` shows: the mean, its interval, the seeds."""
@@ -208,6 +181,3 @@ class RepeatedRun:
         return (f"<RepeatedRun {config}: mean test acc {shown} (95% CI; seeds: {each}), "
                 f"mean {self.train_seconds:.2f} s{state}>")
 
-
-def _nan_if_none(value: float | None) -> float:
-    return math.nan if value is None else value

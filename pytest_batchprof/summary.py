@@ -77,13 +77,14 @@ class SummaryCollector:
         config.hook.pytest_batchprof_summary(config=config, rows=rows)
         rows = [{key: _finite(value) for key, value in row.items()} for row in rows]
         columns = table_columns(rows, settings.columns, standard_keys)
-        known = {key for row in [*rows, *aggregate_seeds(rows)] for key in row}
+        folded = aggregate_seeds(rows)
+        known = {key for row in [*rows, *folded] for key in row}
         warnings = []
         unknown = [column for column in columns if column not in known]
         if unknown:
             warnings.append(f"{source_of(config, 'columns')} names {', '.join(unknown)}, which "
                             f"no row has; known: {', '.join(sorted(known))}")
-        table = summary_table(rows, columns)
+        table = render_table(folded, columns)  # as summary_table(rows, columns)
         env = storage.environment(_settings_dict(settings), device)
         comparison = None
         if baseline is not None:

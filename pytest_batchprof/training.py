@@ -171,14 +171,16 @@ class Run:
         return self.config.model_name
 
     @property
-    def seconds_per_epoch(self) -> float:
-        """Wall time per epoch, validation included. A run stopped at its target has
-        trained a fraction of its last epoch, and is divided by the epochs it trained."""
-        if not self.history:
-            return math.nan
+    def epochs_trained(self) -> float:
+        """Epochs the run trained: a run stopped at its target ends in a fraction of one."""
         if self.time_to_target is not None and self.time_to_target.reached:
-            return self.train_seconds / self.time_to_target.epochs
-        return self.train_seconds / len(self.history)
+            return self.time_to_target.epochs
+        return float(len(self.history))
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        """Wall time per epoch trained, validation included."""
+        return self.train_seconds / self.epochs_trained if self.history else math.nan
 
     @property
     def train_accuracy(self) -> float:
@@ -194,10 +196,7 @@ class Run:
     def train_samples_per_second(self) -> float:
         """Training throughput: samples per second of optimisation (validation excluded)."""
         seconds = sum(record.train_seconds for record in self.history)
-        samples = self.samples_per_epoch * len(self.history)
-        if self.time_to_target is not None and self.time_to_target.reached:
-            samples = self.time_to_target.samples  # the last epoch stopped at the target
-        return samples / seconds if seconds else math.nan
+        return self.samples_per_epoch * self.epochs_trained / seconds if seconds else math.nan
 
     @property
     def params(self) -> int | None:

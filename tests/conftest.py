@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from pytest_batchprof import data
+from pytest_batchprof.data import Dataset
 from pytest_batchprof.models import build_mlp
-from pytest_batchprof.training import make_optimizer
+from pytest_batchprof.training import RunConfig, make_optimizer
 
 REAL_DATA_DIR = os.environ.get("BATCHPROF_DATA_DIR")
 
@@ -63,3 +64,19 @@ def mnist_dir() -> Path:
         if candidate and (Path(candidate).expanduser() / "MNIST" / "raw").is_dir():
             return Path(candidate).expanduser()
     pytest.skip("the real MNIST is not present (fill a data dir with shared/tools/get-mnist)")
+
+
+def _run_config(dataset: Dataset, **changes: object) -> RunConfig:
+    """A CPU run of a 32-unit MLP on ``dataset``: batch 16, 2 epochs, Adam at 1e-3, seed 0."""
+    fields: dict[str, object] = dict(
+        dataset=dataset.name, input_shape=dataset.image_shape, hidden=(32,),
+        num_classes=dataset.num_classes, activation="relu", batch_size=16, epochs=2, lr=1e-3,
+        optimizer="adam", seed=0, device="cpu", train_subset=None, val_fraction=0.1)
+    fields.update(changes)
+    return RunConfig(**fields)
+
+
+@pytest.fixture(scope="session")
+def run_config():
+    """``run_config(dataset, **changes)``: a :class:`RunConfig` for the training engine's tests."""
+    return _run_config

@@ -10,7 +10,7 @@ import torch
 from pytest_batchprof import training
 from pytest_batchprof.data import load_dataset
 from pytest_batchprof.plots import build_figures
-from pytest_batchprof.training import RunConfig, train
+from pytest_batchprof.training import train
 
 
 @pytest.fixture(scope="module")
@@ -18,18 +18,10 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory):
     return load_dataset("synthetic", tmp_path_factory.mktemp("unused"), 0.1, {"size": 800})
 
 
-def config(data, **changes) -> RunConfig:
-    fields = dict(dataset=data.name, input_shape=data.image_shape, hidden=(32,),
-                  num_classes=data.num_classes, activation="relu", batch_size=16, epochs=4,
-                  lr=1e-3, optimizer="adam", seed=0, device="cpu", train_subset=None,
-                  val_fraction=0.1)
-    fields.update(changes)
-    return RunConfig(**fields)
-
-
-def test_a_reachable_target_stops_the_run(synthetic, monkeypatch) -> None:
+def test_a_reachable_target_stops_the_run(synthetic, monkeypatch, run_config) -> None:
     monkeypatch.setattr(training, "TARGET_CHECK_SAMPLES", 64)  # a check every 4 steps
-    run = train(config(synthetic, target_accuracy=0.3), synthetic, torch.device("cpu"))
+    run = train(run_config(synthetic, target_accuracy=0.3, epochs=4), synthetic,
+                torch.device("cpu"))
     reached = run.time_to_target
     assert reached is not None and reached.reached
     per_epoch = math.ceil(len(synthetic.train) / 16)
@@ -45,8 +37,8 @@ def test_a_reachable_target_stops_the_run(synthetic, monkeypatch) -> None:
     assert summary["target_reached"] is True and summary["target_steps"] == reached.steps
 
 
-def test_an_unreachable_target_runs_every_epoch_and_says_so(synthetic) -> None:
-    run = train(config(synthetic, target_accuracy=0.9999, epochs=2), synthetic,
+def test_an_unreachable_target_runs_every_epoch_and_says_so(synthetic, run_config) -> None:
+    run = train(run_config(synthetic, target_accuracy=0.9999, epochs=2), synthetic,
                 torch.device("cpu"))
     assert len(run.history) == 2
     assert not run.time_to_target.reached
@@ -55,8 +47,8 @@ def test_an_unreachable_target_runs_every_epoch_and_says_so(synthetic) -> None:
     assert summary["target_steps"] == summary["target_seconds"] == "not reached"
 
 
-def test_without_a_target_nothing_changes(synthetic) -> None:
-    plain = train(config(synthetic, epochs=1), synthetic, torch.device("cpu"))
+def test_without_a_target_nothing_changes(synthetic, run_config) -> None:
+    plain = train(run_config(synthetic, epochs=1), synthetic, torch.device("cpu"))
     assert plain.time_to_target is None and "target_steps" not in plain.summary()
 
 

@@ -10,21 +10,12 @@ import torch
 
 from pytest_batchprof.data import load_dataset
 from pytest_batchprof.models import build_mlp, mlp_name, normalise_hidden
-from pytest_batchprof.training import EpochRecord, RunConfig, evaluate, train
+from pytest_batchprof.training import EpochRecord, evaluate, train
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory):
     return load_dataset("synthetic", tmp_path_factory.mktemp("unused"), 0.1, {"size": 800})
-
-
-def config_for(data, **changes) -> RunConfig:
-    fields = dict(dataset=data.name, input_shape=data.image_shape, hidden=(32,),
-                  num_classes=data.num_classes, activation="relu", batch_size=16, epochs=2,
-                  lr=1e-3, optimizer="adam", seed=0, device="cpu", train_subset=None,
-                  val_fraction=0.1)
-    fields.update(changes)
-    return RunConfig(**fields)
 
 
 def figures(record: EpochRecord) -> tuple[float, ...]:
@@ -51,9 +42,9 @@ def test_linear_activation_and_bad_arguments():
         normalise_hidden((64, 0))
 
 
-def test_same_seed_same_weights_bit_for_bit(synthetic):
-    first = train(config_for(synthetic), synthetic, torch.device("cpu"))
-    second = train(config_for(synthetic), synthetic, torch.device("cpu"))
+def test_same_seed_same_weights_bit_for_bit(synthetic, run_config):
+    first = train(run_config(synthetic), synthetic, torch.device("cpu"))
+    second = train(run_config(synthetic), synthetic, torch.device("cpu"))
     assert [figures(r) for r in first.history] == [figures(r) for r in second.history]
     assert first.test_accuracy == second.test_accuracy
     for (name, a), (_, b) in zip(first.model.state_dict().items(),
@@ -61,23 +52,23 @@ def test_same_seed_same_weights_bit_for_bit(synthetic):
         assert torch.equal(a, b), name
 
 
-def test_other_seed_other_weights(synthetic):
-    first = train(config_for(synthetic), synthetic, torch.device("cpu"))
-    other = train(config_for(synthetic, seed=1), synthetic, torch.device("cpu"))
+def test_other_seed_other_weights(synthetic, run_config):
+    first = train(run_config(synthetic), synthetic, torch.device("cpu"))
+    other = train(run_config(synthetic, seed=1), synthetic, torch.device("cpu"))
     assert not torch.equal(first.model[1].weight, other.model[1].weight)
 
 
-def test_training_leaves_global_rng_alone(synthetic):
+def test_training_leaves_global_rng_alone(synthetic, run_config):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    train(config_for(synthetic, epochs=1), synthetic, torch.device("cpu"))
+    train(run_config(synthetic, epochs=1), synthetic, torch.device("cpu"))
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_history_figures_are_consistent(synthetic):
+def test_history_figures_are_consistent(synthetic, run_config):
     seen: list[EpochRecord] = []
-    run = train(config_for(synthetic, epochs=3), synthetic, torch.device("cpu"),
+    run = train(run_config(synthetic, epochs=3), synthetic, torch.device("cpu"),
                 on_epoch=lambda _, record: seen.append(record))
     assert seen == run.history
     assert [r.epoch for r in run.history] == [1, 2, 3]
@@ -94,8 +85,8 @@ def test_history_figures_are_consistent(synthetic):
     assert not run.model.training
 
 
-def test_evaluate_does_not_depend_on_eval_batch_size(synthetic):
-    run = train(config_for(synthetic, epochs=1), synthetic, torch.device("cpu"))
+def test_evaluate_does_not_depend_on_eval_batch_size(synthetic, run_config):
+    run = train(run_config(synthetic, epochs=1), synthetic, torch.device("cpu"))
     big = evaluate(run.model, synthetic.test, batch_size=4096)
     small = evaluate(run.model, synthetic.test, batch_size=7)
     assert big[1] == small[1]
@@ -109,8 +100,8 @@ def test_epoch_line_matches_the_posts():
     )
 
 
-def test_divergence_is_reported_not_raised(synthetic):
-    run = train(config_for(synthetic, optimizer="sgd", lr=1e12, epochs=3), synthetic,
+def test_divergence_is_reported_not_raised(synthetic, run_config):
+    run = train(run_config(synthetic, optimizer="sgd", lr=1e12, epochs=3), synthetic,
                 torch.device("cpu"))
     assert run.diverged is not None
     assert "training loss became nan in epoch" in run.diverged or "became inf" in run.diverged
@@ -119,8 +110,8 @@ def test_divergence_is_reported_not_raised(synthetic):
     assert "diverged" in repr(run)
 
 
-def test_summary_is_plain_data(synthetic):
-    run = train(config_for(synthetic, epochs=1), synthetic, torch.device("cpu"))
+def test_summary_is_plain_data(synthetic, run_config):
+    run = train(run_config(synthetic, epochs=1), synthetic, torch.device("cpu"))
     summary = run.summary()
     text = json.dumps(summary)
     assert json.loads(text)["model"] == "64-32-10" == run.name
