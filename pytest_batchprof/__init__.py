@@ -1,17 +1,45 @@
 """pytest-batchprof: batch-size and architecture experiments on PyTorch models as pytest tests.
 
 The plugin (:mod:`pytest_batchprof.plugin`) is loaded through the ``pytest11``
-entry point; the names below are what tests and conftests import.
+entry point; the names below are what tests and conftests import. They are
+imported on first access (PEP 562): the package is imported by every pytest
+session of its environment, and these names bring torch with them.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from pytest_batchprof.data import Dataset, Split
-from pytest_batchprof.training import EpochRecord, Run, RunConfig
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 try:
     __version__ = version("pytest-batchprof")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["Dataset", "EpochRecord", "Run", "RunConfig", "Split", "__version__"]
+_EXPORTS = {
+    "Dataset": "pytest_batchprof.data",
+    "Split": "pytest_batchprof.data",
+    "EpochRecord": "pytest_batchprof.training",
+    "CurvePoint": "pytest_batchprof.training",
+    "Run": "pytest_batchprof.training",
+    "RunConfig": "pytest_batchprof.training",
+}
+
+__all__ = ["CurvePoint", "Dataset", "EpochRecord", "Run", "RunConfig", "Split", "__version__"]
+
+if TYPE_CHECKING:
+    from pytest_batchprof.data import Dataset, Split
+    from pytest_batchprof.training import CurvePoint, EpochRecord, Run, RunConfig
+
+
+def __getattr__(name: str) -> object:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # the next access skips this function
+        return value
+    raise AttributeError(f"module 'pytest_batchprof' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

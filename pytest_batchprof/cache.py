@@ -34,9 +34,9 @@ import pytest_batchprof
 from pytest_batchprof.carbon import Carbon
 from pytest_batchprof.errors import one_line
 from pytest_batchprof.metrics import PeakMemory
-from pytest_batchprof.training import EpochRecord, Run, RunConfig, TimeToTarget
+from pytest_batchprof.training import CurvePoint, EpochRecord, Run, RunConfig, TimeToTarget
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 """Version of the entry layout; raise it when the layout or its meaning changes."""
 
 SUFFIX = ".pt"
@@ -45,7 +45,7 @@ _TEMP_SUFFIX = ".tmp"
 _FIELDS = frozenset({
     "format", "inputs", "model", "optimizer", "history", "train_seconds", "test_loss",
     "test_accuracy", "diverged", "samples_per_epoch", "peak_memory", "train_carbon",
-    "time_to_target",
+    "time_to_target", "curve",
 })
 
 
@@ -62,6 +62,7 @@ class CachedRun:
     """What an entry restores besides the weights: the figures measured when the run trained."""
 
     history: list[EpochRecord]
+    curve: list[CurvePoint]
     train_seconds: float
     test_loss: float | None
     test_accuracy: float | None
@@ -150,6 +151,7 @@ class RunCache:
             "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(),
             "history": [asdict(record) for record in run.history],
+            "curve": [asdict(point) for point in run.curve],
             "train_seconds": float(run.train_seconds),
             "test_loss": run.test_loss,
             "test_accuracy": run.test_accuracy,
@@ -214,10 +216,8 @@ def _restore(entry: Any, inputs: str, model: nn.Module, optimizer: torch.optim.O
         raise CacheEntryError(f"format {entry['format']!r}, expected {CACHE_FORMAT}")
     if entry["inputs"] != inputs:
         raise CacheEntryError("it was stored for another configuration, data or version")
-    history = [EpochRecord(**record) for record in _typed(entry, "history", list)]
-    if any(not isinstance(value, int | float) for record in history
-           for value in asdict(record).values()):
-        raise CacheEntryError("history holds a value that is not a number")
+    history = _records(entry, "history", EpochRecord)
+    curve = _records(entry, "curve", CurvePoint)
     test_accuracy = _optional_number(entry, "test_accuracy")
     diverged = entry["diverged"]
     if diverged is not None and not isinstance(diverged, str):
@@ -228,6 +228,7 @@ def _restore(entry: Any, inputs: str, model: nn.Module, optimizer: torch.optim.O
     optimizer.load_state_dict(_typed(entry, "optimizer", dict))
     return CachedRun(
         history=history,
+        curve=curve,
         train_seconds=float(_number(entry, "train_seconds")),
         test_loss=_optional_number(entry, "test_loss"),
         test_accuracy=test_accuracy,
@@ -240,6 +241,15 @@ def _restore(entry: Any, inputs: str, model: nn.Module, optimizer: torch.optim.O
         time_to_target=None if entry["time_to_target"] is None else TimeToTarget(
             **_typed(entry, "time_to_target", dict)),
     )
+
+
+def _records(entry: dict[str, Any], name: str, record_type: type) -> list[Any]:
+    """A list of dataclass records whose every field is a number."""
+    records = [record_type(**fields) for fields in _typed(entry, name, list)]
+    if any(not isinstance(value, int | float) for record in records
+           for value in asdict(record).values()):
+        raise CacheEntryError(f"{name} holds a value that is not a number")
+    return records
 
 
 def _typed(entry: dict[str, Any], name: str, kind: type) -> Any:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from pytest_batchprof.catalog import DATASET_NAMES
 from pytest_batchprof.errors import one_line
 
 SPLIT_SEED = 0
@@ -249,6 +250,7 @@ DATASETS: dict[str, Loader] = {
     "digits": _load_digits,
     "synthetic": _load_synthetic,
 }
+assert tuple(DATASETS) == DATASET_NAMES, "catalog.DATASET_NAMES must list DATASETS' keys"
 
 
 # ---------------------------------------------------------------- assembly

@@ -1,15 +1,24 @@
 """Command-line options, their ini twins, and the validation of both.
 
-Every option is registered twice, as ``--name`` and as the ini key
-``batchprof_name``; the command line wins over the ini file, which wins over the
-default. All values are parsed and checked once, when the session starts, into
-one frozen :class:`Settings`; a bad value ends the session with a one-line
-``pytest.UsageError`` (exit code 4) naming the option, the value and what is
-allowed.
+Every option is ``--batchprof-NAME`` on the command line and ``batchprof_NAME``
+in the ini file; the command line wins over the ini file, which wins over the
+default. The options of the experiments also answer to a short spelling
+without the prefix (``--epochs``, ``--device``, ``--batch-sizes``), added by
+:func:`add_short_spellings` once the project's initial conftests and every
+plugin have registered their own options, and only for names nobody else
+holds: the plugin loads in every pytest session of its environment, and a
+project's own ``--device`` must keep working. All values are parsed and
+checked once, when the session starts, into one frozen :class:`Settings`; a
+bad value ends the session with a one-line ``pytest.UsageError`` (exit code
+4) naming the spelling that was used, the value and what is allowed.
+
+This module imports neither torch nor codecarbon (the country table is read
+only when ``--batchprof-co2-country`` is given).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -21,9 +30,11 @@ from typing import Any
 import pytest
 
 from pytest_batchprof.carbon import DEFAULT_COUNTRY, known_countries
-from pytest_batchprof.data import DATASETS
+from pytest_batchprof.catalog import DATASET_NAMES
 
 GROUP = "batchprof"
+GROUP_TITLE = ("batchprof: batch-size and architecture experiments (each --batchprof-NAME of "
+               "the experiments also answers to --NAME, unless the project defines that name)")
 DATA_DIR_ENV = "BATCHPROF_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/pytest-batchprof")
 OPTIMIZERS = ("adam", "sgd")
@@ -255,13 +266,33 @@ class Option:
     """A check of the final value, after a relative ini path is resolved against the ini file."""
 
     @property
+    def key(self) -> str:
+        """The option's name without the prefix: ``epochs``, ``report``, ``cache_clear``."""
+        return (self.name or self.field).removeprefix(f"{GROUP}_")
+
+    @property
     def flag(self) -> str:
-        return "--" + (self.name or self.field).replace("_", "-")
+        """The spelling that always reaches the plugin: ``--batchprof-epochs``."""
+        return f"--{GROUP}-" + self.key.replace("_", "-")
+
+    @property
+    def short_flag(self) -> str | None:
+        """``--epochs`` for the experiments' options; ``None`` for the plugin's own
+        (``--batchprof-report``, ``--batchprof-compare``, ...), which have no other name."""
+        return None if self.name else "--" + self.field.replace("_", "-")
 
     @property
     def ini(self) -> str:
-        name = self.name or self.field
-        return name if name.startswith(f"{GROUP}_") else f"{GROUP}_{name}"
+        return f"{GROUP}_{self.key}"
+
+    @property
+    def dest(self) -> str:
+        return f"{GROUP}_{self.field}"
+
+    @property
+    def short_dest(self) -> str:
+        """A destination of its own, so that an error names the spelling that was used."""
+        return f"{GROUP}_short_{self.field}"
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -271,7 +302,7 @@ OPTIONS: tuple[Option, ...] = (
            "(default: 64)"),
     Option("epochs", "N", _positive_int, "a whole number >= 1",
            "training epochs per run (default: 2)"),
-    Option("dataset", "NAME", _choice(tuple(DATASETS)), "one of " + ", ".join(DATASETS),
+    Option("dataset", "NAME", _choice(DATASET_NAMES), "one of " + ", ".join(DATASET_NAMES),
            "data set of the dataset fixture (default: mnist)"),
     Option("data_dir", "PATH", lambda text: Path(text).expanduser(), "a directory path",
            f"where data sets are read and downloaded (default: ${DATA_DIR_ENV}, "
@@ -351,16 +382,54 @@ OPTIONS: tuple[Option, ...] = (
 
 
 def register(parser: pytest.Parser) -> None:
-    """Add every option to pytest's ``batchprof`` help group and its ini twin."""
-    group = parser.getgroup(GROUP, "batchprof: batch-size and architecture experiments")
+    """Add every ``--batchprof-NAME`` option to pytest's ``batchprof`` help group, and its
+    ini twin."""
+    group = parser.getgroup(GROUP, GROUP_TITLE)
     for option in OPTIONS:
-        if option.switch:
-            group.addoption(option.flag, dest=f"{GROUP}_{option.field}", action="store_const",
-                            const="true", default=None, help=option.help)
-        else:
-            group.addoption(option.flag, dest=f"{GROUP}_{option.field}",
-                            metavar=option.metavar, default=None, help=option.help)
+        group.addoption(option.flag, dest=option.dest, help=option.help,
+                        **_argparse_kind(option))
         parser.addini(option.ini, option.help, default=None)
+
+
+def add_short_spellings(parser: pytest.Parser) -> tuple[str, ...]:
+    """Add ``--epochs``, ``--device``, ... for every name that no other option holds; return
+    the short spellings left to their holders (the project's conftests, other plugins).
+
+    Call it once every plugin and initial conftest has added its options, right
+    before pytest parses the command line. The short spellings are hidden from
+    ``--help``, which lists the ``--batchprof-`` names.
+    """
+    group = parser.getgroup(GROUP, GROUP_TITLE)
+    held = _option_names(parser)
+    yielded = []
+    for option in OPTIONS:
+        short = option.short_flag
+        if short is None:
+            continue
+        if short in held:
+            yielded.append(short)
+            continue
+        try:
+            group.addoption(short, dest=option.short_dest, help=argparse.SUPPRESS,
+                            **_argparse_kind(option))
+        except (argparse.ArgumentError, ValueError):  # held in a way _option_names missed
+            yielded.append(short)
+    return tuple(yielded)
+
+
+def _argparse_kind(option: Option) -> dict[str, Any]:
+    if option.switch:
+        return {"action": "store_const", "const": "true", "default": None}
+    return {"metavar": option.metavar, "default": None}
+
+
+def _option_names(parser: pytest.Parser) -> set[str]:
+    """Every option string registered so far, through pytest's parser or its argparse."""
+    names = {name for group in getattr(parser, "_groups", ())
+             for option in group.options for name in option.names()}
+    argparser = getattr(parser, "optparser", None)  # pytest >= 9 builds argparse as it goes
+    names.update(getattr(argparser, "_option_string_actions", {}))
+    return names
 
 
 def settings_from_config(config: pytest.Config) -> Settings:
@@ -404,15 +473,20 @@ def default_data_dir() -> Path:
 
 
 def source_of(config: pytest.Config, field: str) -> str:
-    """Where a setting came from: ``--device`` or ``batchprof_device (ini)``."""
+    """Where a setting came from: ``--batchprof-device``, ``--device`` (the spelling used)
+    or ``batchprof_device (ini)``."""
     option = next(option for option in OPTIONS if option.field == field)
     return _raw_value(config, option)[1]
 
 
 def _raw_value(config: pytest.Config, option: Option) -> tuple[str | None, str]:
-    cli = config.getoption(f"{GROUP}_{option.field}")
+    cli = config.getoption(option.dest)
     if cli is not None:
         return str(cli), option.flag
+    if option.short_flag is not None:
+        short = config.getoption(option.short_dest, default=None)  # absent where yielded
+        if short is not None:
+            return str(short), option.short_flag
     ini = config.getini(option.ini)
     if isinstance(ini, list):  # a TOML array in pyproject.toml: batchprof_batch_sizes = [1, 16]
         ini = ",".join(map(str, ini))

@@ -7,7 +7,9 @@ touches no global state of the process (a user's backend, open figures).
 Rows are ``Run.summary()`` dicts. Runs that differ only in their seed are
 averaged per batch size, so every line stays single-valued; where a point has
 two seeds or more, an error bar (a band on the learning curves) shows the 95%
-Student t interval of that mean. Runs trained for
+Student t interval of that mean. The learning curves draw a run's finer curve
+(validation figures every few thousand samples, ``row["curve"]``) as the line
+and its epoch records as dots, each panel on a y axis fitted to its own data. Runs trained for
 different numbers of epochs (a 2-epoch study beside a 200-epoch one) get a
 panel each in the per-batch-size plots, with axes of their own: their
 accuracies and times are not on one scale. A diverged run
@@ -61,8 +63,14 @@ MAX_EPOCH_TICKS = 10
 """Up to this many epochs every epoch gets a tick; beyond, matplotlib picks whole numbers."""
 
 LEGEND_COLUMNS = 5
-"""At most this many batch sizes side by side in the learning curves' legend: six
-``batch 1024`` entries are wider than the figure."""
+"""At most this many batch sizes side by side in the learning curves' legend."""
+
+FINE_CURVE_NOTE = ("lines: part of the validation set, every few thousand samples; "
+                   "dots: all of it, after each epoch")
+"""What the learning curves' lines and dots are, under them, when a run has a fine curve."""
+
+LEGEND_HANDLE_INCHES, LEGEND_CHAR_INCHES = 0.75, 0.075
+"""Width of a legend entry's line sample and spacing, and of one character of its text."""
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 """One marker per series, so lines stay apart in greyscale print."""
@@ -76,7 +84,8 @@ class Series:
     """One line of plots 1 and 2, one panel of plot 3: a model on a data set, averaged over seeds.
 
     Accuracies are percentages; ``curves`` maps a batch size to (epoch, mean
-    validation accuracy) pairs in epoch order.
+    validation accuracy) pairs in epoch order, ``fine_curves`` to (fractional
+    epoch, mean validation accuracy) pairs of the curve between epochs.
     """
 
     label: str
@@ -90,6 +99,8 @@ class Series:
     where two seeds or more were averaged."""
     curve_errors: dict[int, list[float | None]] = field(default_factory=dict)
     """Half-widths along each learning curve (``None`` at an epoch with one seed)."""
+    fine_curves: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    fine_errors: dict[int, list[float | None]] = field(default_factory=dict)
 
     def add(self, figure: str, batch_size: int, values: Iterable[object]) -> None:
         """Put the mean of the seeds' ``values`` at ``batch_size``, and its interval."""
@@ -182,6 +193,12 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
             if curve:
                 series.curves[batch_size] = [(epoch, mean) for epoch, mean, _ in curve]
                 series.curve_errors[batch_size] = [half for _, _, half in curve]
+            fine = _mean_curve((run.get("curve") or () for run in runs), position="samples")
+            if fine:
+                per_epoch = runs[0].get("samples_per_epoch") or 1
+                series.fine_curves[batch_size] = [(samples / per_epoch, mean)
+                                                  for samples, mean, _ in fine]
+                series.fine_errors[batch_size] = [half for _, _, half in fine]
         result.append(series)
     return result
 
@@ -219,20 +236,21 @@ def _finished(row: Mapping[str, object]) -> bool:
     return isinstance(accuracy, (int, float)) and math.isfinite(accuracy)
 
 
-def _mean_curve(histories: Iterable[Iterable[Mapping[str, object]]]) -> (
-        list[tuple[int, float, float | None]]):
-    """Mean validation accuracy (%) per epoch over the histories that reached that epoch,
-    with the half-width of its 95% interval (``None`` where one history reached it)."""
-    by_epoch: dict[int, list[object]] = {}
+def _mean_curve(histories: Iterable[Iterable[Mapping[str, object]]],
+                position: str = "epoch") -> list[tuple[int, float, float | None]]:
+    """Mean validation accuracy (%) at each position (an epoch record's ``epoch``, a curve
+    point's ``samples``) over the seeds that reached it, with the half-width of its 95%
+    interval (``None`` where one seed reached it)."""
+    by_position: dict[int, list[object]] = {}
     for history in histories:
         for record in history:
-            by_epoch.setdefault(int(record["epoch"]), []).append(record.get("val_accuracy"))
+            by_position.setdefault(int(record[position]), []).append(record.get("val_accuracy"))
     curve = []
-    for epoch in sorted(by_epoch):
-        accuracies = finite(100 * value for value in by_epoch[epoch] if value is not None)
+    for where in sorted(by_position):
+        accuracies = finite(100 * value for value in by_position[where] if value is not None)
         if accuracies:
             spread = mean_interval(accuracies)
-            curve.append((epoch, spread.mean, spread.half_width))
+            curve.append((where, spread.mean, spread.half_width))
     return curve
 
 
@@ -363,51 +381,91 @@ def _steps_figure(series: list[Series], title: str) -> Figure | None:
 
 
 def _curves_figure(series: list[Series], title: str) -> Figure | None:
-    """One panel per series (shared y axis), one line per batch size, coloured by batch size.
+    """One panel per series, one line per batch size, coloured by batch size.
 
     A batch size has the same colour in every panel, so one legend below the
-    panels serves them all and covers no curve.
+    panels serves them all and covers no curve. Each panel's y axis fits its
+    own data: a 2-epoch MNIST study near 97% and a 200-epoch one near 40% are
+    both readable. Where a run recorded a curve between epochs, that curve is
+    the line and the epoch records (on the whole validation set) are dots on it.
     """
-    panels = [one for one in series if one.curves]
+    panels = [one for one in series if one.curves or one.fine_curves]
     if not panels:
         return None
     columns = 1 if len(panels) == 1 else 2
     rows = math.ceil(len(panels) / columns)
-    figure, axes = _new_figure(rows, columns, layout="constrained", sharey=True)
+    figure, axes = _new_figure(rows, columns, layout="constrained")
     for extra in axes[len(panels):]:
         figure.delaxes(extra)
-    sizes = sorted({size for one in panels for size in one.curves})
+    sizes = sorted({size for one in panels for size in (*one.curves, *one.fine_curves)})
     colormap = colormaps["viridis"]
     handles = {}
+    fine_drawn = False
     for index, (one, panel) in enumerate(zip(panels, axes, strict=False)):
-        for size, curve in one.curves.items():
+        drawn: list[float] = []
+        positions: list[float] = []
+        for size in sorted({*one.curves, *one.fine_curves}):
             # viridis without its last, pale yellow fifth: small batches dark, large ones light.
-            shade = 0.85 * sizes.index(size) / max(len(sizes) - 1, 1)
-            epochs, means = [epoch for epoch, _ in curve], [value for _, value in curve]
-            (handles[size],) = panel.plot(epochs, means, color=colormap(shade), marker="o",
-                                          markersize=3.5, linewidth=1.5, label=f"batch {size}")
-            halves = one.curve_errors.get(size, [])
-            if any(half is not None for half in halves):  # the seeds' 95% interval
-                panel.fill_between(
-                    epochs, [mean - (half or 0) for mean, half in zip(means, halves, strict=True)],
-                    [mean + (half or 0) for mean, half in zip(means, halves, strict=True)],
-                    color=colormap(shade), alpha=0.18, linewidth=0)
+            colour = colormap(0.85 * sizes.index(size) / max(len(sizes) - 1, 1))
+            epochs = one.curves.get(size, [])
+            fine = one.fine_curves.get(size)
+            if fine:
+                fine_drawn = True
+                line = _curve_line(panel, fine, one.fine_errors.get(size, []), colour,
+                                   marker=None, label=f"batch {size}")
+                panel.plot([x for x, _ in epochs], [y for _, y in epochs], linestyle="none",
+                           marker="o", markersize=3.5, color=colour)
+                points = [*fine, *epochs]
+            else:
+                line = _curve_line(panel, epochs, one.curve_errors.get(size, []), colour,
+                                   marker="o", label=f"batch {size}")
+                points = epochs
+            handles.setdefault(size, line)
+            positions += [x for x, _ in points]
+            drawn += [y for _, y in points]
         # Half a panel is too narrow for "400-1024-1024-10 (fashion-mnist, lr=0.001)" on one line.
         panel.set_title(one.label.replace(" (", "\n(", 1), fontsize="medium")
-        _epoch_axis(panel, [epoch for curve in one.curves.values() for epoch, _ in curve])
+        _epoch_axis(panel, positions)
+        _percent_axis(panel, drawn)
         panel.grid(True, alpha=0.35)
         if index % columns == 0:
             panel.set_ylabel("Validation accuracy (%)")
         if index >= len(panels) - columns:
             panel.set_xlabel("Epoch")
-    _percent_axis(axes[0], [value for one in panels for curve in one.curves.values()
-                            for _, value in curve])
     figure.suptitle(title)
-    rows_of_entries = math.ceil(len(sizes) / LEGEND_COLUMNS)  # balanced: 7 sizes as 4 + 3
-    figure.legend([handles[size] for size in sizes], [f"batch {size}" for size in sizes],
-                  loc="outside lower center", ncols=math.ceil(len(sizes) / rows_of_entries),
-                  fontsize="small", frameon=False)
+    labels = [f"batch {size}" for size in sizes]
+    note = FINE_CURVE_NOTE if fine_drawn else None
+    figure.legend([handles[size] for size in sizes], labels, loc="outside lower center",
+                  ncols=_legend_columns(labels, WIDTH), fontsize="small", frameon=False,
+                  title=note, title_fontsize="small")
     return figure
+
+
+def _curve_line(panel: Axes, points: list[tuple[float, float]], halves: list[float | None],
+                colour: object, marker: str | None, label: str) -> Line2D:
+    """A learning curve, with the seeds' 95% band where it has one; the line drawn."""
+    x, means = [x for x, _ in points], [y for _, y in points]
+    (line,) = panel.plot(x, means, color=colour, marker=marker, markersize=3.5, linewidth=1.5,
+                         label=label)
+    if any(half is not None for half in halves):
+        panel.fill_between(
+            x, [mean - (half or 0) for mean, half in zip(means, halves, strict=True)],
+            [mean + (half or 0) for mean, half in zip(means, halves, strict=True)],
+            color=colour, alpha=0.18, linewidth=0)
+    return line
+
+
+def _legend_columns(labels: Sequence[str], width: float) -> int:
+    """Columns of a figure legend as wide as the figure allows, in balanced rows (7 as 4 + 3).
+
+    An entry is its handle plus its text in the small font, about
+    :data:`LEGEND_CHAR_INCHES` a character; six ``batch 10000`` entries do not fit
+    a 6.4-inch figure.
+    """
+    entry = LEGEND_HANDLE_INCHES + LEGEND_CHAR_INCHES * max(len(label) for label in labels)
+    fitting = max(1, min(LEGEND_COLUMNS, int(width // entry)))
+    rows = math.ceil(len(labels) / fitting)
+    return math.ceil(len(labels) / rows)
 
 
 def _percent_axis(axes: Axes, values: list[float]) -> None:
@@ -424,17 +482,21 @@ def _percent_axis(axes: Axes, values: list[float]) -> None:
         axes.set_ylim(top=100 + 0.03 * (100 - bottom))
 
 
-def _epoch_axis(axes: Axes, epochs: list[int]) -> None:
+def _epoch_axis(axes: Axes, epochs: list[float]) -> None:
     """Ticks at whole epochs only; a lone epoch gets room on both sides instead of a
-    zoomed-in axis of fractional epochs."""
-    last = max(epochs)
-    if last <= MAX_EPOCH_TICKS:
-        axes.set_xticks(range(min(epochs), last + 1))
+    zoomed-in axis of fractional epochs. A curve that starts within the first epoch
+    gets an axis from 0."""
+    last = math.ceil(max(epochs))
+    first = 0 if min(epochs) < 1 else math.floor(min(epochs))
+    if last - first <= MAX_EPOCH_TICKS:
+        axes.set_xticks(range(first, last + 1))
     else:
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.xaxis.set_minor_locator(NullLocator())
-    if min(epochs) == last:
+    if first == last:
         axes.set_xlim(last - 1, last + 1)
+    elif first == 0:
+        axes.set_xlim(0, max(epochs) + 0.03 * max(epochs))
 
 
 def _batch_size_axis(axes: Axes, sizes: list[int], axis_inches: float = AXIS_INCHES) -> None:

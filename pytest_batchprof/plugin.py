@@ -2,38 +2,55 @@
 ``dataset`` and ``trained_mlp``.
 
 Registered through the ``pytest11`` entry point ``batchprof``, so installing
-the package is all it takes. State lives in ``config.stash`` (see
-:mod:`pytest_batchprof.session`); everything that can be checked before a test
-runs is checked in ``pytest_configure`` or right after collection, so a bad
-option or a missing data set ends the session once, with one line, instead of
-failing every test.
+the package is all it takes, and so the plugin loads in every pytest session of
+its environment, including those of projects that never use it. It therefore
+imports only pytest and its own light modules when it loads: torch and every
+other heavy dependency are imported, and the device resolved, when a test first
+asks for a batchprof fixture (:func:`batchprof_session`). Options and their
+short spellings are in :mod:`pytest_batchprof.options`; settings live in
+``config.stash``. Everything that can be checked before a test runs is checked
+in ``pytest_configure`` or right after collection, so a bad option or a missing
+data set ends the session once, with one line, instead of failing every test.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
 from pytest_batchprof import hooks
-from pytest_batchprof.cache import RunCache
-from pytest_batchprof.data import Dataset, DatasetUnavailable
-from pytest_batchprof.devices import Accelerators, DeviceError, select_device
-from pytest_batchprof.gating import Threshold, baseline_path
-from pytest_batchprof.options import Settings, register, settings_from_config, source_of
-from pytest_batchprof.repeats import RepeatedRun
-from pytest_batchprof.report import run_key
-from pytest_batchprof.session import BatchprofSession
-from pytest_batchprof.storage import ReportError, load_report
-from pytest_batchprof.summary import SessionReport, SummaryCollector, row_from_run
-from pytest_batchprof.training import Run
+from pytest_batchprof.options import (
+    Settings,
+    add_short_spellings,
+    register,
+    settings_from_config,
+    source_of,
+)
+from pytest_batchprof.terminal import TerminalConsole
 
-SESSION_KEY = pytest.StashKey[BatchprofSession]()
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_batchprof.data import Dataset
+    from pytest_batchprof.gating import Threshold
+    from pytest_batchprof.repeats import RepeatedRun
+    from pytest_batchprof.session import BatchprofSession
+    from pytest_batchprof.summary import SessionReport, SummaryCollector
+    from pytest_batchprof.training import Run
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+SESSION_KEY = pytest.StashKey["BatchprofSession"]()
+"""The session's shared state, present once a test has used the plugin."""
+YIELDED_KEY = pytest.StashKey[tuple[str, ...]]()
 CLEARED_KEY = pytest.StashKey[int]()
-RUNS_KEY = pytest.StashKey[list[Run]]()
+RUNS_KEY = pytest.StashKey[list["Run"]]()
 DATA_FIXTURES = ("dataset", "trained_mlp")
+ACCELERATOR_CHECK_SKIPPED = ("auto", "cpu")
+"""Device specs that cannot be missing: the device is resolved when first needed. Any other
+(``cuda``, ``mps``) is checked when the session starts, so a missing one is a usage error."""
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -46,8 +63,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     register(parser)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser,
+                                  args: list[str]):
+    """Once the project's initial conftests (and every plugin) have added their options,
+    add the short spellings that nobody holds, before pytest parses the command line."""
+    result = yield
+    early_config.stash[YIELDED_KEY] = add_short_spellings(parser)
+    return result
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Validate every option, pick the device and keep both in ``config.stash``."""
+    """Validate every option and keep the settings in ``config.stash``.
+
+    A device other than ``auto`` or ``cpu`` is checked now (that imports torch:
+    the option asks for the plugin); otherwise nothing heavy is imported here.
+    """
     config.addinivalue_line(
         "markers",
         "min_accuracy(fraction, split='test'): fail the test if any run it trains has a lower "
@@ -56,9 +87,35 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "dataset(name, **options): the data set of this test's dataset and trained_mlp "
-        "fixtures instead of --dataset, e.g. dataset('synthetic', size=600)",
+        "fixtures instead of --batchprof-dataset, e.g. dataset('synthetic', size=600)",
     )
     settings = settings_from_config(config)
+    config.stash[SETTINGS_KEY] = settings
+    if settings.device not in ACCELERATOR_CHECK_SKIPPED:
+        batchprof_session(config)
+    is_worker = hasattr(config, "workerinput")
+    if settings.cache_clear and not is_worker:  # once, before workers start
+        from pytest_batchprof.cache import RunCache
+
+        config.stash[CLEARED_KEY] = RunCache(settings.cache_dir).clear()
+    if not is_worker:  # xdist workers send their rows to the controller
+        config.pluginmanager.register(SummaryReporter(config, _baseline(config, settings)),
+                                      "batchprof-summary")
+
+
+def batchprof_session(config: pytest.Config) -> BatchprofSession:
+    """The session's shared state (data sets, trained runs, the device), made on first use.
+
+    Making it imports torch and resolves ``--batchprof-device``; a session whose
+    tests never use the plugin never pays for either.
+    """
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        return session
+    from pytest_batchprof.devices import Accelerators, DeviceError, select_device
+    from pytest_batchprof.session import BatchprofSession
+
+    settings = config.stash[SETTINGS_KEY]
     worker_id = getattr(config, "workerinput", {}).get("workerid")
     try:
         device = select_device(settings.device, Accelerators.probe(), worker_id)
@@ -67,25 +124,36 @@ def pytest_configure(config: pytest.Config) -> None:
             f"{source_of(config, 'device')} {error}; expected auto, cpu or a device this "
             f"machine has (got {settings.device!r})"
         ) from None
-    config.stash[SESSION_KEY] = BatchprofSession(settings, device, _live_writer(config))
-    if settings.cache_clear and not hasattr(config, "workerinput"):  # once, before workers start
-        config.stash[CLEARED_KEY] = RunCache(settings.cache_dir).clear()
-    if not hasattr(config, "workerinput"):  # xdist workers send their rows to the controller
-        config.pluginmanager.register(SummaryReporter(config, _baseline(config, settings)),
-                                      "batchprof-summary")
+    console = TerminalConsole(config)
+    session = BatchprofSession(settings, device, console)
+    config.stash[SESSION_KEY] = session
+    if settings.device == "auto":  # the header could not say which device that is
+        console.line(f"batchprof: device {device} (auto: cuda, then mps, then cpu)")
+    return session
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    """One line with every batchprof setting and the device actually used.
+    """One line with every batchprof setting (and the device, once resolved).
 
-    A second line says how many cached runs ``--batchprof-cache-clear`` deleted.
+    Further lines say which short spellings were left to the project, and how
+    many cached runs ``--batchprof-cache-clear`` deleted.
     """
-    session = config.stash[SESSION_KEY]
-    lines = [f"{session.settings.header()} ({session.device})"]
+    settings = config.stash[SETTINGS_KEY]
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None or settings.device == "cpu":
+        device = "cpu" if session is None else str(session.device)
+    else:
+        device = "chosen when a test first needs it"  # not worth importing torch for now
+    lines = [f"{settings.header()} ({device})"]
+    yielded = config.stash.get(YIELDED_KEY, ())
+    if yielded:
+        prefixed = [flag.replace("--", "--batchprof-", 1) for flag in yielded]
+        lines.append(f"batchprof: left to this project: {', '.join(yielded)} "
+                     f"(batchprof's own: {', '.join(prefixed)})")
     if CLEARED_KEY in config.stash:
         count = config.stash[CLEARED_KEY]
         lines.append(f"batchprof: cleared {count} cached run{'s' if count != 1 else ''} "
-                     f"from {session.settings.cache_dir}")
+                     f"from {settings.cache_dir}")
     return lines
 
 
@@ -96,7 +164,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """
     if "batch_size" not in metafunc.fixturenames or _parametrizes_batch_size(metafunc):
         return
-    sizes = metafunc.config.stash[SESSION_KEY].settings.batch_sizes
+    sizes = metafunc.config.stash[SETTINGS_KEY].batch_sizes
     metafunc.parametrize("batch_size", sizes, indirect=True, ids=[f"bs{size}" for size in sizes])
 
 
@@ -105,13 +173,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly:
         return
-    state = config.stash[SESSION_KEY]
     wanted: dict[tuple[str | None, str], tuple[str, dict[str, object]]] = {}
     for item in session.items:
         if not any(name in getattr(item, "fixturenames", ()) for name in DATA_FIXTURES):
             continue
         name, options = _dataset_request(item)
         wanted.setdefault((name, repr(sorted(options.items()))), (name, options))
+    if not wanted:
+        return
+    from pytest_batchprof.data import DatasetUnavailable
+
+    state = batchprof_session(config)
     for name, options in wanted.values():
         try:
             state.dataset(name, options)
@@ -125,6 +197,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     report = yield
     runs = item.stash.get(RUNS_KEY, [])
     if runs and (call.when == "call" or (call.when == "setup" and report.outcome != "passed")):
+        from pytest_batchprof.summary import row_from_run
+
         report.batchprof_rows = [row_from_run(run) for run in runs]
     return report
 
@@ -141,8 +215,18 @@ class SummaryReporter:
         self.config = config
         self.baseline = baseline
         self.nothing_compared = False
-        self.collector = SummaryCollector()
+        self._collector: SummaryCollector | None = None
         self.report: SessionReport | None = None
+
+    @property
+    def collector(self) -> SummaryCollector:
+        """The rows gathered so far (made when the first row arrives: it imports the
+        report modules)."""
+        if self._collector is None:
+            from pytest_batchprof.summary import SummaryCollector
+
+            self._collector = SummaryCollector()
+        return self._collector
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Gather rows as tests finish, so an interrupted session keeps what it measured."""
@@ -153,14 +237,21 @@ class SummaryReporter:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Render the summary and write the report files (on the xdist controller only)."""
-        state = self.config.stash[SESSION_KEY]
-        for run in state.runs.values():  # trained in a test that never reported (Ctrl-C)
-            row = row_from_run(run)
-            if run_key(row) not in self.collector.rows:
-                self.collector.add([row], "", "interrupted")
-        self.report = self.collector.finish(self.config, state.settings, str(state.device),
-                                            partial=exitstatus != pytest.ExitCode.OK,
-                                            baseline=self.baseline)
+        state = self.config.stash.get(SESSION_KEY, None)
+        if state is not None:
+            from pytest_batchprof.report import run_key
+            from pytest_batchprof.summary import row_from_run
+
+            for run in state.runs.values():  # trained in a test that never reported (Ctrl-C)
+                row = row_from_run(run)
+                if run_key(row) not in self.collector.rows:
+                    self.collector.add([row], "", "interrupted")
+        if self._collector is not None:
+            settings = self.config.stash[SETTINGS_KEY]
+            device = str(state.device) if state is not None else settings.device
+            self.report = self._collector.finish(self.config, settings, device,
+                                                 partial=exitstatus != pytest.ExitCode.OK,
+                                                 baseline=self.baseline)
         if self.report and self.report.comparison and self.report.comparison.regressions:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         elif (self.baseline is not None and self.report is None
@@ -238,8 +329,9 @@ def batch_size(request: pytest.FixtureRequest) -> int:
 
 @pytest.fixture(scope="session")
 def device(pytestconfig: pytest.Config) -> torch.device:
-    """The ``torch.device`` of this session, from ``--device`` (auto: cuda, mps, then cpu)."""
-    return pytestconfig.stash[SESSION_KEY].device
+    """The ``torch.device`` of this session, from ``--batchprof-device`` (auto: cuda, mps,
+    then cpu)."""
+    return batchprof_session(pytestconfig).device
 
 
 @pytest.fixture(scope="session")
@@ -250,12 +342,13 @@ def batchprof_settings(pytestconfig: pytest.Config) -> Settings:
     ``.epochs``, ``.train_subset``, ``.seed``, ``.lr`` and the rest, after the
     command line, the ini file and the defaults have been merged.
     """
-    return pytestconfig.stash[SESSION_KEY].settings
+    return pytestconfig.stash[SETTINGS_KEY]
 
 
 @pytest.fixture
 def dataset(request: pytest.FixtureRequest) -> Dataset:
-    """The data set (``--dataset``, or this test's ``@pytest.mark.dataset``), on the device.
+    """The data set (``--batchprof-dataset``, or this test's ``@pytest.mark.dataset``), on the
+    device.
 
     Loaded once per session and held as normalised tensors: ``dataset.train``,
     ``.val`` and ``.test`` each have ``.x`` (N, H, W) and ``.y`` (N,); also
@@ -298,7 +391,7 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
     ``--benchmark-save``), and ``benchmark(run.predictor())`` times inference;
     training is never repeated by the benchmark's calibration.
     """
-    state = request.config.stash[SESSION_KEY]
+    state = batchprof_session(request.config)
 
     def factory(
         hidden: int | Sequence[int] = (1024,),
@@ -338,7 +431,11 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
             if run.diverged:
                 pytest.fail(f"{run.config.describe()} diverged: {run.diverged}", pytrace=False)
             runs.append(run)
-        return runs[0] if repeats == 1 else RepeatedRun(tuple(runs))
+        if repeats == 1:
+            return runs[0]
+        from pytest_batchprof.repeats import RepeatedRun
+
+        return RepeatedRun(tuple(runs))
 
     return factory
 
@@ -347,8 +444,10 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
 
 
 def _record_in_benchmark(benchmark: object, run: Run) -> None:
-    """Append the run's figures (no history: it is long) to ``benchmark.extra_info``."""
-    figures = {key: value for key, value in run.summary().items() if key != "history"}
+    """Append the run's figures (no history or curve: they are long) to
+    ``benchmark.extra_info``."""
+    figures = {key: value for key, value in run.summary().items()
+               if key not in ("history", "curve")}
     runs = benchmark.extra_info.setdefault("batchprof", [])
     if figures not in runs:
         runs.append(figures)
@@ -358,6 +457,7 @@ def _threshold(item: pytest.Item) -> Threshold | None:
     marker = item.get_closest_marker("min_accuracy")
     if marker is None:
         return None
+    from pytest_batchprof.gating import Threshold
     try:
         return Threshold.from_marker(marker.args, marker.kwargs)
     except ValueError as error:
@@ -368,6 +468,9 @@ def _baseline(config: pytest.Config, settings) -> tuple[Path, dict[str, object]]
     """The baseline of ``--batchprof-compare``, read now: a bad file ends the session at once."""
     if settings.compare is None:
         return None
+    from pytest_batchprof.gating import baseline_path
+    from pytest_batchprof.storage import ReportError, load_report
+
     path = baseline_path(settings.compare, settings.baseline_dir)
     try:
         return path, load_report(path)
@@ -389,8 +492,10 @@ def _dataset_request(item: pytest.Item) -> tuple[str | None, dict[str, object]]:
 
 
 def _load(config: pytest.Config, name: str | None, options: dict[str, object]) -> Dataset:
+    from pytest_batchprof.data import DatasetUnavailable
+
     try:
-        return config.stash[SESSION_KEY].dataset(name, options)
+        return batchprof_session(config).dataset(name, options)
     except (DatasetUnavailable, ValueError) as error:
         pytest.fail(str(error), pytrace=False)
 
@@ -403,20 +508,3 @@ def _parametrizes_batch_size(metafunc: pytest.Metafunc) -> bool:
         if "batch_size" in (name.strip() for name in argnames):
             return True
     return False
-
-
-def _live_writer(config: pytest.Config) -> Callable[[str], None]:
-    """Write a line to the terminal now, past output capturing (so no ``-s`` is needed)."""
-
-    def write(line: str) -> None:
-        terminal = config.pluginmanager.get_plugin("terminalreporter")
-        if terminal is None or config.get_verbosity() < 0:
-            return
-        capture = config.pluginmanager.get_plugin("capturemanager")
-        if capture is None:
-            terminal.write_line(line)
-            return
-        with capture.global_and_fixture_disabled():
-            terminal.write_line(line)
-
-    return write

@@ -7,7 +7,7 @@ for by several tests is trained once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -21,6 +21,7 @@ from pytest_batchprof.data import Dataset, crop_shape, dataset_key, load_dataset
 from pytest_batchprof.metrics import PeakMemory, measure, peak_memory
 from pytest_batchprof.models import ACTIVATIONS, normalise_hidden
 from pytest_batchprof.options import OPTIMIZERS, Settings
+from pytest_batchprof.progress import Console, RunProgress
 from pytest_batchprof.training import Run, RunConfig, initial_model, scaled_lr, train, warm_up
 
 
@@ -30,7 +31,8 @@ class BatchprofSession:
 
     settings: Settings
     device: torch.device
-    write_line: Callable[[str], None] | None = None
+    console: Console | None = None
+    """Where training lines and the progress line go (none: silent)."""
     datasets: dict[str, Dataset] = field(default_factory=dict)
     runs: dict[RunConfig, Run] = field(default_factory=dict)
     carbon: CarbonMeter | None = field(init=False, default=None)
@@ -132,11 +134,19 @@ class BatchprofSession:
             self.warmed_up = True
         if self.carbon:
             self.carbon.prepare()  # its hardware probe, once per session
+        progress = None
+        if self.console is not None:
+            progress = RunProgress(self.console, config.epochs,
+                                   verbose=getattr(self.console, "verbose", False))
         with ExitStack() as stack:
             memory = stack.enter_context(peak_memory(self.device))
             train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None
-            run = train(config, data, self.device,
-                        lambda _, record: self._say("  " + record.line()))
+            run = None
+            try:
+                run = train(config, data, self.device, progress)
+            finally:  # an interrupted run leaves no half-drawn progress line behind
+                if progress is not None:
+                    progress.finish(run.history if run is not None else [])
         self._measure(run, data, memory[0], train_carbon[0] if train_carbon else None)
         if self.cache is not None and cache_key is not None:  # diverged runs too: see cache.py
             self.cache.store(cache_key, run)
@@ -160,7 +170,8 @@ class BatchprofSession:
         model.eval()
         run = Run(config=config, model=model, optimizer=optimizer,
                   samples_per_epoch=cached.samples_per_epoch, test_images=data.test.x,
-                  history=cached.history, train_seconds=cached.train_seconds,
+                  history=cached.history, curve=cached.curve,
+                  train_seconds=cached.train_seconds,
                   test_loss=cached.test_loss, test_accuracy=cached.test_accuracy,
                   diverged=cached.diverged, time_to_target=cached.time_to_target)
         self._say(f"batchprof: loaded {config.describe()} from the cache")
@@ -192,8 +203,8 @@ class BatchprofSession:
             self._say(f"  {run.noise_scale.describe()}")
 
     def _say(self, line: str) -> None:
-        if self.write_line is not None:
-            self.write_line(line)
+        if self.console is not None:
+            self.console.line(line)
 
 
 def _check_run_config(config: RunConfig, train_count: int) -> None:

@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
 from pytest_batchprof.report import Row
 
 SCHEMA = "pytest-batchprof/report"
@@ -60,6 +58,8 @@ def copy_atomic(source: Path, target: Path) -> Path:
 
 def environment(settings: dict[str, object], device: str) -> dict[str, object]:
     """Where and how the session ran: the header of every report."""
+    import torch  # only once a session has trained something to report
+
     return {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": socket.gethostname(),

@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -30,7 +31,9 @@ from pytest_batchprof.report import (
     sort_rows,
     table_columns,
 )
-from pytest_batchprof.training import Run
+
+if TYPE_CHECKING:
+    from pytest_batchprof.training import Run
 
 
 def row_from_run(run: Run) -> Row:

@@ -6,6 +6,13 @@ same weights and accuracies bit for bit on the CPU. Running loss and correct
 counts stay on the device and are read once per epoch (plus a cheap finiteness
 check every :data:`DIVERGENCE_CHECK_STEPS` steps), so the hot loop never waits
 for the host.
+
+Between epochs the run records a finer learning curve: every
+:data:`CURVE_EVERY_SAMPLES` training samples, the loss and accuracy on the first
+:data:`CURVE_PROBE_SAMPLES` validation samples. That measuring is kept out of
+every training time. An observer (:class:`TrainingObserver`) hears of each
+epoch, and of the run's progress from host-side counters at most every
+:data:`PROGRESS_POLL_SECONDS`, with no device sync.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +33,7 @@ from pytest_batchprof.devices import synchronize
 from pytest_batchprof.metrics import Latency, Measurements, inference_inputs, predictor
 from pytest_batchprof.models import build_mlp, mlp_name
 from pytest_batchprof.noise_scale import NoiseScale
+from pytest_batchprof.progress import TrainingStatus
 
 DIVERGENCE_CHECK_STEPS = 200
 """How often (in optimizer steps) the running loss is checked for NaN or inf."""
@@ -35,6 +44,20 @@ training samples (rounded to whole steps), and at the end of every epoch."""
 
 EVAL_BATCH_SIZE = 4096
 """Batch size of validation and test passes; it does not change the result, only the speed."""
+
+CURVE_EVERY_SAMPLES = 10_000
+"""A learning-curve point is recorded after every this many training samples (runs whose
+epochs are shorter have one point per epoch, their epoch records)."""
+
+CURVE_PROBE_SAMPLES = 500
+"""The validation samples a learning-curve point is measured on: the first ones of the
+split, the same for every point and every run, so that the points of one curve, and the
+curves of two runs, differ by what the models learnt, not by which samples were drawn. A
+point costs a tenth of a full MNIST validation pass; the curve, one forward pass over 5%
+of the training samples (``make overhead`` measures it)."""
+
+PROGRESS_POLL_SECONDS = 0.25
+"""How often the training loop tells its observer where it stands (a clock read per step)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +136,30 @@ class EpochRecord:
 
 
 @dataclass(frozen=True)
+class CurvePoint:
+    """The validation figures partway through training, on the first
+    :data:`CURVE_PROBE_SAMPLES` validation samples (mean cross-entropy in nats,
+    accuracy as a fraction)."""
+
+    samples: int
+    """Training samples seen, counted from the start of the run."""
+    epoch: float
+    """The same position in epochs: ``samples`` over the samples of one epoch."""
+    val_loss: float
+    val_accuracy: float
+
+
+class TrainingObserver(Protocol):
+    """What the engine tells while it trains; :class:`.progress.RunProgress` shows it."""
+
+    def on_progress(self, status: TrainingStatus) -> None:
+        """Where the run stands, at most every :data:`PROGRESS_POLL_SECONDS` during an epoch."""
+
+    def on_epoch(self, config: RunConfig, record: EpochRecord) -> None:
+        """An epoch has ended and been validated."""
+
+
+@dataclass(frozen=True)
 class TimeToTarget:
     """How long a run took to reach its target validation accuracy, as MLPerf ranks training.
 
@@ -165,6 +212,11 @@ class Run:
     """The gradient noise scale at the end of training, with ``--noise-scale``."""
     time_to_target: TimeToTarget | None = None
     """Steps, samples, epochs and seconds to ``config.target_accuracy``, when it is set."""
+    curve: list[CurvePoint] = field(default_factory=list)
+    """The learning curve between epochs (empty when an epoch has at most
+    :data:`CURVE_EVERY_SAMPLES` samples: the epoch records are fine enough)."""
+    curve_seconds: float = 0.0
+    """Wall time spent measuring ``curve``: part of no training time."""
 
     @property
     def name(self) -> str:
@@ -242,6 +294,7 @@ class Run:
             **(self.noise_scale.summary() if self.noise_scale else {}),
             **(self.time_to_target.summary() if self.time_to_target else {}),
             "history": [asdict(record) for record in self.history],
+            "curve": [asdict(point) for point in self.curve],
         }
         return {key: None if isinstance(value, float) and math.isnan(value) else value
                 for key, value in figures.items()}
@@ -356,39 +409,40 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE) 
     return loss.item() / count, correct.item() / count
 
 
-ProgressCallback = Callable[[RunConfig, EpochRecord], None]
-
-
 def train(
     config: RunConfig,
     data: Dataset,
     device: torch.device,
-    on_epoch: ProgressCallback | None = None,
+    observer: TrainingObserver | None = None,
 ) -> Run:
     """Train ``config`` on ``data`` (already cropped, subset and on ``device``).
 
     Never raises for a diverging loss: the returned run carries the reason.
     """
     with denormals_flushed(config.flush_denormals and device.type == "cpu"):
-        return _train(config, data, device, on_epoch)
+        return _train(config, data, device, observer)
 
 
 def _train(config: RunConfig, data: Dataset, device: torch.device,
-           on_epoch: ProgressCallback | None) -> Run:
+           observer: TrainingObserver | None) -> Run:
     model, optimizer = initial_model(config, device)  # at config.lr, the rate after warm-up
     run = Run(config=config, model=model, optimizer=optimizer,
               samples_per_epoch=len(data.train), test_images=data.test.x)
     shuffle = torch.Generator().manual_seed(config.seed)
     train_split = data.train
     count = len(train_split)
-    warmup_steps = math.ceil(config.lr_warmup_epochs * math.ceil(count / config.batch_size))
+    steps_per_epoch = math.ceil(count / config.batch_size)
+    warmup_steps = math.ceil(config.lr_warmup_epochs * steps_per_epoch)
     steps_done = samples_done = 0
     target = config.target_accuracy
     check_steps = max(1, round(TARGET_CHECK_SAMPLES / config.batch_size))
     if target is not None:
         run.time_to_target = TimeToTarget(target)
+    probe = data.val.take(CURVE_PROBE_SAMPLES)
+    next_curve_point = CURVE_EVERY_SAMPLES if count > CURVE_EVERY_SAMPLES else math.inf
     synchronize(device)
     run_started = time.perf_counter()
+    next_poll = run_started + PROGRESS_POLL_SECONDS
 
     def reached(val_accuracy: float) -> bool:
         """Record the target as reached now, if it is (and was not before)."""
@@ -396,12 +450,21 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
             return False
         run.time_to_target = TimeToTarget(target, steps_done, samples_done,
                                           samples_done / count,
-                                          time.perf_counter() - run_started)
+                                          time.perf_counter() - run_started - run.curve_seconds)
         return True
+
+    def curve_point() -> float:
+        """Record a learning-curve point; the seconds it took."""
+        synchronize(device)  # the steps queued so far are training time
+        started = time.perf_counter()
+        loss, accuracy = evaluate(model, probe)  # reads the result: waits for the device
+        run.curve.append(CurvePoint(samples_done, samples_done / count, loss, accuracy))
+        return time.perf_counter() - started
 
     for epoch in range(1, config.epochs + 1):
         synchronize(device)
         started = time.perf_counter()
+        measured_before = run.curve_seconds
         model.train()
         order = torch.randperm(count, generator=shuffle).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -426,14 +489,28 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
             samples_done += len(labels)
             if step % DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum):
                 break
+            if samples_done >= next_curve_point:
+                run.curve_seconds += curve_point()
+                next_curve_point = (samples_done // CURVE_EVERY_SAMPLES + 1) * CURVE_EVERY_SAMPLES
             if (target is not None and steps_done % check_steps == 0
                     and reached(evaluate(model, data.val)[1])):
                 break  # the epoch ends here; its record covers the samples seen
+            if observer is not None:
+                now = time.perf_counter()
+                if now >= next_poll:
+                    next_poll = now + PROGRESS_POLL_SECONDS
+                    observer.on_progress(TrainingStatus(
+                        epoch=epoch, epochs=config.epochs, step=step,
+                        steps_per_epoch=steps_per_epoch, samples_done=samples_done,
+                        total_samples=count * config.epochs, epoch_seconds=now - started,
+                        run_seconds=now - run_started - run.curve_seconds,
+                        stops_early=target is not None))
         train_loss = loss_sum.item() / seen
         train_accuracy = correct.item() / seen
         synchronize(device)
         trained = time.perf_counter()
-        run.train_seconds += trained - started
+        train_seconds = trained - started - (run.curve_seconds - measured_before)
+        run.train_seconds += train_seconds
         if not math.isfinite(train_loss):
             run.diverged = (
                 f"training loss became {train_loss} in epoch {epoch} "
@@ -444,10 +521,10 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
         eval_seconds = time.perf_counter() - trained
         run.train_seconds += eval_seconds
         record = EpochRecord(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
-                             trained - started, eval_seconds)
+                             train_seconds, eval_seconds)
         run.history.append(record)
-        if on_epoch is not None:
-            on_epoch(config, record)
+        if observer is not None:
+            observer.on_epoch(config, record)
         reached(val_accuracy)
         if run.time_to_target is not None and run.time_to_target.reached:
             break

@@ -244,20 +244,45 @@ def test_session_device_choice(pytester: pytest.Pytester, monkeypatch: pytest.Mo
     result = run(pytester, "--device", spec)
     result.assert_outcomes(passed=1)
     assert (pytester.path / "device.txt").read_text() == expected
-    result.stdout.fnmatch_lines([f"batchprof: dataset=* device={spec} * ({expected})"])
+    if spec == "auto":  # resolved when the test asked for it, and said then
+        result.stdout.fnmatch_lines([
+            f"batchprof: dataset=* device={spec} * (chosen when a test first needs it)",
+            f"batchprof: device {expected} (auto: cuda, then mps, then cpu)"])
+    else:
+        result.stdout.fnmatch_lines([f"batchprof: dataset=* device={spec} * ({expected})"])
 
 
-def test_session_header_shows_the_resolved_device(
+def test_auto_device_is_resolved_when_first_needed_and_said_once(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    probes = []
     fake_machine(monkeypatch, MPS_ONLY)
-    pytester.makepyfile("def test_nothing(): pass")
-    result = run(pytester)  # no --device: auto
-    result.assert_outcomes(passed=1)
-    headers = [line for line in result.outlines if line.startswith("batchprof:")]
-    assert len(headers) == 1
-    assert " device=auto " in headers[0]
-    assert headers[0].endswith("(mps)")
+    real_probe = devices.Accelerators.probe
+    monkeypatch.setattr(devices.Accelerators, "probe",
+                        classmethod(lambda cls: probes.append(1) or real_probe()))
+    pytester.makepyfile(
+        """
+        def test_nothing():
+            pass
+
+        def test_first(device):
+            assert str(device) == "mps"
+
+        def test_second(device):
+            assert str(device) == "mps"
+        """
+    )
+    result = run(pytester, "-k", "nothing")  # no --device: auto, and no test needs it
+    result.assert_outcomes(passed=1, deselected=2)
+    assert probes == []
+    assert [line for line in result.outlines if line.startswith("batchprof:")] == [
+        next(line for line in result.outlines if line.startswith("batchprof: dataset="))]
+
+    result = run(pytester)
+    result.assert_outcomes(passed=3)
+    assert probes == [1]
+    resolved = [line for line in result.outlines if line.startswith("batchprof: device")]
+    assert resolved == ["batchprof: device mps (auto: cuda, then mps, then cpu)"]
 
 
 def test_session_as_xdist_worker_takes_its_own_gpu(
@@ -278,7 +303,7 @@ def test_session_as_xdist_worker_takes_its_own_gpu(
     result = run(pytester)
     result.assert_outcomes(passed=1)
     assert (pytester.path / "device.txt").read_text() == "cuda:1"
-    result.stdout.fnmatch_lines(["batchprof: * device=auto * (cuda:1)"])
+    result.stdout.fnmatch_lines(["batchprof: device cuda:1 (auto: *)"])
 
 
 # ---------------------------------------------------------------- synchronize

@@ -147,7 +147,7 @@ def test_learning_curves_average_seeds_in_one_panel_per_model(figures: dict[str,
     first, second = figure.axes
 
     assert [axes.get_title() for axes in figure.axes] == [SMALL, DEEP]
-    assert first.get_shared_y_axes().joined(first, second)
+    assert not first.get_shared_y_axes().joined(first, second)  # each fits its own data
     (legend,) = figure.legends
     assert [text.get_text() for text in legend.get_texts()] == ["batch 1", "batch 16", "batch 64"]
     for axes, model in ((first, SMALL), (second, DEEP)):
@@ -267,3 +267,56 @@ def test_learning_curve_legend_wraps_seven_batch_sizes_into_balanced_rows():
     (legend,) = figure.legends
     assert [text.get_text() for text in legend.get_texts()] == [f"batch {s}" for s in sizes]
     assert legend._ncols == 4  # 4 + 3, not 6 + 1 running off the figure
+
+
+def fine_row(model: str, batch_size: int, seed: int, points: list[tuple[int, float]],
+             epochs: tuple[float, ...], per_epoch: int = 55_000, **config: object) -> dict:
+    """A run with a learning curve between epochs: (samples, val accuracy) points."""
+    result = row(model, batch_size, seed, epochs[-1], 10.0, epochs, **config)
+    result["samples_per_epoch"] = per_epoch
+    result["curve"] = [{"samples": samples, "epoch": samples / per_epoch, "val_loss": 0.1,
+                        "val_accuracy": accuracy} for samples, accuracy in points]
+    return result
+
+
+def test_learning_curves_draw_the_fine_curve_as_the_line_and_epochs_as_dots():
+    points = [(10_000, 0.90), (20_000, 0.93), (30_000, 0.95), (40_000, 0.955),
+              (50_000, 0.96), (60_000, 0.965), (70_000, 0.966)]
+    rows = [fine_row(SMALL, 64, seed, [(s, a + seed * 0.002) for s, a in points],
+                     (0.962 + seed * 0.002, 0.968 + seed * 0.002)) for seed in (0, 1)]
+    figure = dict((name, figure) for name, _, figure in build_figures(rows))["learning-curves"]
+    (axes,) = figure.axes
+    line, dots = axes.get_lines()
+    assert list(line.get_xdata()) == pytest.approx([s / 55_000 for s, _ in points])
+    assert list(line.get_ydata()) == pytest.approx([100 * a + 0.1 for _, a in points])
+    assert line.get_marker() in ("None", None, "")
+    assert list(dots.get_xdata()) == [1, 2] and dots.get_linestyle() == "None"
+    assert list(dots.get_ydata()) == pytest.approx([96.3, 96.9])
+    assert len(axes.collections) == 1  # the two seeds' 95% band along the fine curve
+    low, high = axes.get_ylim()
+    assert 88 < low < 90 and 97 < high <= 100  # fitted to 90-97 %, not 20-100 %
+    assert list(axes.get_xticks()) == [0, 1, 2] and axes.get_xlim()[0] == 0
+    (legend,) = figure.legends
+    assert legend.get_title().get_text() == plots.FINE_CURVE_NOTE
+
+
+def test_learning_curve_panels_of_different_studies_have_their_own_ranges():
+    short = fine_row(SMALL, 64, 0, [(10_000, 0.95), (60_000, 0.97)], (0.965, 0.972))
+    long = row("784-1-10", 1000, 0, 0.44, 28.0, tuple(0.2 + i / 1000 for i in range(200)),
+               epochs=200, activation="linear")
+    figure = dict((name, figure) for name, _, figure in build_figures([short, long]))[
+        "learning-curves"]
+    first, second = figure.axes
+    assert first.get_ylim()[0] > 90 and first.get_ylim()[1] <= 100
+    assert second.get_ylim()[1] < 50 and second.get_ylim()[0] > 15
+
+
+def test_legend_of_long_batch_labels_fits_the_figure():
+    sizes = (1, 16, 64, 1000, 2000, 5000, 10000, 20000, 50000)
+    rows = [row(SMALL, size, 0, 0.9, 10.0, (0.85, 0.9)) for size in sizes]
+    figure = dict((name, figure) for name, _, figure in build_figures(rows))["learning-curves"]
+    (legend,) = figure.legends
+    assert legend._ncols == 3  # 3 rows of 3: four "batch 10000" entries overflow 6.4 inches
+    figure.canvas.draw()
+    box = legend.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= figure.bbox.width

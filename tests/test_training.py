@@ -66,11 +66,23 @@ def test_training_leaves_global_rng_alone(synthetic, run_config):
     assert torch.equal(torch.rand(3), expected)
 
 
+class EpochObserver:
+    """A :class:`~pytest_batchprof.training.TrainingObserver` that keeps the epoch records."""
+
+    def __init__(self) -> None:
+        self.epochs: list[EpochRecord] = []
+
+    def on_progress(self, status) -> None:
+        pass
+
+    def on_epoch(self, config, record: EpochRecord) -> None:
+        self.epochs.append(record)
+
+
 def test_history_figures_are_consistent(synthetic, run_config):
-    seen: list[EpochRecord] = []
-    run = train(run_config(synthetic, epochs=3), synthetic, torch.device("cpu"),
-                on_epoch=lambda _, record: seen.append(record))
-    assert seen == run.history
+    observer = EpochObserver()
+    run = train(run_config(synthetic, epochs=3), synthetic, torch.device("cpu"), observer)
+    assert observer.epochs == run.history
     assert [r.epoch for r in run.history] == [1, 2, 3]
     for record in run.history:
         assert 0 <= record.train_accuracy <= 1 and 0 <= record.val_accuracy <= 1

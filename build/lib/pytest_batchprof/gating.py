@@ -1,0 +1,307 @@
+"""CI gates: accuracy thresholds on runs, and comparison with a saved baseline.
+
+A baseline is a session's report JSON (see :mod:`pytest_batchprof.storage`)
+saved under a name. Each configuration of the current session is compared with
+the baseline's same configuration, the mean test accuracy of its seeds against
+the mean of the baseline's seeds. Only a drop of the mean larger than
+``--batchprof-fail-drop`` percentage points fails the session (an improvement
+is reported, not failed), and, when asked, a training-time growth larger than
+``--batchprof-fail-slowdown`` percent. Beside each difference the comparison
+says whether it is larger than the noise the seeds measured (a Welch
+interval). A configuration present on one side only is listed, never an error.
+
+"The same configuration" is the experiment, not the recipe: model, data set,
+input crop, activation, batch size, epochs and the data split. The seed is a
+sample of the experiment, not part of it. The learning rate, optimizer and
+device are left out on purpose: changing them is the kind of change a baseline
+is there to judge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tabulate import tabulate
+
+from pytest_batchprof.repeats import group_seeds
+from pytest_batchprof.report import Row, human_number, run_key, run_title
+from pytest_batchprof.stats import Interval, difference_interval, finite, mean_interval, seed_label
+
+SPLITS = ("test", "val", "train")
+EXPERIMENT_KEYS = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size",
+                   "epochs", "train_subset", "val_fraction")
+MACHINE_KEYS = ("machine", "cpu", "device", "torch")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """``@pytest.mark.min_accuracy(0.96, split="val")``, checked."""
+
+    minimum: float
+    split: str = "test"
+
+    @classmethod
+    def from_marker(cls, args: Sequence[object], kwargs: dict[str, object]) -> Threshold:
+        """Validate the marker's arguments; raise ``ValueError`` with what is allowed."""
+        if len(args) != 1 or set(kwargs) - {"split"}:
+            raise ValueError("min_accuracy takes one fraction and an optional split=, "
+                             "e.g. @pytest.mark.min_accuracy(0.96, split='val')")
+        minimum, split = args[0], kwargs.get("split", "test")
+        if not isinstance(minimum, int | float) or not 0 < minimum <= 1:
+            raise ValueError(f"min_accuracy({minimum!r}): give a fraction above 0 and at most "
+                             f"1, e.g. 0.96 for 96%")
+        if split not in SPLITS:
+            raise ValueError(f"min_accuracy(split={split!r}): choose one of {', '.join(SPLITS)}")
+        return cls(float(minimum), str(split))
+
+    def failures(self, rows: Sequence[Row]) -> list[str]:
+        """One line per configuration below the threshold (a diverged run always is).
+
+        The seeds of one configuration (``--repeats``) are checked by their mean.
+        """
+        key = f"{self.split}_accuracy"
+        lines = []
+        for group in group_seeds(rows):
+            unfinished = [row for row in group if row.get(key) is None]
+            if unfinished or len(group) == 1:  # a diverged seed fails on its own
+                lines += [self._run_failure(row) for row in unfinished or group
+                          if row.get(key) is None or row[key] < self.minimum]
+                continue
+            spread = mean_interval([float(row[key]) for row in group])
+            if spread.mean < self.minimum:
+                each = ", ".join(f"{row[key]:.2%}" for row in group)
+                lines.append(f"{_title(group)}: mean {self.split} accuracy {spread.mean:.2%} "
+                             f"± {spread.half_width * 100:.2f} pp (95% CI) is below "
+                             f"{self.minimum:.2%} (seeds: {each})")
+        return lines
+
+    def _run_failure(self, row: Row) -> str:
+        accuracy = row.get(f"{self.split}_accuracy")
+        shown = "n/a" if accuracy is None else f"{accuracy:.2%}"
+        return (f"{run_title(row)}: {self.split} accuracy {shown} is below "
+                f"{self.minimum:.2%} ({figures(row)})")
+
+
+def figures(row: Row) -> str:
+    """The accuracies and time of a run, for messages."""
+    parts = []
+    for split in ("train", "val", "test"):
+        value = row.get(f"{split}_accuracy")
+        parts.append(f"{split} {'n/a' if value is None else f'{value:.2%}'}")
+    if row.get("train_seconds") is not None:
+        parts.append(f"{human_number(row['train_seconds'])} s")
+    if row.get("diverged"):
+        parts.append(f"diverged: {row['diverged']}")
+    return ", ".join(parts)
+
+
+def baseline_path(name_or_path: str, directory: Path) -> Path:
+    """A path as given when it looks like one, else ``DIRECTORY/NAME.json``."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".json" or len(candidate.parts) > 1 or candidate.exists():
+        return candidate
+    return directory / f"{name_or_path}.json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One configuration in the comparison: the means of its seeds on either side."""
+
+    title: str
+    baseline: float | None
+    now: float | None
+    baseline_seconds: float | None
+    now_seconds: float | None
+    verdict: str
+    baseline_spread: Interval | None = None
+    now_spread: Interval | None = None
+    noise: Interval | None = None
+    """``now - baseline`` test accuracy with its 95% interval, when both sides finished."""
+
+    @property
+    def drop_pp(self) -> float | None:
+        """Percentage points lost (negative: gained)."""
+        if self.baseline is None or self.now is None:
+            return None
+        return (self.baseline - self.now) * 100
+
+    def seeds(self) -> str:
+        """``1, 3``: the seeds behind the baseline's figure and the session's."""
+        return ", ".join("0" if spread is None else str(spread.n)
+                         for spread in (self.baseline_spread, self.now_spread))
+
+    def noise_text(self) -> str:
+        """Whether the difference stands out of the seed noise (see :func:`_noise_text`)."""
+        return _noise_text(self.noise)
+
+
+@dataclass
+class Comparison:
+    """The session against its baseline."""
+
+    baseline_path: Path
+    entries: list[Entry] = field(default_factory=list)
+    machine_note: str | None = None
+
+    @property
+    def regressions(self) -> list[Entry]:
+        return [entry for entry in self.entries if entry.verdict.startswith("REGRESSION")]
+
+    def table(self) -> str:
+        body = []
+        for entry in self.entries:
+            delta = (None if entry.drop_pp is None
+                     else f"{(entry.now - entry.baseline) * 100:+.2f} pp")
+            time_delta = None
+            if entry.baseline_seconds and entry.now_seconds is not None:
+                time_delta = f"{entry.now_seconds / entry.baseline_seconds - 1:+.0%}"
+            body.append([entry.title, entry.seeds(), _percent(entry.baseline_spread),
+                         _percent(entry.now_spread), delta or "n/a", entry.noise_text(),
+                         time_delta or "n/a", entry.verdict])
+        return tabulate(body, headers=["run", "seeds (baseline, now)", "baseline test acc (%)",
+                                       "now test acc (%)", "delta", "noise (95% CI of delta)",
+                                       "train time", "verdict"],
+                        tablefmt="github", disable_numparse=True)
+
+    def markdown(self) -> str:
+        lines = ["## Comparison with the baseline", "", f"Baseline: `{self.baseline_path}`", "",
+                 NOISE_NOTE, ""]
+        if self.machine_note:
+            lines += [self.machine_note, ""]
+        return "\n".join([*lines, self.table(), ""])
+
+
+NOISE_NOTE = (
+    "Test accuracies are means over each side's seeds (± the half-width of the 95% Student t "
+    "interval). The noise column is the 95% interval of the difference of the means "
+    "(Welch): a delta inside it is within the spread the seeds showed; with one seed on "
+    "each side the noise is unknown (train with --repeats 3 to measure it)."
+)
+
+
+def compare(
+    rows: Sequence[Row],
+    baseline: dict[str, object],
+    path: Path,
+    fail_drop_pp: float,
+    fail_slowdown_pct: float | None,
+    environment: dict[str, object],
+) -> Comparison:
+    """Compare every configuration with the baseline's, mean over seeds against mean."""
+    old_groups = group_seeds(baseline["rows"])
+    exact = {run_key(group[0], seed=False): group for group in old_groups}
+    by_experiment = {experiment_key(group[0]): group for group in old_groups}
+    comparison = Comparison(path, machine_note=_machine_note(baseline.get("environment", {}),
+                                                             environment))
+    seen: set[int] = set()
+    for group in group_seeds(rows):
+        # the same recipe first (a learning-rate sweep keeps its pairs), else the experiment
+        old = exact.get(run_key(group[0], seed=False)) or by_experiment.get(
+            experiment_key(group[0]))
+        if old is None:
+            now = _spread(group, "test_accuracy")
+            comparison.entries.append(Entry(
+                _title(group), None, _mean(now), None, _mean(_spread(group, "train_seconds")),
+                "new (not in baseline)", now_spread=now))
+            continue
+        seen.add(id(old))
+        comparison.entries.append(_entry(group, old, fail_drop_pp, fail_slowdown_pct))
+    for old in old_groups:
+        if id(old) not in seen:
+            before = _spread(old, "test_accuracy")
+            comparison.entries.append(Entry(
+                _title(old), _mean(before), None, _mean(_spread(old, "train_seconds")), None,
+                "not run (only in baseline)", baseline_spread=before))
+    return comparison
+
+
+def experiment_key(row: Row) -> str:
+    """What a run is compared by (see the module docstring)."""
+    return json.dumps([row.get(key) for key in EXPERIMENT_KEYS])
+
+
+def _entry(group: Sequence[Row], old: Sequence[Row], fail_drop_pp: float,
+           fail_slowdown_pct: float | None) -> Entry:
+    now_spread, before_spread = _spread(group, "test_accuracy"), _spread(old, "test_accuracy")
+    now, before = _mean(now_spread), _mean(before_spread)
+    seconds = _mean(_spread(group, "train_seconds"))
+    old_seconds = _mean(_spread(old, "train_seconds"))
+    noise = None
+    if now_spread is not None and before_spread is not None:
+        noise = difference_interval(finite(row.get("test_accuracy") for row in old),
+                                    finite(row.get("test_accuracy") for row in group))
+    verdicts = []
+    diverged = sum(1 for row in group if row.get("test_accuracy") is None)
+    if diverged and before is not None:
+        verdicts.append("REGRESSION: no test accuracy (diverged)" if now is None else
+                        f"REGRESSION: {diverged} of {len(group)} seeds diverged")
+    if now is not None and before is not None:
+        drop = round((before - now) * 100, 9)  # 0.9 - 0.895 is 0.5000000000000004 pp
+        within = _within_noise(noise)
+        if drop > fail_drop_pp:
+            verdicts.append(f"REGRESSION: -{drop:.2f} pp > {fail_drop_pp:g} pp allowed{within}")
+        elif drop < 0:
+            verdicts.append(f"improved{within}")
+    if fail_slowdown_pct is not None and seconds and old_seconds:
+        growth = (seconds / old_seconds - 1) * 100
+        if growth > fail_slowdown_pct:
+            verdicts.append(f"REGRESSION: training {growth:.0f}% slower > "
+                            f"{fail_slowdown_pct:g}% allowed")
+    verdicts.sort(key=lambda verdict: not verdict.startswith("REGRESSION"))
+    return Entry(_title(group), before, now, old_seconds, seconds,
+                 "; ".join(verdicts) or "ok", before_spread, now_spread, noise)
+
+
+def _spread(group: Sequence[Row], key: str) -> Interval | None:
+    """Mean and interval of a figure over a group's seeds; ``None`` if no seed has it."""
+    values = finite(row.get(key) for row in group)
+    return mean_interval(values) if values else None
+
+
+def _mean(spread: Interval | None) -> float | None:
+    return None if spread is None else spread.mean
+
+
+def _title(group: Sequence[Row]) -> str:
+    """``... batch 32, seed 0`` for one run, ``... batch 32, seeds 0-2`` for several."""
+    if len(group) == 1:
+        return run_title(group[0])
+    return run_title({**group[0], "seed": seed_label(row.get("seed") for row in group)})
+
+
+def _noise_text(noise: Interval | None) -> str:
+    """``±0.45 pp: within noise``, ``±0.12 pp: beyond noise``, or why it is not known."""
+    if noise is None:
+        return "n/a"
+    if noise.half_width is None:
+        return "unknown (1 seed each)"
+    verdict = "beyond noise" if noise.excludes_zero() else "within noise"
+    return f"±{noise.half_width * 100:.2f} pp: {verdict}"
+
+
+def _within_noise(noise: Interval | None) -> str:
+    """`` (within noise, ±0.80 pp)`` when the seeds' spread covers the difference."""
+    if noise is None or noise.half_width is None or noise.excludes_zero():
+        return ""
+    return f" (within noise, ±{noise.half_width * 100:.2f} pp)"
+
+
+def _machine_note(old: dict[str, object], new: dict[str, object]) -> str | None:
+    differences = [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in MACHINE_KEYS
+                   if old.get(key) != new.get(key)]
+    if not differences:
+        return None
+    return ("The baseline was measured on another machine or software ("
+            + "; ".join(differences) + "): training times are not comparable.")
+
+
+def _percent(spread: Interval | None) -> str:
+    """``96.90``, or ``96.90 ± 0.30`` over several seeds."""
+    if spread is None:
+        return "n/a"
+    if spread.half_width is None:
+        return f"{spread.mean * 100:.2f}"
+    return f"{spread.mean * 100:.2f} ± {spread.half_width * 100:.2f}"

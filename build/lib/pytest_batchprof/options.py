@@ -1,0 +1,495 @@
+"""Command-line options, their ini twins, and the validation of both.
+
+Every option is ``--batchprof-NAME`` on the command line and ``batchprof_NAME``
+in the ini file; the command line wins over the ini file, which wins over the
+default. The options of the experiments also answer to a short spelling
+without the prefix (``--epochs``, ``--device``, ``--batch-sizes``), added by
+:func:`add_short_spellings` once the project's initial conftests and every
+plugin have registered their own options, and only for names nobody else
+holds: the plugin loads in every pytest session of its environment, and a
+project's own ``--device`` must keep working. All values are parsed and
+checked once, when the session starts, into one frozen :class:`Settings`; a
+bad value ends the session with a one-line ``pytest.UsageError`` (exit code
+4) naming the spelling that was used, the value and what is allowed.
+
+This module imports neither torch nor codecarbon (the country table is read
+only when ``--batchprof-co2-country`` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_batchprof.carbon import DEFAULT_COUNTRY, known_countries
+from pytest_batchprof.catalog import DATASET_NAMES
+
+GROUP = "batchprof"
+GROUP_TITLE = ("batchprof: batch-size and architecture experiments (each --batchprof-NAME of "
+               "the experiments also answers to --NAME, unless the project defines that name)")
+DATA_DIR_ENV = "BATCHPROF_DATA_DIR"
+DEFAULT_DATA_DIR = Path("~/.cache/pytest-batchprof")
+OPTIMIZERS = ("adam", "sgd")
+LR_SCALINGS = ("none", "linear", "sqrt")
+DEFAULT_VAL_FRACTION = 1 / 12
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BASELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The session's validated options, shared by every fixture."""
+
+    batch_sizes: tuple[int, ...] = (64,)
+    epochs: int = 2
+    dataset: str = "mnist"
+    data_dir: Path = DEFAULT_DATA_DIR
+    device: str = "auto"
+    seed: int = 0
+    repeats: int = 1
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    lr_scaling: str = "none"
+    lr_base_batch: int = 64
+    lr_warmup_epochs: float = 0.0
+    target_accuracy: float | None = None
+    train_subset: int | None = None
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    inference_batch_size: int | None = None
+    keep_denormals: bool = False
+    noise_scale: bool = False
+    no_co2: bool = False
+    co2_country: str = DEFAULT_COUNTRY
+    report_dir: Path = Path("reports")
+    no_report: bool = False
+    columns: tuple[str, ...] | None = None
+    save: str | None = None
+    compare: str | None = None
+    fail_drop: float = 0.5
+    fail_slowdown: float | None = None
+    cache_dir: Path | None = None
+    cache_clear: bool = False
+
+    @property
+    def baseline_dir(self) -> Path:
+        """Where named baselines live: ``reports/baselines/`` by default."""
+        return self.report_dir / "baselines"
+
+    def header(self) -> str:
+        """One line for ``pytest_report_header``."""
+        subset = "all" if self.train_subset is None else str(self.train_subset)
+        sizes = ",".join(map(str, self.batch_sizes))
+        inference = self.inference_batch_size or "training"
+        co2 = "off" if self.no_co2 else self.co2_country
+        return (
+            f"batchprof: dataset={self.dataset} batch-sizes={sizes} epochs={self.epochs} "
+            f"optimizer={self.optimizer} lr={self.lr:g} seed={self.seed}"
+            f"{f' repeats={self.repeats}' if self.repeats > 1 else ''} device={self.device} "
+            f"train-subset={subset} val-fraction={self.val_fraction:.4g} "
+            f"inference-batch-size={inference} co2={co2} data-dir={self.data_dir}"
+        ) + self._lr_schedule() + (
+            f" target-accuracy={self.target_accuracy:g}" if self.target_accuracy else "") + (
+            " noise-scale" if self.noise_scale else "") + (
+            " keep-denormals" if self.keep_denormals else "") + (
+            f" cache={self.cache_dir}" if self.cache_dir is not None else "")
+
+    def _lr_schedule(self) -> str:
+        schedule = (self.lr_scaling, self.lr_base_batch, self.lr_warmup_epochs)
+        if schedule == (Settings.lr_scaling, Settings.lr_base_batch, Settings.lr_warmup_epochs):
+            return ""  # the defaults: every run at --lr
+        return (f" lr-scaling={self.lr_scaling} lr-base-batch={self.lr_base_batch} "
+                f"lr-warmup-epochs={self.lr_warmup_epochs:g}")
+
+
+class OptionError(ValueError):
+    """A value that an option does not accept; the message says what is allowed."""
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """Parse ``"1,16,64"`` into ``(1, 16, 64)``.
+
+    Spaces around items are allowed; empty items, non-integers, values below 1
+    and repeated values are not (a repeated size would run the same test twice).
+    """
+    if not text.strip():
+        raise OptionError("is empty")
+    sizes: list[int] = []
+    for item in text.split(","):
+        token = item.strip()
+        if not token:
+            raise OptionError("has an empty item")
+        size = _parse_int(token)
+        if size < 1:
+            raise OptionError(f"has {token!r}, which is below 1")
+        if size in sizes:
+            raise OptionError(f"repeats {size}")
+        sizes.append(size)
+    return tuple(sizes)
+
+
+def _parse_int(token: str) -> int:
+    """Plain ASCII digits only: ``int()`` would also take ``1_6`` and non-ASCII digits."""
+    if not _INTEGER.match(token):
+        raise OptionError(f"has {token!r}, which is not a whole number")
+    return int(token)
+
+
+def _positive_int(text: str) -> int:
+    value = _parse_int(text.strip())
+    if value < 1:
+        raise OptionError(f"is {value}, which is below 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _parse_int(text.strip())
+    if value < 0:
+        raise OptionError(f"is {value}, which is negative")
+    return value
+
+
+def _finite_float(text: str, zero_allowed: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionError(f"is {text!r}, which is not a number") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        bound = ">= 0" if zero_allowed else "above 0"
+        raise OptionError(f"is {text}, which is not a finite number {bound}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    return _finite_float(text, zero_allowed=False)
+
+
+def _non_negative_float(text: str) -> float:
+    return _finite_float(text, zero_allowed=True)
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise OptionError(f"is {text}, which is not below 1")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise OptionError(f"is {text!r}, which is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise OptionError(f"is {text!r}, which is not true or false")
+
+
+def _country(text: str) -> str:
+    code = text.strip().upper()
+    if code not in known_countries():
+        raise OptionError(f"is {text!r}, which codecarbon has no energy mix for")
+    return code
+
+
+def parse_columns(text: str) -> tuple[str, ...]:
+    """``model,batch_size,test_accuracy``: names of row keys, in order."""
+    names = tuple(item.strip() for item in text.split(","))
+    for name in names:
+        if not _COLUMN.match(name):
+            raise OptionError(f"has {name!r}, which is not a column name")
+    return names
+
+
+def _baseline_name(text: str) -> str:
+    name = text.strip()
+    if not _BASELINE_NAME.match(name) or name.endswith(".json"):
+        raise OptionError(f"is {text!r}, which is not a baseline name")
+    return name
+
+
+def _directory(text: str) -> Path:
+    return Path(text.strip()).expanduser()
+
+
+def _not_a_file(path: Path) -> None:
+    """A directory that may not exist yet, but not a path taken by a file."""
+    if path.exists() and not path.is_dir():
+        raise OptionError(f"names an existing file ({path}), not a directory")
+
+
+def _device(text: str) -> str:
+    spec = text.strip().lower()
+    if not _DEVICE.match(spec):
+        raise OptionError(f"is {text!r}, which is not a device name")
+    return spec
+
+
+# ---------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, ini key, parser and the help both share."""
+
+    field: str
+    metavar: str | None
+    parse: Callable[[str], Any]
+    allowed: str
+    help: str
+    switch: bool = False
+    """A flag without a value on the command line (``--no-co2``); ``true``/``false`` in ini."""
+    name: str | None = None
+    """The option's name when it is not the field's: ``batchprof_report`` for ``report_dir``."""
+    check: Callable[[Any], None] | None = None
+    """A check of the final value, after a relative ini path is resolved against the ini file."""
+
+    @property
+    def key(self) -> str:
+        """The option's name without the prefix: ``epochs``, ``report``, ``cache_clear``."""
+        return (self.name or self.field).removeprefix(f"{GROUP}_")
+
+    @property
+    def flag(self) -> str:
+        """The spelling that always reaches the plugin: ``--batchprof-epochs``."""
+        return f"--{GROUP}-" + self.key.replace("_", "-")
+
+    @property
+    def short_flag(self) -> str | None:
+        """``--epochs`` for the experiments' options; ``None`` for the plugin's own
+        (``--batchprof-report``, ``--batchprof-compare``, ...), which have no other name."""
+        return None if self.name else "--" + self.field.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return f"{GROUP}_{self.key}"
+
+    @property
+    def dest(self) -> str:
+        return f"{GROUP}_{self.field}"
+
+    @property
+    def short_dest(self) -> str:
+        """A destination of its own, so that an error names the spelling that was used."""
+        return f"{GROUP}_short_{self.field}"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("batch_sizes", "LIST", parse_batch_sizes,
+           "a comma-separated list of whole numbers >= 1, e.g. 1,16,64",
+           "batch sizes that parametrize every test using the batch_size fixture "
+           "(default: 64)"),
+    Option("epochs", "N", _positive_int, "a whole number >= 1",
+           "training epochs per run (default: 2)"),
+    Option("dataset", "NAME", _choice(DATASET_NAMES), "one of " + ", ".join(DATASET_NAMES),
+           "data set of the dataset fixture (default: mnist)"),
+    Option("data_dir", "PATH", lambda text: Path(text).expanduser(), "a directory path",
+           f"where data sets are read and downloaded (default: ${DATA_DIR_ENV}, "
+           f"else {DEFAULT_DATA_DIR})"),
+    Option("device", "DEVICE", _device, "auto, cpu, cuda, cuda:N or mps",
+           "torch device: auto picks cuda, then mps, then cpu (default: auto)"),
+    Option("seed", "N", _non_negative_int, "a whole number >= 0",
+           "seed of weight initialisation and shuffling (default: 0)"),
+    Option("repeats", "N", _positive_int, "a whole number >= 1",
+           "train every configuration with N seeds, --seed to --seed + N - 1; tables show "
+           "the mean and its 95-percent confidence interval (default: 1)"),
+    Option("lr", "FLOAT", _positive_float, "a finite number above 0, e.g. 1e-3",
+           "learning rate (default: 1e-3)"),
+    Option("optimizer", "NAME", _choice(OPTIMIZERS), "adam or sgd",
+           "optimizer (default: adam)"),
+    Option("lr_scaling", "RULE", _choice(LR_SCALINGS), "none, linear or sqrt",
+           "scale --lr with the batch size b: linear lr x b/B (Goyal et al. 2017), sqrt "
+           "lr x sqrt(b/B), where B is --lr-base-batch (default: none)"),
+    Option("lr_base_batch", "B", _positive_int, "a whole number >= 1",
+           "the batch size at which --lr applies unscaled (default: 64)"),
+    Option("lr_warmup_epochs", "E", _non_negative_float, "a number of epochs >= 0, e.g. 1 or 0.5",
+           "ramp the learning rate linearly from --lr to the run's scaled lr over the first E "
+           "epochs, step by step (default: 0, no warm-up)"),
+    Option("target_accuracy", "F", _fraction, "a fraction above 0 and below 1, e.g. 0.97",
+           "stop each run when its validation accuracy reaches F, and report the steps, "
+           "samples, epochs and seconds it took (default: off)"),
+    Option("train_subset", "N", _positive_int, "a whole number >= 1",
+           "train on the first N training samples only, for quick runs (default: all)"),
+    Option("val_fraction", "F", _fraction, "a number above 0 and below 1",
+           "share of the training file held out for validation "
+           "(default: 1/12, i.e. 5,000 of MNIST's 60,000)"),
+    Option("inference_batch_size", "N", _positive_int, "a whole number >= 1",
+           "batch size of the inference latency figure (default: the run's training "
+           "batch size, as in the reference posts)"),
+    Option("noise_scale", None, _boolean, "true or false",
+           "estimate each run's critical batch size (the gradient noise scale B_simple of "
+           "McCandlish et al. 2018) after training", switch=True),
+    Option("keep_denormals", None, _boolean, "true or false",
+           "compute on denormal floats instead of flushing them to zero while training "
+           "on the CPU (slower; see the README)", switch=True),
+    Option("no_co2", None, _boolean, "true or false",
+           "do not measure energy and CO2eq with codecarbon", switch=True),
+    Option("co2_country", "ISO3", _country,
+           "an ISO 3166 alpha-3 country code codecarbon knows, e.g. USA, FRA, DEU",
+           f"country whose electricity mix turns energy into CO2eq "
+           f"(default: {DEFAULT_COUNTRY})"),
+    Option("report_dir", "DIR", lambda text: Path(text).expanduser(), "a directory path",
+           "where the session's report files go (default: reports/ under the rootdir)",
+           name="batchprof_report"),
+    Option("no_report", None, _boolean, "true or false",
+           "write no report files (the terminal table stays)", name="batchprof_no_report",
+           switch=True),
+    Option("columns", "LIST", parse_columns, "a comma-separated list of row keys, e.g. "
+           "model,batch_size,test_accuracy",
+           "columns of the summary table, in order (default: the posts' table)",
+           name="batchprof_columns"),
+    Option("save", "NAME", _baseline_name, "a name of letters, digits, '.', '_' and '-'",
+           "save this session's figures as baseline NAME (reports/baselines/NAME.json)",
+           name="batchprof_save"),
+    Option("compare", "NAME|PATH", lambda text: text.strip(), "a baseline name or a path",
+           "compare every run with the same configuration in a saved baseline",
+           name="batchprof_compare"),
+    Option("fail_drop", "PP", _non_negative_float, "a number of percentage points >= 0",
+           "with --batchprof-compare: fail when a run's test accuracy fell by more than PP "
+           "percentage points (default: 0.5)", name="batchprof_fail_drop"),
+    Option("fail_slowdown", "PCT", _non_negative_float, "a percentage >= 0",
+           "with --batchprof-compare: fail when a run trained more than PCT% slower "
+           "(default: off; times depend on the machine)", name="batchprof_fail_slowdown"),
+    Option("cache_dir", "DIR", _directory, "a directory path (created when missing)",
+           "keep trained runs in DIR, keyed by configuration, data and versions, and load "
+           "them instead of training again (default: off)", name="batchprof_cache",
+           check=_not_a_file),
+    Option("cache_clear", None, _boolean, "true or false",
+           "with --batchprof-cache: delete the cached runs when the session starts",
+           name="batchprof_cache_clear", switch=True),
+)
+
+
+def register(parser: pytest.Parser) -> None:
+    """Add every ``--batchprof-NAME`` option to pytest's ``batchprof`` help group, and its
+    ini twin."""
+    group = parser.getgroup(GROUP, GROUP_TITLE)
+    for option in OPTIONS:
+        group.addoption(option.flag, dest=option.dest, help=option.help,
+                        **_argparse_kind(option))
+        parser.addini(option.ini, option.help, default=None)
+
+
+def add_short_spellings(parser: pytest.Parser) -> tuple[str, ...]:
+    """Add ``--epochs``, ``--device``, ... for every name that no other option holds; return
+    the short spellings left to their holders (the project's conftests, other plugins).
+
+    Call it once every plugin and initial conftest has added its options, right
+    before pytest parses the command line. The short spellings are hidden from
+    ``--help``, which lists the ``--batchprof-`` names.
+    """
+    group = parser.getgroup(GROUP, GROUP_TITLE)
+    held = _option_names(parser)
+    yielded = []
+    for option in OPTIONS:
+        short = option.short_flag
+        if short is None:
+            continue
+        if short in held:
+            yielded.append(short)
+            continue
+        try:
+            group.addoption(short, dest=option.short_dest, help=argparse.SUPPRESS,
+                            **_argparse_kind(option))
+        except (argparse.ArgumentError, ValueError):  # held in a way _option_names missed
+            yielded.append(short)
+    return tuple(yielded)
+
+
+def _argparse_kind(option: Option) -> dict[str, Any]:
+    if option.switch:
+        return {"action": "store_const", "const": "true", "default": None}
+    return {"metavar": option.metavar, "default": None}
+
+
+def _option_names(parser: pytest.Parser) -> set[str]:
+    """Every option string registered so far, through pytest's parser or its argparse."""
+    names = {name for group in getattr(parser, "_groups", ())
+             for option in group.options for name in option.names()}
+    argparser = getattr(parser, "optparser", None)  # pytest >= 9 builds argparse as it goes
+    names.update(getattr(argparser, "_option_string_actions", {}))
+    return names
+
+
+def settings_from_config(config: pytest.Config) -> Settings:
+    """Read, parse and check every option; raise ``pytest.UsageError`` on the first bad one."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw, source = _raw_value(config, option)
+        if raw is None:
+            continue
+        try:
+            value = option.parse(raw)
+        except OptionError as error:
+            raise pytest.UsageError(
+                f"{source} {error}; expected {option.allowed} (got {raw!r})"
+            ) from None
+        if isinstance(value, Path) and source.startswith(option.ini) and config.inipath:
+            value = Path(os.path.normpath(config.inipath.parent / value))  # no "dir/../"
+        if option.check is not None:
+            try:
+                option.check(value)
+            except OptionError as error:
+                raise pytest.UsageError(
+                    f"{source} {error}; expected {option.allowed} (got {raw!r})"
+                ) from None
+        values[option.field] = value
+    if "data_dir" not in values:
+        values["data_dir"] = default_data_dir()
+    values.setdefault("report_dir", config.rootpath / "reports")
+    if values.get("cache_clear") and values.get("cache_dir") is None:
+        raise pytest.UsageError(
+            f"{source_of(config, 'cache_clear')} needs --batchprof-cache DIR "
+            f"(or batchprof_cache in the ini file): there is no cache to clear"
+        )
+    return Settings(**values)
+
+
+def default_data_dir() -> Path:
+    """``$BATCHPROF_DATA_DIR`` when set, else ``~/.cache/pytest-batchprof``."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else DEFAULT_DATA_DIR.expanduser()
+
+
+def source_of(config: pytest.Config, field: str) -> str:
+    """Where a setting came from: ``--batchprof-device``, ``--device`` (the spelling used)
+    or ``batchprof_device (ini)``."""
+    option = next(option for option in OPTIONS if option.field == field)
+    return _raw_value(config, option)[1]
+
+
+def _raw_value(config: pytest.Config, option: Option) -> tuple[str | None, str]:
+    cli = config.getoption(option.dest)
+    if cli is not None:
+        return str(cli), option.flag
+    if option.short_flag is not None:
+        short = config.getoption(option.short_dest, default=None)  # absent where yielded
+        if short is not None:
+            return str(short), option.short_flag
+    ini = config.getini(option.ini)
+    if isinstance(ini, list):  # a TOML array in pyproject.toml: batchprof_batch_sizes = [1, 16]
+        ini = ",".join(map(str, ini))
+    if ini is not None and ini != "":
+        return str(ini), f"{option.ini} (ini)"
+    return None, option.flag

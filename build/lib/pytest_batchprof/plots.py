@@ -1,0 +1,517 @@
+"""The plots of a session's markdown report, as PNG files.
+
+Figures are drawn on :class:`~matplotlib.figure.Figure` objects with an Agg
+canvas of their own, never through pyplot, so plotting needs no display and
+touches no global state of the process (a user's backend, open figures).
+
+Rows are ``Run.summary()`` dicts. Runs that differ only in their seed are
+averaged per batch size, so every line stays single-valued; where a point has
+two seeds or more, an error bar (a band on the learning curves) shows the 95%
+Student t interval of that mean. The learning curves draw a run's finer curve
+(validation figures every few thousand samples, ``row["curve"]``) as the line
+and its epoch records as dots, each panel on a y axis fitted to its own data. Runs trained for
+different numbers of epochs (a 2-epoch study beside a 200-epoch one) get a
+panel each in the per-batch-size plots, with axes of their own: their
+accuracies and times are not on one scale. A diverged run
+(``test_accuracy`` None) is left out of every plot: its time and its learning
+curve stop at the divergence and would pull the averages down.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+
+from pytest_batchprof.stats import finite, mean_interval
+
+WIDTH, HEIGHT, DPI = 6.4, 4.2, 120
+"""Figure size in inches and resolution: 768 x 504 pixels, readable in a markdown page."""
+
+CURVE_ROW_HEIGHT = 2.8
+"""Extra height (inches) of every further row of learning-curve panels."""
+
+LOG_TIME_RATIO = 30.0
+"""Training times are drawn on a log axis when the slowest is this many times the fastest."""
+
+SERIES_FIELDS = ("optimizer", "lr", "epochs", "activation", "train_subset", "val_fraction")
+"""Settings that split a model's runs into separate lines when they differ between rows.
+
+Averaging an SGD run with an Adam run, or 2 epochs with 10, would draw a line
+that no experiment produced; the seed, the batch size and the device are not
+among them (the device differs between xdist workers running one experiment).
+"""
+
+PER_BATCH_FIELDS = frozenset({"lr"})
+"""Settings that split lines only when runs of one batch size differ in them: a
+learning-rate sweep does, ``--lr-scaling`` (one lr per batch size) does not."""
+
+AXIS_INCHES, DIGIT_INCHES, LABEL_GAP_INCHES = 5.4, 0.08, 0.08
+"""Approximate x-axis length, width of a 10 pt digit and the least gap between tick labels."""
+
+MAX_EPOCH_TICKS = 10
+"""Up to this many epochs every epoch gets a tick; beyond, matplotlib picks whole numbers."""
+
+LEGEND_COLUMNS = 5
+"""At most this many batch sizes side by side in the learning curves' legend."""
+
+LEGEND_HANDLE_INCHES, LEGEND_CHAR_INCHES = 0.75, 0.075
+"""Width of a legend entry's line sample and spacing, and of one character of its text."""
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+"""One marker per series, so lines stay apart in greyscale print."""
+
+PNG_METADATA = {"Software": None}
+"""No matplotlib version in the file: the same rows give the same bytes."""
+
+
+@dataclass
+class Series:
+    """One line of plots 1 and 2, one panel of plot 3: a model on a data set, averaged over seeds.
+
+    Accuracies are percentages; ``curves`` maps a batch size to (epoch, mean
+    validation accuracy) pairs in epoch order, ``fine_curves`` to (fractional
+    epoch, mean validation accuracy) pairs of the curve between epochs.
+    """
+
+    label: str
+    epochs: object = None
+    accuracy: dict[int, float] = field(default_factory=dict)
+    seconds: dict[int, float] = field(default_factory=dict)
+    steps_to_target: dict[int, float] = field(default_factory=dict)
+    curves: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    errors: dict[str, dict[int, float]] = field(default_factory=dict)
+    """Half-widths of the 95% intervals, by figure (``accuracy``, ...) and batch size,
+    where two seeds or more were averaged."""
+    curve_errors: dict[int, list[float | None]] = field(default_factory=dict)
+    """Half-widths along each learning curve (``None`` at an epoch with one seed)."""
+    fine_curves: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    fine_errors: dict[int, list[float | None]] = field(default_factory=dict)
+
+    def add(self, figure: str, batch_size: int, values: Iterable[object]) -> None:
+        """Put the mean of the seeds' ``values`` at ``batch_size``, and its interval."""
+        numbers = finite(values)
+        if not numbers:
+            return
+        spread = mean_interval(numbers)
+        getattr(self, figure)[batch_size] = spread.mean
+        if spread.half_width is not None:
+            self.errors.setdefault(figure, {})[batch_size] = spread.half_width
+
+
+def write_plots(rows: Sequence[Mapping[str, object]], directory: Path, stem: str) -> (
+        list[tuple[str, Path]]):
+    """Write the report's plots into ``directory`` as ``{stem}-<name>.png``; return (title, path)
+    pairs in display order.
+
+    A plot without data is not written; rows without any finished run give ``[]``.
+    Each file appears whole or not at all (a temporary file, then ``os.replace``).
+    """
+    figures = build_figures(rows)
+    if not figures:
+        return []
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, title, figure in figures:
+        path = directory / f"{stem}-{name}.png"
+        save_png(figure, path)
+        written.append((title, path))
+    return written
+
+
+def build_figures(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, str, Figure]]:
+    """The report's figures as (file name part, title, figure), in display order.
+
+    Kept apart from :func:`write_plots` so tests can read the plotted data
+    instead of pixels.
+    """
+    series = group_series(rows)
+    datasets = {str(row.get("dataset")) for row in rows if _finished(row)}
+    note = f" ({datasets.pop()})" if len(datasets) == 1 else ""
+    figures = []
+    for name, title, draw in (
+        ("accuracy", "Test accuracy vs batch size", _accuracy_figure),
+        ("time", "Training time vs batch size", _time_figure),
+        ("steps-to-target", "Steps to target accuracy vs batch size", _steps_figure),
+        ("learning-curves", "Learning curves", _curves_figure),
+    ):
+        figure = draw(series, title + note)
+        if figure is not None:
+            figures.append((name, title, figure))
+    return figures
+
+
+def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
+    """Finished runs grouped into series (in order of first appearance), averaged per batch size.
+
+    The label is the model, with the data set when the rows use several, and
+    any :data:`SERIES_FIELDS` setting that differs between rows.
+    """
+    finished = [row for row in rows if _finished(row)]
+    several_datasets = len({row.get("dataset") for row in finished}) > 1
+    varying = [name for name in SERIES_FIELDS if _varies(finished, name)]
+    groups: dict[tuple[object, ...], dict[int, list[Mapping[str, object]]]] = {}
+    labels: dict[tuple[object, ...], str] = {}
+    for row in finished:
+        key = (row["model"], row.get("dataset"), *(repr(row.get(name)) for name in varying))
+        if key not in groups:
+            details = [str(row.get("dataset"))] if several_datasets else []
+            details += [f"{name}={row.get(name)}" for name in varying]
+            labels[key] = f"{row['model']} ({', '.join(details)})" if details else str(
+                row["model"])
+            groups[key] = {}
+        groups[key].setdefault(int(row["batch_size"]), []).append(row)
+
+    result = []
+    for key, by_batch in groups.items():
+        series = Series(labels[key], epochs=next(iter(by_batch.values()))[0].get("epochs"))
+        for batch_size in sorted(by_batch):
+            runs = by_batch[batch_size]
+            steps = [run.get("target_steps") for run in runs]
+            if all(isinstance(value, (int, float)) for value in steps):  # every seed reached it
+                series.add("steps_to_target", batch_size, steps)
+            series.add("accuracy", batch_size, [100 * run["test_accuracy"] for run in runs])
+            seconds = [run.get("train_seconds") for run in runs]
+            if any(isinstance(value, (int, float)) and value > 0 for value in seconds):
+                series.add("seconds", batch_size, seconds)
+            curve = _mean_curve(run.get("history") or () for run in runs)
+            if curve:
+                series.curves[batch_size] = [(epoch, mean) for epoch, mean, _ in curve]
+                series.curve_errors[batch_size] = [half for _, _, half in curve]
+            fine = _mean_curve((run.get("curve") or () for run in runs), position="samples")
+            if fine:
+                per_epoch = runs[0].get("samples_per_epoch") or 1
+                series.fine_curves[batch_size] = [(samples / per_epoch, mean)
+                                                  for samples, mean, _ in fine]
+                series.fine_errors[batch_size] = [half for _, _, half in fine]
+        result.append(series)
+    return result
+
+
+def _varies(rows: Sequence[Mapping[str, object]], name: str) -> bool:
+    """Whether ``name`` differs between rows (between rows of one batch size, for
+    :data:`PER_BATCH_FIELDS`)."""
+    if name not in PER_BATCH_FIELDS:
+        return len({repr(row.get(name)) for row in rows}) > 1
+    values: dict[tuple[object, ...], set[str]] = {}
+    for row in rows:
+        point = (row.get("model"), row.get("dataset"), row.get("batch_size"))
+        values.setdefault(point, set()).add(repr(row.get(name)))
+    return any(len(seen) > 1 for seen in values.values())
+
+
+def save_png(figure: Figure, path: Path) -> None:
+    """Save ``figure`` to ``path`` atomically: a reader never sees half a file.
+
+    The temporary file is opened with mode ``x``, so it gets the umask's
+    permissions (``mkstemp`` would make the report unreadable to others).
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "xb") as handle:
+            figure.savefig(handle, format="png", dpi=DPI, metadata=PNG_METADATA)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _finished(row: Mapping[str, object]) -> bool:
+    accuracy = row.get("test_accuracy")
+    return isinstance(accuracy, (int, float)) and math.isfinite(accuracy)
+
+
+def _mean_curve(histories: Iterable[Iterable[Mapping[str, object]]],
+                position: str = "epoch") -> list[tuple[int, float, float | None]]:
+    """Mean validation accuracy (%) at each position (an epoch record's ``epoch``, a curve
+    point's ``samples``) over the seeds that reached it, with the half-width of its 95%
+    interval (``None`` where one seed reached it)."""
+    by_position: dict[int, list[object]] = {}
+    for history in histories:
+        for record in history:
+            by_position.setdefault(int(record[position]), []).append(record.get("val_accuracy"))
+    curve = []
+    for where in sorted(by_position):
+        accuracies = finite(100 * value for value in by_position[where] if value is not None)
+        if accuracies:
+            spread = mean_interval(accuracies)
+            curve.append((where, spread.mean, spread.half_width))
+    return curve
+
+
+def _new_figure(rows: int = 1, columns: int = 1, layout: str = "tight", width: float = WIDTH,
+                **subplots: object) -> tuple[Figure, list[Axes]]:
+    height = HEIGHT + CURVE_ROW_HEIGHT * (rows - 1)
+    figure = Figure(figsize=(width, height), dpi=DPI, layout=layout)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False, **subplots)
+    return figure, list(axes.flat)
+
+
+def _style(index: int) -> dict[str, object]:
+    """Colour and marker of the ``index``-th series, the same in every plot."""
+    return {"color": f"C{index % 10}", "marker": MARKERS[index % len(MARKERS)]}
+
+
+def _per_batch_figure(
+    series: list[Series], values: str, title: str, ylabel: str
+) -> tuple[Figure, list[tuple[Axes, list[float], list[Line2D]]]] | None:
+    """Lines over a log-2 batch-size axis, a panel per training budget (epochs), with
+    error bars where seeds were averaged.
+
+    Returns the figure and each panel with the values drawn in it (error bar
+    ends included) and its data lines, or None when no series has data.
+    """
+    drawn = [(index, one) for index, one in enumerate(series) if getattr(one, values)]
+    if not drawn:
+        return None
+    budgets: dict[str, list[tuple[int, Series]]] = {}
+    for index, one in drawn:
+        budgets.setdefault(repr(one.epochs), []).append((index, one))
+    columns = len(budgets)
+    figure, panels = _new_figure(1, columns, width=WIDTH * (1 + 0.6 * (columns - 1)))
+    result = []
+    for panel, members in zip(panels, budgets.values(), strict=True):
+        sizes: set[int] = set()
+        plotted: list[float] = []
+        lines: list[Line2D] = []
+        for index, one in members:
+            points = getattr(one, values)
+            x, y = list(points), list(points.values())
+            halves = [one.errors.get(values, {}).get(size) for size in x]
+            if any(half is not None for half in halves):
+                # below the point, a bar stops short of 0 so that a log axis can draw it
+                lower = [math.nan if half is None else min(half, 0.9 * mean)
+                         for half, mean in zip(halves, y, strict=True)]
+                upper = [math.nan if half is None else half for half in halves]
+                drawn = panel.errorbar(x, y, yerr=[lower, upper], label=one.label,
+                                       linewidth=1.6, markersize=6, capsize=3, elinewidth=1,
+                                       **_style(index))
+                lines.append(drawn.lines[0])
+                plotted.extend(mean + sign * bar for mean, low, high in zip(y, lower, upper,
+                                                                            strict=True)
+                               for sign, bar in ((-1, low), (1, high)) if not math.isnan(bar))
+            else:
+                lines.extend(panel.plot(x, y, label=one.label, linewidth=1.6, markersize=6,
+                                        **_style(index)))
+            sizes.update(points)
+            plotted.extend(y)
+        _batch_size_axis(panel, sorted(sizes), AXIS_INCHES * (1 + 0.6 * (columns - 1)) / columns)
+        panel.set_ylabel(ylabel)
+        if columns > 1:
+            epochs = members[0][1].epochs
+            panel.set_title(f"{epochs} epoch{'' if epochs == 1 else 's'}", fontsize="medium")
+        panel.grid(True, which="major", alpha=0.35)
+        panel.legend(loc="best", fontsize="small", framealpha=0.85)
+        result.append((panel, plotted, lines))
+    if columns > 1:
+        figure.suptitle(title)
+    else:
+        panels[0].set_title(title)
+    return figure, result
+
+
+def _accuracy_figure(series: list[Series], title: str) -> Figure | None:
+    drawn = _per_batch_figure(series, "accuracy", title, "Test accuracy (%)")
+    if drawn is None:
+        return None
+    figure, panels = drawn
+    for axes, values, _ in panels:
+        _percent_axis(axes, values)
+    return figure
+
+
+def _time_figure(series: list[Series], title: str) -> Figure | None:
+    drawn = _per_batch_figure(series, "seconds", title, "Training time (s)")
+    if drawn is None:
+        return None
+    figure, panels = drawn
+    for axes, seconds, _ in panels:
+        if max(seconds) > LOG_TIME_RATIO * min(seconds):
+            axes.set_yscale("log")
+            decades = math.log10(max(seconds) / min(seconds))
+            # 1-2-5 ticks read better than bare decades, until they crowd the axis.
+            axes.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if decades <= 2.5 else (1,)))
+            axes.yaxis.set_minor_locator(LogLocator(subs="auto"))
+            axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axes.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+        else:
+            axes.set_ylim(bottom=0)
+    return figure
+
+
+def _steps_figure(series: list[Series], title: str) -> Figure | None:
+    """Steps to the target accuracy against batch size, log-log, as Shallue et al. (2018) draw it.
+
+    The dashed line of each series is perfect scaling from its smallest batch:
+    doubling the batch halves the steps. Where the points leave it, a bigger
+    batch gives diminishing returns; where they flatten, the maximal useful
+    batch size is passed.
+    """
+    drawn = _per_batch_figure(series, "steps_to_target", title, "Steps to target (log scale)")
+    if drawn is None:
+        return None
+    figure, panels = drawn
+    for axes, _, lines in panels:
+        axes.set_yscale("log")
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        for line in lines:
+            sizes, steps = list(line.get_xdata()), list(line.get_ydata())
+            if len(sizes) > 1:
+                axes.plot(sizes, [steps[0] * sizes[0] / size for size in sizes],
+                          linestyle="--", linewidth=1, color=line.get_color(), alpha=0.6)
+        axes.plot([], [], linestyle="--", color="grey", label="perfect scaling")
+        axes.legend(loc="best", fontsize="small", framealpha=0.85)
+    return figure
+
+
+def _curves_figure(series: list[Series], title: str) -> Figure | None:
+    """One panel per series, one line per batch size, coloured by batch size.
+
+    A batch size has the same colour in every panel, so one legend below the
+    panels serves them all and covers no curve. Each panel's y axis fits its
+    own data: a 2-epoch MNIST study near 97% and a 200-epoch one near 40% are
+    both readable. Where a run recorded a curve between epochs, that curve is
+    the line and the epoch records (on the whole validation set) are dots on it.
+    """
+    panels = [one for one in series if one.curves or one.fine_curves]
+    if not panels:
+        return None
+    columns = 1 if len(panels) == 1 else 2
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = _new_figure(rows, columns, layout="constrained")
+    for extra in axes[len(panels):]:
+        figure.delaxes(extra)
+    sizes = sorted({size for one in panels for size in (*one.curves, *one.fine_curves)})
+    colormap = colormaps["viridis"]
+    handles = {}
+    fine_drawn = False
+    for index, (one, panel) in enumerate(zip(panels, axes, strict=False)):
+        drawn: list[float] = []
+        positions: list[float] = []
+        for size in sorted({*one.curves, *one.fine_curves}):
+            # viridis without its last, pale yellow fifth: small batches dark, large ones light.
+            colour = colormap(0.85 * sizes.index(size) / max(len(sizes) - 1, 1))
+            epochs = one.curves.get(size, [])
+            fine = one.fine_curves.get(size)
+            if fine:
+                fine_drawn = True
+                line = _curve_line(panel, fine, one.fine_errors.get(size, []), colour,
+                                   marker=None)
+                panel.plot([x for x, _ in epochs], [y for _, y in epochs], linestyle="none",
+                           marker="o", markersize=3.5, color=colour)
+                points = [*fine, *epochs]
+            else:
+                line = _curve_line(panel, epochs, one.curve_errors.get(size, []), colour,
+                                   marker="o")
+                points = epochs
+            handles.setdefault(size, line)
+            positions += [x for x, _ in points]
+            drawn += [y for _, y in points]
+        # Half a panel is too narrow for "400-1024-1024-10 (fashion-mnist, lr=0.001)" on one line.
+        panel.set_title(one.label.replace(" (", "\n(", 1), fontsize="medium")
+        _epoch_axis(panel, positions)
+        _percent_axis(panel, drawn)
+        panel.grid(True, alpha=0.35)
+        if index % columns == 0:
+            panel.set_ylabel("Validation accuracy (%)")
+        if index >= len(panels) - columns:
+            panel.set_xlabel("Epoch")
+    if fine_drawn:
+        title += ("\nlines: every few thousand samples, on part of the validation set; "
+                  "dots: each epoch, on all of it")
+    figure.suptitle(title, fontsize="medium" if fine_drawn else "large")
+    labels = [f"batch {size}" for size in sizes]
+    figure.legend([handles[size] for size in sizes], labels, loc="outside lower center",
+                  ncols=_legend_columns(labels, WIDTH), fontsize="small", frameon=False)
+    return figure
+
+
+def _curve_line(panel: Axes, points: list[tuple[float, float]], halves: list[float | None],
+                colour: object, marker: str | None) -> Line2D:
+    """A learning curve, with the seeds' 95% band where it has one; the line drawn."""
+    x, means = [x for x, _ in points], [y for _, y in points]
+    (line,) = panel.plot(x, means, color=colour, marker=marker, markersize=3.5, linewidth=1.5)
+    if any(half is not None for half in halves):
+        panel.fill_between(
+            x, [mean - (half or 0) for mean, half in zip(means, halves, strict=True)],
+            [mean + (half or 0) for mean, half in zip(means, halves, strict=True)],
+            color=colour, alpha=0.18, linewidth=0)
+    return line
+
+
+def _legend_columns(labels: Sequence[str], width: float) -> int:
+    """Columns of a figure legend as wide as the figure allows, in balanced rows (7 as 4 + 3).
+
+    An entry is its handle plus its text in the small font, about
+    :data:`LEGEND_CHAR_INCHES` a character; six ``batch 10000`` entries do not fit
+    a 6.4-inch figure.
+    """
+    entry = LEGEND_HANDLE_INCHES + LEGEND_CHAR_INCHES * max(len(label) for label in labels)
+    fitting = max(1, min(LEGEND_COLUMNS, int(width // entry)))
+    rows = math.ceil(len(labels) / fitting)
+    return math.ceil(len(labels) / rows)
+
+
+def _percent_axis(axes: Axes, values: list[float]) -> None:
+    """Keep an accuracy axis near its data and below 100 %.
+
+    Left alone, matplotlib pads a lone point by 5 % of its value (92-102 % around 97 %).
+    """
+    low, high = min(values), max(values)
+    if high - low < 1:
+        middle = (low + high) / 2
+        axes.set_ylim(middle - 1, middle + 1)
+    bottom, top = axes.get_ylim()
+    if top > 100 >= high:
+        axes.set_ylim(top=100 + 0.03 * (100 - bottom))
+
+
+def _epoch_axis(axes: Axes, epochs: list[float]) -> None:
+    """Ticks at whole epochs only; a lone epoch gets room on both sides instead of a
+    zoomed-in axis of fractional epochs. A curve that starts within the first epoch
+    gets an axis from 0."""
+    last = math.ceil(max(epochs))
+    first = 0 if min(epochs) < 1 else math.floor(min(epochs))
+    if last - first <= MAX_EPOCH_TICKS:
+        axes.set_xticks(range(first, last + 1))
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.xaxis.set_minor_locator(NullLocator())
+    if first == last:
+        axes.set_xlim(last - 1, last + 1)
+    elif first == 0:
+        axes.set_xlim(0, max(epochs) + 0.03 * max(epochs))
+
+
+def _batch_size_axis(axes: Axes, sizes: list[int], axis_inches: float = AXIS_INCHES) -> None:
+    """Log-2 x axis with a tick at every batch size, labelled as a plain integer.
+
+    A label that would run into another is left out (its tick stays); powers
+    of two are labelled first, so 96 gives way to 64 and 128 rather than the reverse.
+    """
+    axes.set_xscale("log", base=2)
+    low, high = math.log2(sizes[0]) - 0.5, math.log2(sizes[-1]) + 0.5
+    axes.set_xlim(2 ** low, 2 ** high)
+    inches_per_doubling = axis_inches / (high - low)
+    labelled: dict[int, tuple[float, float]] = {}
+    for size in sorted(sizes, key=lambda size: size & (size - 1) != 0):
+        centre = math.log2(size) * inches_per_doubling
+        half_width = DIGIT_INCHES * len(str(size)) / 2
+        span = (centre - half_width - LABEL_GAP_INCHES, centre + half_width + LABEL_GAP_INCHES)
+        if all(span[1] <= left or span[0] >= right for left, right in labelled.values()):
+            labelled[size] = span
+    axes.set_xticks(sizes, [str(size) if size in labelled else "" for size in sizes])
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.set_xlabel("Batch size (samples per step, log scale)")

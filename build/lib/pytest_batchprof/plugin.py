@@ -1,0 +1,504 @@
+"""pytest glue: options, hooks and the public fixtures ``batch_size``, ``device``,
+``dataset`` and ``trained_mlp``.
+
+Registered through the ``pytest11`` entry point ``batchprof``, so installing
+the package is all it takes, and so the plugin loads in every pytest session of
+its environment, including those of projects that never use it. It therefore
+imports only pytest and its own light modules when it loads: torch and every
+other heavy dependency are imported, and the device resolved, when a test first
+asks for a batchprof fixture (:func:`batchprof_session`). Options and their
+short spellings are in :mod:`pytest_batchprof.options`; settings live in
+``config.stash``. Everything that can be checked before a test runs is checked
+in ``pytest_configure`` or right after collection, so a bad option or a missing
+data set ends the session once, with one line, instead of failing every test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_batchprof import hooks
+from pytest_batchprof.options import (
+    Settings,
+    add_short_spellings,
+    register,
+    settings_from_config,
+    source_of,
+)
+from pytest_batchprof.terminal import TerminalConsole
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_batchprof.data import Dataset
+    from pytest_batchprof.gating import Threshold
+    from pytest_batchprof.repeats import RepeatedRun
+    from pytest_batchprof.session import BatchprofSession
+    from pytest_batchprof.summary import SessionReport, SummaryCollector
+    from pytest_batchprof.training import Run
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+SESSION_KEY = pytest.StashKey["BatchprofSession"]()
+"""The session's shared state, present once a test has used the plugin."""
+YIELDED_KEY = pytest.StashKey[tuple[str, ...]]()
+CLEARED_KEY = pytest.StashKey[int]()
+RUNS_KEY = pytest.StashKey[list["Run"]]()
+DATA_FIXTURES = ("dataset", "trained_mlp")
+ACCELERATOR_CHECK_SKIPPED = ("auto", "cpu")
+"""Device specs that cannot be missing: the device is resolved when first needed. Any other
+(``cuda``, ``mps``) is checked when the session starts, so a missing one is a usage error."""
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Add ``pytest_batchprof_summary`` and ``pytest_batchprof_markdown``."""
+    pluginmanager.add_hookspecs(hooks)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the ``batchprof`` option group and an ini twin for every option."""
+    register(parser)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser,
+                                  args: list[str]):
+    """Once the project's initial conftests (and every plugin) have added their options,
+    add the short spellings that nobody holds, before pytest parses the command line."""
+    result = yield
+    early_config.stash[YIELDED_KEY] = add_short_spellings(parser)
+    return result
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Validate every option and keep the settings in ``config.stash``.
+
+    A device other than ``auto`` or ``cpu`` is checked now (that imports torch:
+    the option asks for the plugin); otherwise nothing heavy is imported here.
+    """
+    config.addinivalue_line(
+        "markers",
+        "min_accuracy(fraction, split='test'): fail the test if any run it trains has a lower "
+        "accuracy on that split (test, val or train), e.g. min_accuracy(0.96)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "dataset(name, **options): the data set of this test's dataset and trained_mlp "
+        "fixtures instead of --batchprof-dataset, e.g. dataset('synthetic', size=600)",
+    )
+    settings = settings_from_config(config)
+    config.stash[SETTINGS_KEY] = settings
+    if settings.device not in ACCELERATOR_CHECK_SKIPPED:
+        batchprof_session(config)
+    is_worker = hasattr(config, "workerinput")
+    if settings.cache_clear and not is_worker:  # once, before workers start
+        from pytest_batchprof.cache import RunCache
+
+        config.stash[CLEARED_KEY] = RunCache(settings.cache_dir).clear()
+    if not is_worker:  # xdist workers send their rows to the controller
+        config.pluginmanager.register(SummaryReporter(config, _baseline(config, settings)),
+                                      "batchprof-summary")
+
+
+def batchprof_session(config: pytest.Config) -> BatchprofSession:
+    """The session's shared state (data sets, trained runs, the device), made on first use.
+
+    Making it imports torch and resolves ``--batchprof-device``; a session whose
+    tests never use the plugin never pays for either.
+    """
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        return session
+    from pytest_batchprof.devices import Accelerators, DeviceError, select_device
+    from pytest_batchprof.session import BatchprofSession
+
+    settings = config.stash[SETTINGS_KEY]
+    worker_id = getattr(config, "workerinput", {}).get("workerid")
+    try:
+        device = select_device(settings.device, Accelerators.probe(), worker_id)
+    except DeviceError as error:
+        raise pytest.UsageError(
+            f"{source_of(config, 'device')} {error}; expected auto, cpu or a device this "
+            f"machine has (got {settings.device!r})"
+        ) from None
+    session = BatchprofSession(settings, device, TerminalConsole(config))
+    config.stash[SESSION_KEY] = session
+    return session
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """One line with every batchprof setting (and the device, once resolved).
+
+    Further lines say which short spellings were left to the project, and how
+    many cached runs ``--batchprof-cache-clear`` deleted.
+    """
+    settings = config.stash[SETTINGS_KEY]
+    session = config.stash.get(SESSION_KEY, None)
+    resolved = f" ({session.device})" if session is not None else ""
+    lines = [f"{settings.header()}{resolved}"]
+    yielded = config.stash.get(YIELDED_KEY, ())
+    if yielded:
+        prefixed = [flag.replace("--", "--batchprof-", 1) for flag in yielded]
+        lines.append(f"batchprof: {', '.join(yielded)} belong to this project here; "
+                     f"batchprof's are {', '.join(prefixed)}")
+    if CLEARED_KEY in config.stash:
+        count = config.stash[CLEARED_KEY]
+        lines.append(f"batchprof: cleared {count} cached run{'s' if count != 1 else ''} "
+                     f"from {settings.cache_dir}")
+    return lines
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize every test that uses ``batch_size`` over ``--batch-sizes`` (ids ``bs16``).
+
+    A test's own ``@pytest.mark.parametrize("batch_size", ...)`` wins.
+    """
+    if "batch_size" not in metafunc.fixturenames or _parametrizes_batch_size(metafunc):
+        return
+    sizes = metafunc.config.stash[SETTINGS_KEY].batch_sizes
+    metafunc.parametrize("batch_size", sizes, indirect=True, ids=[f"bs{size}" for size in sizes])
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Load every data set the selected tests need now, so a missing one stops the session once."""
+    config = session.config
+    if config.option.collectonly:
+        return
+    wanted: dict[tuple[str | None, str], tuple[str, dict[str, object]]] = {}
+    for item in session.items:
+        if not any(name in getattr(item, "fixturenames", ()) for name in DATA_FIXTURES):
+            continue
+        name, options = _dataset_request(item)
+        wanted.setdefault((name, repr(sorted(options.items()))), (name, options))
+    if not wanted:
+        return
+    from pytest_batchprof.data import DatasetUnavailable
+
+    state = batchprof_session(config)
+    for name, options in wanted.values():
+        try:
+            state.dataset(name, options)
+        except (DatasetUnavailable, ValueError) as error:
+            raise pytest.UsageError(str(error)) from None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Attach the rows of the runs a test trained to its report (they travel with xdist)."""
+    report = yield
+    runs = item.stash.get(RUNS_KEY, [])
+    if runs and (call.when == "call" or (call.when == "setup" and report.outcome != "passed")):
+        from pytest_batchprof.summary import row_from_run
+
+        report.batchprof_rows = [row_from_run(run) for run in runs]
+    return report
+
+
+class SummaryReporter:
+    """Gathers rows as tests finish and renders the summary; one per session's config.
+
+    A plugin object rather than module hooks, so that each config (pytester
+    runs sessions inside sessions) keeps its own rows.
+    """
+
+    def __init__(self, config: pytest.Config,
+                 baseline: tuple[Path, dict[str, object]] | None = None) -> None:
+        self.config = config
+        self.baseline = baseline
+        self.nothing_compared = False
+        self._collector: SummaryCollector | None = None
+        self.report: SessionReport | None = None
+
+    @property
+    def collector(self) -> SummaryCollector:
+        """The rows gathered so far (made when the first row arrives: it imports the
+        report modules)."""
+        if self._collector is None:
+            from pytest_batchprof.summary import SummaryCollector
+
+            self._collector = SummaryCollector()
+        return self._collector
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Gather rows as tests finish, so an interrupted session keeps what it measured."""
+        rows = getattr(report, "batchprof_rows", None)
+        if rows:
+            self.collector.add(rows, report.nodeid, report.outcome)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Render the summary and write the report files (on the xdist controller only)."""
+        state = self.config.stash.get(SESSION_KEY, None)
+        if state is not None:
+            from pytest_batchprof.report import run_key
+            from pytest_batchprof.summary import row_from_run
+
+            for run in state.runs.values():  # trained in a test that never reported (Ctrl-C)
+                row = row_from_run(run)
+                if run_key(row) not in self.collector.rows:
+                    self.collector.add([row], "", "interrupted")
+        if self._collector is not None:
+            settings = self.config.stash[SETTINGS_KEY]
+            device = str(state.device) if state is not None else settings.device
+            self.report = self._collector.finish(self.config, settings, device,
+                                                 partial=exitstatus != pytest.ExitCode.OK,
+                                                 baseline=self.baseline)
+        if self.report and self.report.comparison and self.report.comparison.regressions:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        elif (self.baseline is not None and self.report is None
+              and not self.config.option.collectonly):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # compared nothing: no silent pass
+            self.nothing_compared = True
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """Print the markdown summary table and where the report files went."""
+        report = self.report
+        if self.nothing_compared:
+            terminalreporter.write_line(
+                f"batchprof: no run was trained, so nothing was compared with the baseline "
+                f"{self.baseline[0]}", red=True)
+        if report is None:
+            return
+        title = "batchprof summary" + (" (partial)" if report.partial else "")
+        terminalreporter.write_sep("=", title)
+        for line in report.table.splitlines():
+            terminalreporter.write_line(line)
+        if report.files:
+            terminalreporter.write_line(
+                f"report: {report.files[0]} (+ {len(report.files) - 1} files: json, csv, "
+                f"plots; latest.md and latest.json point at it)")
+        comparison = report.comparison
+        if comparison is not None:
+            terminalreporter.write_sep("-", f"compared with baseline {comparison.baseline_path}")
+            if comparison.machine_note:
+                terminalreporter.write_line(comparison.machine_note, yellow=True)
+            for line in comparison.table().splitlines():
+                terminalreporter.write_line(line)
+            for entry in comparison.regressions:
+                terminalreporter.write_line(f"batchprof: {entry.title}: {entry.verdict}",
+                                            red=True, bold=True)
+        if report.saved_baseline:
+            terminalreporter.write_line(f"baseline saved: {report.saved_baseline}")
+        for warning in report.warnings:
+            terminalreporter.write_line(f"batchprof: {warning}", yellow=True)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Reject bad ``@pytest.mark.min_accuracy`` arguments before the test trains anything."""
+    _threshold(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Check ``@pytest.mark.min_accuracy`` against every run the test trained."""
+    result = yield
+    threshold = _threshold(item)
+    if threshold is not None:
+        runs = item.stash.get(RUNS_KEY, [])
+        if not runs:
+            pytest.fail("@pytest.mark.min_accuracy: the test trained no run to check "
+                        "(use the trained_mlp fixture)", pytrace=False)
+        failures = threshold.failures([run.summary() for run in runs])
+        if failures:
+            pytest.fail("\n".join(failures), pytrace=False)
+    return result
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def batch_size(request: pytest.FixtureRequest) -> int:
+    """The batch size of this test, one of ``--batch-sizes`` (default 64).
+
+    Any test that asks for it is parametrized over ``--batch-sizes`` with ids
+    such as ``bs16``; ``@pytest.mark.parametrize("batch_size", [...])`` on the
+    test overrides the option.
+    """
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig: pytest.Config) -> torch.device:
+    """The ``torch.device`` of this session, from ``--batchprof-device`` (auto: cuda, mps,
+    then cpu)."""
+    return batchprof_session(pytestconfig).device
+
+
+@pytest.fixture(scope="session")
+def batchprof_settings(pytestconfig: pytest.Config) -> Settings:
+    """The session's validated options, for experiments that adapt to them.
+
+    A frozen :class:`~pytest_batchprof.options.Settings`: ``.batch_sizes``,
+    ``.epochs``, ``.train_subset``, ``.seed``, ``.lr`` and the rest, after the
+    command line, the ini file and the defaults have been merged.
+    """
+    return pytestconfig.stash[SETTINGS_KEY]
+
+
+@pytest.fixture
+def dataset(request: pytest.FixtureRequest) -> Dataset:
+    """The data set (``--batchprof-dataset``, or this test's ``@pytest.mark.dataset``), on the
+    device.
+
+    Loaded once per session and held as normalised tensors: ``dataset.train``,
+    ``.val`` and ``.test`` each have ``.x`` (N, H, W) and ``.y`` (N,); also
+    ``.name``, ``.image_shape``, ``.input_size`` and ``.num_classes``.
+    """
+    name, options = _dataset_request(request.node)
+    return _load(request.config, name, options)
+
+
+@pytest.fixture
+def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
+    """A factory that trains an MLP and returns its :class:`~pytest_batchprof.training.Run`.
+
+    Usage::
+
+        def test_accuracy(trained_mlp, batch_size):
+            run = trained_mlp(hidden=(1024,), batch_size=batch_size, epochs=2)
+            assert run.test_accuracy >= 0.96
+
+    Arguments (all keywords but ``hidden``): ``batch_size`` (default: this
+    test's ``batch_size`` if it has one, else the first of ``--batch-sizes``),
+    ``epochs``, ``lr``, ``optimizer``, ``seed`` (default: the options),
+    ``input_size`` (e.g. ``400`` for a 20x20 centre crop, or ``(h, w)``),
+    ``activation`` (relu, gelu, tanh, sigmoid, linear), ``dataset`` (a
+    data set name; default: this test's data set) and ``repeats`` (default:
+    ``--repeats``). The same configuration asked for again in the session is
+    trained once. A run whose loss becomes NaN or inf fails the test with the
+    reason.
+
+    With ``repeats=N`` above 1 the configuration is trained with seeds
+    ``seed`` to ``seed + N - 1`` and the factory returns a
+    :class:`~pytest_batchprof.repeats.RepeatedRun`: its figures are the means
+    over the seeds (so ``run.test_accuracy >= 0.96`` checks the mean),
+    ``run.interval("test_accuracy")`` gives the 95% confidence interval, and
+    ``run.runs`` the single runs. The report shows one row per configuration,
+    mean ± interval.
+
+    With pytest-benchmark's ``benchmark`` fixture in the same test, every
+    run's figures go into ``benchmark.extra_info["batchprof"]`` (kept by
+    ``--benchmark-save``), and ``benchmark(run.predictor())`` times inference;
+    training is never repeated by the benchmark's calibration.
+    """
+    state = batchprof_session(request.config)
+
+    def factory(
+        hidden: int | Sequence[int] = (1024,),
+        *,
+        batch_size: int | None = None,
+        epochs: int | None = None,
+        lr: float | None = None,
+        optimizer: str | None = None,
+        seed: int | None = None,
+        input_size: int | tuple[int, int] | None = None,
+        activation: str = "relu",
+        dataset: str | None = None,
+        repeats: int | None = None,
+    ) -> Run | RepeatedRun:
+        repeats = state.settings.repeats if repeats is None else repeats
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats={repeats!r} must be a whole number >= 1")
+        if dataset is None:
+            data = request.getfixturevalue("dataset")
+        else:
+            data = _load(request.config, dataset, {})
+        if batch_size is None:
+            batch_size = (request.getfixturevalue("batch_size")
+                          if "batch_size" in request.fixturenames
+                          else state.settings.batch_sizes[0])
+        first_seed = state.settings.seed if seed is None else seed
+        used = request.node.stash.setdefault(RUNS_KEY, [])
+        runs = []
+        for offset in range(repeats):  # a bad seed reaches state.run as given, for its error
+            run = state.run(data, hidden, batch_size, epochs=epochs, lr=lr, optimizer=optimizer,
+                            seed=first_seed + offset if offset else first_seed,
+                            input_size=input_size, activation=activation)
+            if run not in used:
+                used.append(run)
+            if "benchmark" in request.fixturenames:
+                _record_in_benchmark(request.getfixturevalue("benchmark"), run)
+            if run.diverged:
+                pytest.fail(f"{run.config.describe()} diverged: {run.diverged}", pytrace=False)
+            runs.append(run)
+        if repeats == 1:
+            return runs[0]
+        from pytest_batchprof.repeats import RepeatedRun
+
+        return RepeatedRun(tuple(runs))
+
+    return factory
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _record_in_benchmark(benchmark: object, run: Run) -> None:
+    """Append the run's figures (no history or curve: they are long) to
+    ``benchmark.extra_info``."""
+    figures = {key: value for key, value in run.summary().items()
+               if key not in ("history", "curve")}
+    runs = benchmark.extra_info.setdefault("batchprof", [])
+    if figures not in runs:
+        runs.append(figures)
+
+
+def _threshold(item: pytest.Item) -> Threshold | None:
+    marker = item.get_closest_marker("min_accuracy")
+    if marker is None:
+        return None
+    from pytest_batchprof.gating import Threshold
+    try:
+        return Threshold.from_marker(marker.args, marker.kwargs)
+    except ValueError as error:
+        raise pytest.fail.Exception(f"@pytest.mark.{error}", pytrace=False) from None
+
+
+def _baseline(config: pytest.Config, settings) -> tuple[Path, dict[str, object]] | None:
+    """The baseline of ``--batchprof-compare``, read now: a bad file ends the session at once."""
+    if settings.compare is None:
+        return None
+    from pytest_batchprof.gating import baseline_path
+    from pytest_batchprof.storage import ReportError, load_report
+
+    path = baseline_path(settings.compare, settings.baseline_dir)
+    try:
+        return path, load_report(path)
+    except ReportError as error:
+        raise pytest.UsageError(f"{source_of(config, 'compare')}: baseline {error}") from None
+
+
+def _dataset_request(item: pytest.Item) -> tuple[str | None, dict[str, object]]:
+    """The data set an item asks for through ``@pytest.mark.dataset``, if any."""
+    marker = item.get_closest_marker("dataset")
+    if marker is None:
+        return None, {}
+    if len(marker.args) != 1 or not isinstance(marker.args[0], str):
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.dataset takes one data set name, e.g. "
+            f"@pytest.mark.dataset('digits')"
+        )
+    return marker.args[0], dict(marker.kwargs)
+
+
+def _load(config: pytest.Config, name: str | None, options: dict[str, object]) -> Dataset:
+    from pytest_batchprof.data import DatasetUnavailable
+
+    try:
+        return batchprof_session(config).dataset(name, options)
+    except (DatasetUnavailable, ValueError) as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+def _parametrizes_batch_size(metafunc: pytest.Metafunc) -> bool:
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        argnames = marker.args[0] if marker.args else marker.kwargs.get("argnames", ())
+        if isinstance(argnames, str):
+            argnames = argnames.split(",")
+        if "batch_size" in (name.strip() for name in argnames):
+            return True
+    return False

@@ -1,0 +1,187 @@
+"""What a run shows while it trains: a condensed epoch history and a live progress line.
+
+A run prints every epoch line while it has at most :data:`ALL_EPOCHS_UP_TO`
+epochs; a longer one prints about :data:`CONDENSED_EPOCHS` evenly spaced
+epochs plus its last (every epoch with ``-v``; the report files keep them
+all). While an epoch runs for more than :data:`SHOW_AFTER_SECONDS`, a status
+line gives the step, the samples per second and the time left for the run: on
+a terminal it is redrawn in place at most every :data:`REDRAW_SECONDS`;
+elsewhere (a CI log) it is a plain line every :data:`PLAIN_EVERY_SECONDS`.
+
+The engine reports progress from host-side counters at most every
+:data:`~pytest_batchprof.training.PROGRESS_POLL_SECONDS`: nothing here waits
+for the device. This module imports neither torch nor pytest; the console it
+writes to is a :class:`Console`, which the plugin implements with pytest's
+terminal reporter and tests with a fake.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from pytest_batchprof.training import EpochRecord, RunConfig
+
+ALL_EPOCHS_UP_TO = 20
+"""Runs of at most this many epochs print every epoch line."""
+
+CONDENSED_EPOCHS = 10
+"""A longer run prints this many evenly spaced epochs, the first and the last among them."""
+
+SHOW_AFTER_SECONDS = 3.0
+"""An epoch shows a progress line once it has run this long."""
+
+REDRAW_SECONDS = 1.0
+"""On a terminal, the progress line is redrawn in place at most this often."""
+
+PLAIN_EVERY_SECONDS = 30.0
+"""Elsewhere, a plain progress line is printed after an epoch has run this long, and this
+often after that."""
+
+
+class Console(Protocol):
+    """Where live output goes: whole lines, and one status line that the next output replaces."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether a status line can be redrawn in place (a TTY)."""
+        ...
+
+    def line(self, text: str) -> None:
+        """Print a line that stays (a status line on screen is cleared first)."""
+        ...
+
+    def status(self, text: str) -> None:
+        """Show ``text`` as the status line: in place on a terminal, else as a line."""
+        ...
+
+    def clear_status(self) -> None:
+        """Remove the status line, if one is shown."""
+        ...
+
+
+def shown_epochs(epochs: int, verbose: bool = False) -> frozenset[int] | None:
+    """The epochs whose line a run of ``epochs`` epochs prints; ``None`` for all of them."""
+    if verbose or epochs <= ALL_EPOCHS_UP_TO:
+        return None
+    spacing = (epochs - 1) / (CONDENSED_EPOCHS - 1)
+    return frozenset(1 + round(index * spacing) for index in range(CONDENSED_EPOCHS))
+
+
+@dataclass(frozen=True)
+class TrainingStatus:
+    """Where a run stands, from the engine's host-side counters (no device sync)."""
+
+    epoch: int
+    epochs: int
+    step: int
+    """Optimizer steps taken in this epoch."""
+    steps_per_epoch: int
+    samples_done: int
+    """Training samples of the whole run so far."""
+    total_samples: int
+    """Training samples of the whole run as planned (a run may stop earlier at its target)."""
+    epoch_seconds: float
+    """Wall time since this epoch started."""
+    run_seconds: float
+    """Wall time since the run started, validation included, measuring excluded."""
+    stops_early: bool = False
+    """The run stops at a target accuracy, so the time left is an upper bound."""
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples_done / self.run_seconds if self.run_seconds > 0 else math.nan
+
+    @property
+    def seconds_left(self) -> float:
+        """The planned rest of the run at the rate so far."""
+        rate = self.samples_per_second
+        if not rate > 0:
+            return math.nan
+        return max(self.total_samples - self.samples_done, 0) / rate
+
+    def line(self) -> str:
+        """``epoch 3/200, step 1,200/3,438, 2,345 samples/s, 1 min 23 s left``."""
+        left = self.seconds_left
+        remaining = "" if math.isnan(left) else (
+            f", {'at most ' if self.stops_early else ''}{duration(left)} left")
+        rate = self.samples_per_second
+        speed = "" if math.isnan(rate) else f", {rate:,.0f} samples/s"
+        return (f"epoch {self.epoch}/{self.epochs}, step {self.step:,}/{self.steps_per_epoch:,}"
+                f"{speed}{remaining}")
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``3 min 05 s``, ``2 h 07 min``: as precise as a person waiting needs."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class RunProgress:
+    """The live output of one run: its epoch lines, condensed, and its progress line.
+
+    The engine calls :meth:`on_progress` during an epoch and :meth:`on_epoch`
+    after it (the :class:`~pytest_batchprof.training.TrainingObserver`
+    protocol); the session calls :meth:`finish` once the run has ended.
+    """
+
+    def __init__(self, console: Console, epochs: int, verbose: bool = False,
+                 indent: str = "  ", clock: Callable[[], float] = time.monotonic) -> None:
+        self.console = console
+        self.indent = indent
+        self.shown = shown_epochs(epochs, verbose)
+        self.clock = clock
+        self._printed: EpochRecord | None = None
+        self._last_status: float | None = None
+        self._status_on_screen = False
+        if self.shown is not None:
+            self.console.line(
+                f"{indent}(every epoch's figures are kept in the report; showing "
+                f"{len(self.shown)} of {epochs} epochs here, -v shows all)")
+
+    def on_progress(self, status: TrainingStatus) -> None:
+        """Show or refresh the progress line, as often as the console allows."""
+        if status.epoch_seconds < SHOW_AFTER_SECONDS:
+            return
+        now = self.clock()
+        if self.console.is_terminal:
+            due = self._last_status is None or now - self._last_status >= REDRAW_SECONDS
+        else:
+            due = (status.epoch_seconds >= PLAIN_EVERY_SECONDS
+                   and (self._last_status is None
+                        or now - self._last_status >= PLAIN_EVERY_SECONDS))
+        if due:
+            self.console.status(self.indent + status.line())
+            self._last_status = now
+            self._status_on_screen = True
+
+    def on_epoch(self, config: RunConfig, record: EpochRecord) -> None:
+        """Print the epoch's line if it is one of the shown epochs."""
+        self._clear()
+        self._last_status = None  # a new epoch waits SHOW_AFTER_SECONDS again
+        if self.shown is None or record.epoch in self.shown:
+            self.console.line(self.indent + record.line())
+            self._printed = record
+
+    def finish(self, history: Sequence[EpochRecord]) -> None:
+        """Clear the progress line and print the last epoch if it was not shown (a run
+        stopped at its target or by a diverging loss ends between the shown epochs)."""
+        self._clear()
+        if history and history[-1] is not self._printed:
+            self.console.line(self.indent + history[-1].line())
+            self._printed = history[-1]
+
+    def _clear(self) -> None:
+        if self._status_on_screen:
+            self.console.clear_status()
+            self._status_on_screen = False

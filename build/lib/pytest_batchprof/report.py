@@ -1,0 +1,342 @@
+"""Summary rows, their human formatting, and the blog-ready markdown.
+
+A *row* is a plain dict: one trained run's ``Run.summary()`` plus the outcome
+and node ids of the tests that used it. Rows travel as they are (through
+pytest-xdist, into JSON), and everything shown is derived from them here, so a
+report loaded back from JSON renders the same table.
+
+Each column has one unit, chosen from the magnitudes in that column and shown
+in its header (``train time (s)``, ``latency / sample (µs)``), so that the
+numbers in a column compare at a glance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from tabulate import tabulate
+
+from pytest_batchprof.stats import Interval
+
+Row = dict[str, object]
+
+OUTCOME_RANK = {"passed": 0, "skipped": 1, "interrupted": 2, "failed": 3}
+"""When several tests use one run, its row shows the worst of their outcomes."""
+
+TIME_UNITS = (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9))
+BYTE_UNITS = (("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 1.0))
+MASS_UNITS = (("kg", 1.0), ("g", 1e-3), ("mg", 1e-6), ("µg", 1e-9))  # CO2eq, from kg
+ENERGY_UNITS = (("kWh", 1.0), ("Wh", 1e-3), ("mWh", 1e-6))
+
+
+@dataclass(frozen=True)
+class Column:
+    """How one row key is shown: its header, and a unit family (or a plain formatter)."""
+
+    key: str
+    label: str
+    units: tuple[tuple[str, float], ...] | None = None
+    plain: Callable[[object], str] | None = None
+
+
+def _percent(value: object) -> str:
+    return f"{float(value) * 100:.1f}"
+
+
+def _count(value: object) -> str:
+    return f"{round(float(value)):,}"
+
+
+def _text(value: object) -> str:
+    return str(value)
+
+
+def _unless_text(value: object, number: Callable[[object], str]) -> str:
+    """``not reached`` stays as it is; a number is formatted."""
+    return value if isinstance(value, str) else number(value)
+
+
+COLUMNS: dict[str, Column] = {column.key: column for column in (
+    Column("model", "model", plain=_text),
+    Column("dataset", "data set", plain=_text),
+    Column("batch_size", "batch", plain=_count),
+    Column("epochs", "epochs", plain=_count),
+    Column("seed", "seed", plain=_text),
+    Column("seeds", "seeds", plain=_text),
+    Column("optimizer", "optimizer", plain=_text),
+    Column("lr", "lr", plain=lambda value: f"{float(value):g}"),
+    Column("train_seconds", "train time", TIME_UNITS),
+    Column("seconds_per_epoch", "time / epoch", TIME_UNITS),
+    Column("train_samples_per_second", "samples / s", plain=lambda value: f"{float(value):,.0f}"),
+    Column("train_accuracy", "train acc (%)", plain=_percent),
+    Column("val_accuracy", "val acc (%)", plain=_percent),
+    Column("test_accuracy", "test acc (%)", plain=_percent),
+    Column("latency_median_s", "latency / sample", TIME_UNITS),
+    Column("latency_single_median_s", "latency, batch 1", TIME_UNITS),
+    Column("flops", "FLOPs / sample", plain=_count),
+    Column("macs", "MACs / sample", plain=_count),
+    Column("train_flops", "train FLOPs / sample", plain=_count),
+    Column("params", "params", plain=_count),
+    Column("state_dict_bytes", "model size", BYTE_UNITS),
+    Column("checkpoint_bytes", "checkpoint size", BYTE_UNITS),
+    Column("peak_memory_bytes", "peak memory", BYTE_UNITS),
+    Column("train_energy_kwh", "energy (train)", ENERGY_UNITS),
+    Column("train_co2eq_kg", "CO2eq (train)", MASS_UNITS),
+    Column("inference_per_1000_co2eq_kg", "CO2eq / 1k inferences", MASS_UNITS),
+    Column("target_steps", "steps to target", plain=lambda value: _unless_text(value, _count)),
+    Column("target_samples", "samples to target",
+           plain=lambda value: _unless_text(value, _count)),
+    Column("target_epochs", "epochs to target",
+           plain=lambda value: _unless_text(value, lambda v: f"{float(v):.2f}")),
+    Column("target_seconds", "time to target (s)",
+           plain=lambda value: _unless_text(value, lambda v: f"{float(v):.2f}")),
+    Column("critical_batch", "critical batch", plain=lambda value: f"{float(value):,.0f}"),
+    Column("critical_batch_low", "critical batch, 95% low",
+           plain=lambda value: f"{float(value):,.0f}"),
+    Column("critical_batch_high", "critical batch, 95% high",
+           plain=lambda value: f"{float(value):,.0f}"),
+    Column("outcome", "outcome", plain=_text),
+)}
+
+DEFAULT_COLUMNS = (
+    "model", "dataset", "batch_size", "epochs", "train_seconds", "seconds_per_epoch",
+    "train_accuracy", "val_accuracy", "test_accuracy", "latency_median_s", "flops", "params",
+    "checkpoint_bytes", "train_co2eq_kg", "target_steps", "target_samples", "target_epochs",
+    "target_seconds", "critical_batch", "critical_batch_low",
+    "critical_batch_high", "outcome",
+)
+"""The table of the reference posts, plus the data set, validation accuracy and CO2eq."""
+
+OPTIONAL_COLUMNS = frozenset({
+    "target_steps", "target_samples", "target_epochs", "target_seconds", "critical_batch",
+    "critical_batch_low", "critical_batch_high",
+})
+"""Default columns that only runs with ``--target-accuracy`` or ``--noise-scale`` have."""
+
+ROW_KEYS = frozenset(COLUMNS)
+
+
+def merge_outcome(current: str | None, new: str) -> str:
+    """The worse of two test outcomes."""
+    if current is None:
+        return new
+    return max(current, new, key=lambda outcome: OUTCOME_RANK.get(outcome, 0))
+
+
+RUN_KEYS = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size", "epochs",
+            "lr", "optimizer", "seed", "device", "train_subset", "val_fraction",
+            "flush_denormals", "lr_warmup_epochs", "target_accuracy")
+"""The configuration of a run, as its row holds it."""
+
+
+def run_key(row: Row, seed: bool = True) -> str:
+    """What makes two rows the same run: the configuration, not the test that asked.
+
+    With ``seed=False``, the seeds of one configuration (``--repeats``) share a key.
+    """
+    keys = RUN_KEYS if seed else tuple(key for key in RUN_KEYS if key != "seed")
+    return json.dumps([row.get(key) for key in keys])  # tuples and lists alike, as in JSON
+
+
+def sort_rows(rows: Iterable[Row]) -> list[Row]:
+    """Group by model (in order of first appearance), then by data set and batch size."""
+    rows = list(rows)
+    first_seen: dict[object, int] = {}
+    for row in rows:
+        first_seen.setdefault(row.get("model"), len(first_seen))
+    return sorted(rows, key=lambda row: (first_seen[row.get("model")], str(row.get("dataset")),
+                                         _number(row.get("batch_size")), _number(row.get("seed"))))
+
+
+def table_columns(
+    rows: Sequence[Row], requested: Sequence[str] | None = None,
+    standard_keys: Iterable[str] = (),
+) -> list[str]:
+    """The columns to show: the requested ones, else the defaults present plus added keys.
+
+    An added key is a scalar one not in ``standard_keys`` (the keys the rows
+    had before the ``pytest_batchprof_summary`` hooks ran); a default column
+    that no row has any more (a hook dropped it) is left out.
+    """
+    if requested:
+        return list(requested)
+    present = {key for row in rows for key in row}
+    columns = [key for key in DEFAULT_COLUMNS if key in present]
+    if "epochs" in columns and len({row["lr"] for row in rows if row.get("lr") is not None}) > 1:
+        columns.insert(columns.index("epochs") + 1, "lr")  # --lr-scaling: each run's own lr
+    if "epochs" in columns and seeds_repeat(rows):  # --repeats: how many seeds each row folds
+        columns.insert(columns.index("lr" if "lr" in columns else "epochs") + 1, "seeds")
+    standard = set(standard_keys)
+    for row in rows:
+        for key, value in row.items():
+            if key not in standard and key not in columns and _is_scalar(value):
+                columns.append(key)
+    return columns
+
+
+def seeds_repeat(rows: Iterable[Row]) -> bool:
+    """Whether some configuration among ``rows`` was trained with more than one seed."""
+    keys = [run_key(row, seed=False) for row in rows]
+    return len(set(keys)) < len(keys)
+
+
+def render_table(rows: Sequence[Row], columns: Sequence[str]) -> str:
+    """A GitHub-flavoured markdown table of ``rows``; ``n/a`` where a figure is missing.
+
+    A value may be an :class:`~pytest_batchprof.stats.Interval` (seeds folded
+    by :func:`pytest_batchprof.repeats.aggregate_seeds`): it shows as
+    ``mean ± half-width`` in the column's unit.
+    """
+    headers, cells = [], []
+    for key in columns:
+        header, formatted = format_column(key, [row.get(key) for row in rows])
+        headers.append(header)
+        cells.append(formatted)
+    body = [list(row) for row in zip(*cells, strict=True)] if cells else []
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def format_column(key: str, values: Sequence[object]) -> tuple[str, list[str]]:
+    """The header (with its unit) and the cells of one column."""
+    column = COLUMNS.get(key, Column(key, key, plain=_text))
+    if column.units is None:
+        plain = column.plain or _text
+        number = human_number if plain is _text else plain  # a hook's column of floats
+        return column.label, [
+            _missing(value) or (_interval(value, number) if isinstance(value, Interval)
+                                else plain(value))
+            for value in values]
+    numbers = [value.mean if isinstance(value, Interval) else float(value)
+               for value in values if _missing(value) is None]
+    name, scale = pick_unit(numbers, column.units)
+    cells = [_missing(value) or (
+        _interval(value, lambda number: human_number(float(number) / scale))
+        if isinstance(value, Interval) else human_number(float(value) / scale))
+        for value in values]
+    return f"{column.label} ({name})", cells
+
+
+def _interval(value: Interval, number: Callable[[object], str]) -> str:
+    """``96.9 ± 0.3``; a half-width that the column's precision would show as 0 gets
+    two significant digits; no ``±`` when the spread is unknown (one finished seed)."""
+    if value.half_width is None:
+        return number(value.mean)
+    half = number(value.half_width)
+    if value.half_width > 0 and not any(digit in "123456789" for digit in half):
+        half = f"{_factor(number) * value.half_width:.2g}"
+    return f"{number(value.mean)} ± {half}"
+
+
+def _factor(number: Callable[[object], str]) -> float:
+    """What a cell formatter multiplies by (100 for percentages, 1,000 for s shown in
+    ms), read off its rendering of 1."""
+    return float(number(1.0).replace(",", ""))
+
+
+def pick_unit(values: Sequence[float], units: Sequence[tuple[str, float]]) -> tuple[str, float]:
+    """The largest unit in which the column's median is at least 1."""
+    positive = [abs(value) for value in values if value]
+    if not positive:
+        return units[0]
+    typical = statistics.median(positive)
+    for name, scale in units:
+        if typical >= scale:
+            return name, scale
+    return units[-1]
+
+
+def human_number(value: float) -> str:
+    """``19.2``, ``408.0``, ``9,769``, ``0.0123``: one decimal from 1 up, thousands
+    separators from 1,000, three significant digits below 1."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def render_history(row: Row) -> str:
+    """The per-epoch table of one run, as the posts print their epoch lines."""
+    body = [
+        [f"{record['epoch']:02d}", _percent(record["train_accuracy"]),
+         _percent(record["val_accuracy"]), f"{record['train_loss']:.4f}",
+         f"{record['val_loss']:.4f}",
+         human_number(record["train_seconds"] + record["eval_seconds"])]
+        for record in row.get("history") or []
+    ]
+    headers = ["epoch", "train acc (%)", "val acc (%)", "train loss", "val loss", "time (s)"]
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def run_title(row: Row) -> str:
+    """``784-1024-10 on mnist, batch 64, seed 0`` (``seeds 0-2`` for a row of folded seeds)."""
+    seed = row.get("seed")
+    return (f"{row.get('model')} on {row.get('dataset')}, batch {row.get('batch_size')}, "
+            f"seed{'s' if isinstance(seed, str) else ''} {seed}")
+
+
+def render_markdown(
+    table: str,
+    rows: Sequence[Row],
+    environment: dict[str, object],
+    plots: Sequence[tuple[str, str]],
+    partial: bool,
+    sections: Sequence[str] = (),
+) -> str:
+    """The session's report: header, summary table, ``sections`` (e.g. the baseline
+    comparison), plots (by relative link), histories."""
+    lines = ["# pytest-batchprof report", ""]
+    if partial:
+        lines += ["> **Partial:** the session was interrupted or had failures; this report "
+                  "holds the runs that finished.", ""]
+    lines += [tabulate([[key, _text(value)] for key, value in environment.items()],
+                       headers=["", ""], tablefmt="github", disable_numparse=True), ""]
+    lines += ["## Summary", "", table, "", _notes(rows)]
+    for section in sections:
+        lines += [section, ""]
+    if plots:
+        lines += ["## Plots", ""]
+        for title, link in plots:
+            lines += [f"![{title}]({link})", ""]
+    lines += ["## Per-epoch history", ""]
+    for row in rows:
+        lines += [f"### {run_title(row)}", ""]
+        if row.get("diverged"):
+            lines += [f"Diverged: {row['diverged']}", ""]
+        lines += [render_history(row), ""]
+    return "\n".join(line for line in lines if line is not None).rstrip() + "\n"
+
+
+def _notes(rows: Sequence[Row]) -> str:
+    notes = ["FLOPs are per sample, forward, 2 per multiply-add (FlopCounterMode). "
+             "Latency is the median per sample at the inference batch size. Size is the "
+             "checkpoint of model and optimizer state. Training and validation accuracy "
+             "are of the last epoch."]
+    if seeds_repeat(rows):
+        notes.append("A row of several seeds (see seeds) shows each figure that differs "
+                     "between them as mean ± the half-width of its 95% confidence interval "
+                     "(Student t).")
+    reasons = sorted({str(row[key]) for row in rows
+                      for key in ("train_co2_note",) if row.get(key)})
+    notes += [f"CO2eq n/a: {reason}." for reason in reasons]
+    return "\n".join(notes) + "\n"
+
+
+def _missing(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return None
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else math.inf
+
+
+def _is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)

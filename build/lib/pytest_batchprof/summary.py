@@ -1,0 +1,189 @@
+"""The session's summary: rows gathered as tests finish, then table, files and plots.
+
+Rows ride on test reports (``report.batchprof_rows``), so under pytest-xdist
+they reach the controller with each report, and one table is rendered there.
+Because rows are gathered as tests finish, an interrupted or failing session
+still reports every run that finished; the report then says it is partial.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_batchprof import storage
+from pytest_batchprof.errors import one_line
+from pytest_batchprof.gating import Comparison, compare
+from pytest_batchprof.options import source_of
+from pytest_batchprof.repeats import aggregate_seeds
+from pytest_batchprof.report import (
+    Row,
+    merge_outcome,
+    render_markdown,
+    render_table,
+    run_key,
+    seeds_repeat,
+    sort_rows,
+    table_columns,
+)
+
+if TYPE_CHECKING:
+    from pytest_batchprof.training import Run
+
+
+def row_from_run(run: Run) -> Row:
+    """A run's plain figures as a row, with room for its tests' outcome."""
+    row = run.summary()
+    row["outcome"] = None
+    row["tests"] = []
+    return row
+
+
+@dataclass
+class SessionReport:
+    """What the session produced, for the terminal summary."""
+
+    table: str
+    markdown: str
+    partial: bool
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    comparison: Comparison | None = None
+    saved_baseline: Path | None = None
+
+
+@dataclass
+class SummaryCollector:
+    """Rows of the runs that finished, keyed by configuration, with their tests' outcomes."""
+
+    rows: dict[str, Row] = field(default_factory=dict)
+
+    def add(self, rows: list[Row], nodeid: str, outcome: str) -> None:
+        for row in rows:
+            kept = self.rows.setdefault(run_key(row), dict(row))
+            kept["outcome"] = merge_outcome(kept.get("outcome"), outcome)
+            if nodeid and nodeid not in kept["tests"]:
+                kept["tests"] = [*kept["tests"], nodeid]
+
+    def finish(self, config: pytest.Config, settings, device: str, partial: bool,
+               baseline: tuple[Path, dict[str, object]] | None = None) -> SessionReport | None:
+        """Apply the hooks, compare, render, and write the files; ``None`` if nothing trained."""
+        if not self.rows:
+            return None
+        rows = sort_rows(self.rows.values())
+        standard_keys = {key for row in rows for key in row}
+        config.hook.pytest_batchprof_summary(config=config, rows=rows)
+        rows = [{key: _finite(value) for key, value in row.items()} for row in rows]
+        columns = table_columns(rows, settings.columns, standard_keys)
+        folded = aggregate_seeds(rows)
+        known = {key for row in [*rows, *folded] for key in row}
+        warnings = []
+        unknown = [column for column in columns if column not in known]
+        if unknown:
+            warnings.append(f"{source_of(config, 'columns')} names {', '.join(unknown)}, which "
+                            f"no row has; known: {', '.join(sorted(known))}")
+        table = render_table(folded, columns)  # as summary_table(rows, columns)
+        env = storage.environment(_settings_dict(settings), device)
+        comparison = None
+        if baseline is not None:
+            comparison = compare(rows, baseline[1], baseline[0], settings.fail_drop,
+                                 settings.fail_slowdown, env)
+        stem = _free_stem(settings.report_dir)
+        plots = [] if settings.no_report else _plots(rows, settings.report_dir, stem, warnings)
+        sections = [per_seed_section(rows, columns)] if seeds_repeat(rows) else []
+        if comparison:
+            sections.append(comparison.markdown())
+        markdown = render_markdown(table, rows, env, [(title, path.name) for title, path in plots],
+                                   partial, sections)
+        replaced = config.hook.pytest_batchprof_markdown(config=config, markdown=markdown)
+        markdown = replaced if replaced is not None else markdown
+        report = SessionReport(table, markdown, partial, warnings=warnings,
+                               comparison=comparison)
+        if not settings.no_report:
+            try:
+                report.files = self._write(settings.report_dir, stem, markdown, rows, columns,
+                                           env, partial, plots)
+            except OSError as error:  # a full disk must not cost the terminal table
+                warnings.append(f"report files were not written: {error}")
+        if settings.save and partial:
+            warnings.append(f"baseline {settings.save!r} was not saved: the session had "
+                            f"failures or was interrupted, so its figures are incomplete")
+        elif settings.save and comparison and comparison.regressions:
+            warnings.append(f"baseline {settings.save!r} was not saved: the session regressed "
+                            f"against {comparison.baseline_path}")
+        elif settings.save:
+            report.saved_baseline = storage.write_atomic(
+                settings.baseline_dir / f"{settings.save}.json",
+                storage.report_json(rows, columns, env, partial))
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if step_summary:
+            with open(step_summary, "a", encoding="utf-8") as handle:
+                handle.write(f"## pytest-batchprof\n\n{table}\n\n")
+        return report
+
+    @staticmethod
+    def _write(directory: Path, stem: str, markdown: str, rows: list[Row], columns: list[str],
+               env: dict[str, object], partial: bool, plots) -> list[Path]:
+        markdown_path = storage.write_atomic(directory / f"{stem}.md", markdown)
+        json_path = storage.write_atomic(directory / f"{stem}.json",
+                                         storage.report_json(rows, columns, env, partial))
+        csv_path = storage.write_atomic(directory / f"{stem}.csv", storage.report_csv(rows))
+        storage.copy_atomic(markdown_path, directory / "latest.md")
+        storage.copy_atomic(json_path, directory / "latest.json")
+        return [markdown_path, json_path, csv_path, *(path for _, path in plots)]
+
+
+def _plots(rows: list[Row], directory: Path, stem: str, warnings: list[str]):
+    from pytest_batchprof.plots import write_plots  # matplotlib loads only when plotting
+
+    try:
+        return write_plots(rows, directory, stem)
+    except Exception as error:  # a plot must never cost the tables
+        warnings.append(f"plots were not drawn: {one_line(error)}")
+        return []
+
+
+def _free_stem(directory: Path) -> str:
+    stem = storage.session_stem()
+    candidate, number = stem, 1
+    while (directory / f"{candidate}.json").exists():
+        number += 1
+        candidate = f"{stem}-{number}"
+    return candidate
+
+
+def _settings_dict(settings) -> dict[str, object]:
+    return {key: (",".join(map(str, value)) if isinstance(value, tuple) else value)
+            for key, value in vars(settings).items()}
+
+
+
+def summary_table(rows: list[Row], columns: list[str]) -> str:
+    """The summary table: one row per configuration, its seeds folded into mean ± 95% CI."""
+    return render_table(aggregate_seeds(rows), columns)
+
+
+def per_seed_section(rows: list[Row], columns: list[str]) -> str:
+    """The markdown section listing every seed's run, for the reader who wants the spread."""
+    per_seed = [("seed" if column == "seeds" else column) for column in columns]
+    return "\n".join([
+        "## Per-seed runs", "",
+        "The summary shows each configuration's mean over its seeds ± the half-width of "
+        "the 95% confidence interval (Student t with n - 1 degrees of freedom); these are "
+        "the runs behind it.", "", render_table(rows, per_seed), ""])
+
+
+def table_from_report(path: Path) -> str:
+    """The summary table of a saved JSON report, exactly as the session printed it."""
+    document = storage.load_report(path)
+    return summary_table(document["rows"], document["columns"])
+
+
+def _finite(value: object) -> object:
+    """``None`` for NaN and infinities (a hook may add them), which JSON cannot hold."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value

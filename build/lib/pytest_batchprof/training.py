@@ -1,0 +1,532 @@
+"""The training engine: one run of one configuration, from seed to test accuracy.
+
+Batches are index slices of tensors already on the device, reshuffled every
+epoch by a generator seeded from the run's seed, so the same seed gives the
+same weights and accuracies bit for bit on the CPU. Running loss and correct
+counts stay on the device and are read once per epoch (plus a cheap finiteness
+check every :data:`DIVERGENCE_CHECK_STEPS` steps), so the hot loop never waits
+for the host.
+
+Between epochs the run records a finer learning curve: every
+:data:`CURVE_EVERY_SAMPLES` training samples, the loss and accuracy on the first
+:data:`CURVE_PROBE_SAMPLES` validation samples. That measuring is kept out of
+every training time. An observer (:class:`TrainingObserver`) hears of each
+epoch, and of the run's progress from host-side counters at most every
+:data:`PROGRESS_POLL_SECONDS`, with no device sync.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pytest_batchprof.data import Dataset, Split
+from pytest_batchprof.denormals import denormals_flushed
+from pytest_batchprof.devices import synchronize
+from pytest_batchprof.metrics import Latency, Measurements, inference_inputs, predictor
+from pytest_batchprof.models import build_mlp, mlp_name
+from pytest_batchprof.noise_scale import NoiseScale
+from pytest_batchprof.progress import TrainingStatus
+
+DIVERGENCE_CHECK_STEPS = 200
+"""How often (in optimizer steps) the running loss is checked for NaN or inf."""
+
+TARGET_CHECK_SAMPLES = 5_000
+"""With a target accuracy, the validation accuracy is checked after every this many
+training samples (rounded to whole steps), and at the end of every epoch."""
+
+EVAL_BATCH_SIZE = 4096
+"""Batch size of validation and test passes; it does not change the result, only the speed."""
+
+CURVE_EVERY_SAMPLES = 10_000
+"""A learning-curve point is recorded after every this many training samples (runs whose
+epochs are shorter have one point per epoch, their epoch records)."""
+
+CURVE_PROBE_SAMPLES = 1_000
+"""The validation samples a learning-curve point is measured on: the first ones of the
+split, the same for every point. A point then costs about a tenth of a full MNIST
+validation pass, and a run's curve under 2% of its training time."""
+
+PROGRESS_POLL_SECONDS = 0.25
+"""How often the training loop tells its observer where it stands (a clock read per step)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's result; equal configs train once per session."""
+
+    dataset: str
+    input_shape: tuple[int, int]
+    hidden: tuple[int, ...]
+    num_classes: int
+    activation: str
+    batch_size: int
+    epochs: int
+    lr: float
+    optimizer: str
+    seed: int
+    device: str
+    train_subset: int | None
+    val_fraction: float
+    flush_denormals: bool = True
+    """Flush denormal floats to zero on the CPU while training (see :mod:`.denormals`)."""
+    lr_warmup_epochs: float = 0.0
+    """Epochs over which the learning rate ramps linearly from ``lr_warmup_start`` to ``lr``."""
+    lr_warmup_start: float | None = None
+    """The learning rate of the first step of a warm-up (the unscaled ``--lr``)."""
+    target_accuracy: float | None = None
+    """Stop when the validation accuracy reaches this fraction (time-to-accuracy)."""
+
+    @property
+    def input_size(self) -> int:
+        return self.input_shape[0] * self.input_shape[1]
+
+    @property
+    def model_name(self) -> str:
+        """``784-1024-10``: input, hidden and output widths."""
+        return mlp_name(self.input_size, self.hidden, self.num_classes)
+
+    def describe(self) -> str:
+        """What a person needs to tell this run from its neighbours in a message."""
+        return (
+            f"{self.model_name} on {self.dataset}, batch {self.batch_size}, "
+            f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}, {self.optimizer} "
+            f"lr={self.lr:g}, seed {self.seed}, {self.device}"
+        )
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch's figures.
+
+    Losses are mean cross-entropy per sample (nats); accuracies are fractions.
+    The training figures are running averages over the epoch's batches, as the
+    reference posts print them; validation figures are measured after the epoch.
+    """
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    train_seconds: float
+    eval_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the epoch: optimisation plus the validation pass."""
+        return self.train_seconds + self.eval_seconds
+
+    def line(self) -> str:
+        """The posts' progress line: ``Epoch 01, Train acc=0.911, Val acc=0.935, ...``."""
+        return (
+            f"Epoch {self.epoch:02d}, Train acc={self.train_accuracy:.3f}, "
+            f"Val acc={self.val_accuracy:.3f}, Train loss={self.train_loss:.3f}, "
+            f"Val loss={self.val_loss:.3f}"
+        )
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """The validation figures partway through training, on the first
+    :data:`CURVE_PROBE_SAMPLES` validation samples (mean cross-entropy in nats,
+    accuracy as a fraction)."""
+
+    samples: int
+    """Training samples seen, counted from the start of the run."""
+    epoch: float
+    """The same position in epochs: ``samples`` over the samples of one epoch."""
+    val_loss: float
+    val_accuracy: float
+
+
+class TrainingObserver(Protocol):
+    """What the engine tells while it trains; :class:`.progress.RunProgress` shows it."""
+
+    def on_progress(self, status: TrainingStatus) -> None:
+        """Where the run stands, at most every :data:`PROGRESS_POLL_SECONDS` during an epoch."""
+
+    def on_epoch(self, config: RunConfig, record: EpochRecord) -> None:
+        """An epoch has ended and been validated."""
+
+
+@dataclass(frozen=True)
+class TimeToTarget:
+    """How long a run took to reach its target validation accuracy, as MLPerf ranks training.
+
+    ``seconds`` is wall time from the first step, the validation checks
+    included. Every figure is ``None`` when the target was not reached within
+    the run's epochs.
+    """
+
+    target: float
+    steps: int | None = None
+    samples: int | None = None
+    epochs: float | None = None
+    seconds: float | None = None
+
+    @property
+    def reached(self) -> bool:
+        return self.steps is not None
+
+    def summary(self) -> dict[str, object]:
+        """Row figures; ``"not reached"`` in place of a number that does not exist."""
+        def figure(value: object) -> object:
+            return value if self.reached else "not reached"
+
+        return {"target_accuracy": self.target, "target_reached": self.reached,
+                "target_steps": figure(self.steps), "target_samples": figure(self.samples),
+                "target_epochs": figure(self.epochs), "target_seconds": figure(self.seconds)}
+
+
+@dataclass
+class Run:
+    """A trained configuration: the model, its history and its results.
+
+    ``diverged`` holds the reason when the loss became NaN or inf; the history
+    then ends at the last finite epoch, and ``test_accuracy`` and
+    ``measurements`` are ``None``.
+    """
+
+    config: RunConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    samples_per_epoch: int
+    test_images: torch.Tensor = field(repr=False)
+    history: list[EpochRecord] = field(default_factory=list)
+    train_seconds: float = 0.0
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    diverged: str | None = None
+    measurements: Measurements | None = None
+    noise_scale: NoiseScale | None = None
+    """The gradient noise scale at the end of training, with ``--noise-scale``."""
+    time_to_target: TimeToTarget | None = None
+    """Steps, samples, epochs and seconds to ``config.target_accuracy``, when it is set."""
+    curve: list[CurvePoint] = field(default_factory=list)
+    """The learning curve between epochs (empty when an epoch has at most
+    :data:`CURVE_EVERY_SAMPLES` samples: the epoch records are fine enough)."""
+
+    @property
+    def name(self) -> str:
+        return self.config.model_name
+
+    @property
+    def epochs_trained(self) -> float:
+        """Epochs the run trained: a run stopped at its target ends in a fraction of one."""
+        if self.time_to_target is not None and self.time_to_target.reached:
+            return self.time_to_target.epochs
+        return float(len(self.history))
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        """Wall time per epoch trained, validation included."""
+        return self.train_seconds / self.epochs_trained if self.history else math.nan
+
+    @property
+    def train_accuracy(self) -> float:
+        """Running training accuracy of the last epoch."""
+        return self.history[-1].train_accuracy if self.history else math.nan
+
+    @property
+    def val_accuracy(self) -> float:
+        """Validation accuracy after the last epoch."""
+        return self.history[-1].val_accuracy if self.history else math.nan
+
+    @property
+    def train_samples_per_second(self) -> float:
+        """Training throughput: samples per second of optimisation (validation excluded)."""
+        seconds = sum(record.train_seconds for record in self.history)
+        return self.samples_per_epoch * self.epochs_trained / seconds if seconds else math.nan
+
+    @property
+    def params(self) -> int | None:
+        """Parameter count (``None`` for a diverged run, which is not measured)."""
+        return self.measurements.params if self.measurements else None
+
+    @property
+    def flops(self) -> int | None:
+        """Forward FLOPs of one sample (2 per multiply-add), from FlopCounterMode."""
+        return self.measurements.flops.forward_flops if self.measurements else None
+
+    @property
+    def latency(self) -> Latency | None:
+        """Inference seconds per sample at the inference batch size."""
+        return self.measurements.latency if self.measurements else None
+
+    def predictor(self, batch_size: int | None = None) -> Callable[[], torch.Tensor]:
+        """A no-argument callable running one inference batch of test images, for timers::
+
+            benchmark(run.predictor())   # pytest-benchmark times inference, not training
+        """
+        if batch_size is None:
+            batch_size = (self.measurements.latency.batch_size if self.measurements
+                          else self.config.batch_size)
+        self.model.eval()
+        return predictor(self.model, inference_inputs(self.test_images, batch_size))
+
+    def summary(self) -> dict[str, object]:
+        """Plain figures (no tensors, no NaN: ``None`` where there is no figure)."""
+        figures = {
+            "model": self.name,
+            **asdict(self.config),
+            "samples_per_epoch": self.samples_per_epoch,
+            "train_seconds": self.train_seconds,
+            "seconds_per_epoch": self.seconds_per_epoch,
+            "train_accuracy": self.train_accuracy,
+            "val_accuracy": self.val_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "test_loss": self.test_loss,
+            "diverged": self.diverged,
+            "train_samples_per_second": self.train_samples_per_second,
+            **(self.measurements.summary() if self.measurements else {}),
+            **(self.noise_scale.summary() if self.noise_scale else {}),
+            **(self.time_to_target.summary() if self.time_to_target else {}),
+            "history": [asdict(record) for record in self.history],
+            "curve": [asdict(point) for point in self.curve],
+        }
+        return {key: None if isinstance(value, float) and math.isnan(value) else value
+                for key, value in figures.items()}
+
+    def __repr__(self) -> str:
+        """Names the run and its figures: what a failing ``assert run.test_accuracy`` shows."""
+        def percent(value: float | None) -> str:
+            return "n/a" if value is None or math.isnan(value) else f"{value:.2%}"
+
+        state = f", diverged: {self.diverged}" if self.diverged else ""
+        return (f"<Run {self.config.describe()}: test acc {percent(self.test_accuracy)}, "
+                f"val acc {percent(self.val_accuracy)}, train acc {percent(self.train_accuracy)}"
+                f", {self.train_seconds:.2f} s{state}>")
+
+
+def scaled_lr(lr: float, batch_size: int, base_batch: int, rule: str) -> float:
+    """The learning rate for ``batch_size`` when ``lr`` is right at ``base_batch``.
+
+    ``linear``: lr x b/B, the rule of Goyal et al. (2017) for SGD; ``sqrt``:
+    lr x sqrt(b/B), the gentler rule often used with Adam; ``none``: lr unchanged.
+    """
+    if rule == "linear":
+        return lr * batch_size / base_batch
+    if rule == "sqrt":
+        return lr * math.sqrt(batch_size / base_batch)
+    if rule == "none":
+        return lr
+    raise ValueError(f"lr scaling {rule!r} is not one of none, linear, sqrt")
+
+
+def warmup_lr(config: RunConfig, step: int, warmup_steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (1-based) during a warm-up of ``warmup_steps``.
+
+    A linear ramp from ``lr_warmup_start`` at step 1 to ``lr`` at step
+    ``warmup_steps + 1``, the gradual warm-up of Goyal et al. (2017).
+    """
+    start = config.lr if config.lr_warmup_start is None else config.lr_warmup_start
+    if step > warmup_steps:
+        return config.lr
+    return start + (config.lr - start) * (step - 1) / warmup_steps
+
+
+def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
+    """``adam`` (torch defaults) or plain ``sgd`` (no momentum), fused where torch can.
+
+    The fused kernels do the same arithmetic in one pass over the weights
+    instead of a dozen: for 784-1024-10 on the CPU, Adam's step drops from
+    about 8 ms to under 2 ms, a third of a whole batch-64 training step.
+    """
+    classes = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    if name not in classes:
+        raise ValueError(f"optimizer={name!r} is not one of adam, sgd")
+    parameters = list(parameters)
+    try:
+        return classes[name](parameters, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without fused kernels
+        return classes[name](parameters, lr=lr)
+
+
+def initial_model(config: RunConfig, device: torch.device) -> (
+        tuple[nn.Module, torch.optim.Optimizer]):
+    """The untrained model of ``config`` (seeded, global RNG untouched) and its optimizer.
+
+    Training starts from it, and a cached run is loaded into it, so both build
+    exactly the same modules.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_mlp(config.input_size, config.hidden, config.num_classes,
+                          config.activation)
+    model.to(device)
+    return model, make_optimizer(config.optimizer, model.parameters(), config.lr)
+
+
+def warm_up(device: torch.device) -> None:
+    """Pay torch's one-off costs before the first timed run.
+
+    The first optimizer step in a process imports parts of torch (about 2 s
+    for Adam on the CPU), and the first kernels on a device initialise it; a
+    study's first run would otherwise look seconds slower than the rest.
+    """
+    with torch.random.fork_rng(devices=[]):
+        model = build_mlp(4, (4,), 2).to(device)
+    inputs = torch.zeros(2, 2, 2, device=device)
+    labels = torch.zeros(2, dtype=torch.int64, device=device)
+    for name in ("adam", "sgd"):
+        optimizer = make_optimizer(name, model.parameters(), 1e-3)
+        for _ in range(2):
+            loss = F.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    evaluate(model, Split(inputs, labels))
+    synchronize(device)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> (
+        tuple[float, float]):
+    """Mean cross-entropy (nats per sample) and accuracy of ``model`` on ``split``."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=split.x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    for start in range(0, len(split), batch_size):
+        logits = model(split.x[start:start + batch_size])
+        labels = split.y[start:start + batch_size]
+        loss += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(dim=1) == labels).sum()
+    model.train(was_training)
+    count = max(len(split), 1)
+    return loss.item() / count, correct.item() / count
+
+
+def train(
+    config: RunConfig,
+    data: Dataset,
+    device: torch.device,
+    observer: TrainingObserver | None = None,
+) -> Run:
+    """Train ``config`` on ``data`` (already cropped, subset and on ``device``).
+
+    Never raises for a diverging loss: the returned run carries the reason.
+    """
+    with denormals_flushed(config.flush_denormals and device.type == "cpu"):
+        return _train(config, data, device, observer)
+
+
+def _train(config: RunConfig, data: Dataset, device: torch.device,
+           observer: TrainingObserver | None) -> Run:
+    model, optimizer = initial_model(config, device)  # at config.lr, the rate after warm-up
+    run = Run(config=config, model=model, optimizer=optimizer,
+              samples_per_epoch=len(data.train), test_images=data.test.x)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    train_split = data.train
+    count = len(train_split)
+    steps_per_epoch = math.ceil(count / config.batch_size)
+    warmup_steps = math.ceil(config.lr_warmup_epochs * steps_per_epoch)
+    steps_done = samples_done = 0
+    target = config.target_accuracy
+    check_steps = max(1, round(TARGET_CHECK_SAMPLES / config.batch_size))
+    if target is not None:
+        run.time_to_target = TimeToTarget(target)
+    probe = data.val.take(CURVE_PROBE_SAMPLES)
+    next_curve_point = CURVE_EVERY_SAMPLES if count > CURVE_EVERY_SAMPLES else math.inf
+    measuring = 0.0  # seconds spent on curve points: kept out of every training time
+    synchronize(device)
+    run_started = time.perf_counter()
+    next_poll = run_started + PROGRESS_POLL_SECONDS
+
+    def reached(val_accuracy: float) -> bool:
+        """Record the target as reached now, if it is (and was not before)."""
+        if target is None or run.time_to_target.reached or val_accuracy < target:
+            return False
+        run.time_to_target = TimeToTarget(target, steps_done, samples_done,
+                                          samples_done / count,
+                                          time.perf_counter() - run_started - measuring)
+        return True
+
+    def curve_point() -> float:
+        """Record a learning-curve point; the seconds it took."""
+        synchronize(device)  # the steps queued so far are training time
+        started = time.perf_counter()
+        loss, accuracy = evaluate(model, probe)  # reads the result: waits for the device
+        run.curve.append(CurvePoint(samples_done, samples_done / count, loss, accuracy))
+        return time.perf_counter() - started
+
+    for epoch in range(1, config.epochs + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        measured_before = measuring
+        model.train()
+        order = torch.randperm(count, generator=shuffle).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        for step, start in enumerate(range(0, count, config.batch_size), start=1):
+            steps_done += 1
+            if steps_done <= warmup_steps + 1 and warmup_steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = warmup_lr(config, steps_done, warmup_steps)
+            index = order[start:start + config.batch_size]
+            images, labels = train_split.x[index], train_split.y[index]
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += loss.detach() * len(labels)
+                correct += (logits.argmax(dim=1) == labels).sum()
+            seen += len(labels)
+            samples_done += len(labels)
+            if step % DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum):
+                break
+            if samples_done >= next_curve_point:
+                measuring += curve_point()
+                next_curve_point = (samples_done // CURVE_EVERY_SAMPLES + 1) * CURVE_EVERY_SAMPLES
+            if (target is not None and steps_done % check_steps == 0
+                    and reached(evaluate(model, data.val)[1])):
+                break  # the epoch ends here; its record covers the samples seen
+            if observer is not None:
+                now = time.perf_counter()
+                if now >= next_poll:
+                    next_poll = now + PROGRESS_POLL_SECONDS
+                    observer.on_progress(TrainingStatus(
+                        epoch=epoch, epochs=config.epochs, step=step,
+                        steps_per_epoch=steps_per_epoch, samples_done=samples_done,
+                        total_samples=count * config.epochs, epoch_seconds=now - started,
+                        run_seconds=now - run_started - measuring,
+                        stops_early=target is not None))
+        train_loss = loss_sum.item() / seen
+        train_accuracy = correct.item() / seen
+        synchronize(device)
+        trained = time.perf_counter()
+        train_seconds = trained - started - (measuring - measured_before)
+        run.train_seconds += train_seconds
+        if not math.isfinite(train_loss):
+            run.diverged = (
+                f"training loss became {train_loss} in epoch {epoch} "
+                f"(lr={config.lr:g}, {config.optimizer})"
+            )
+            break
+        val_loss, val_accuracy = evaluate(model, data.val)
+        eval_seconds = time.perf_counter() - trained
+        run.train_seconds += eval_seconds
+        record = EpochRecord(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
+                             train_seconds, eval_seconds)
+        run.history.append(record)
+        if observer is not None:
+            observer.on_epoch(config, record)
+        reached(val_accuracy)
+        if run.time_to_target is not None and run.time_to_target.reached:
+            break
+
+    if run.diverged is None:
+        run.test_loss, run.test_accuracy = evaluate(model, data.test)
+    model.eval()
+    return run
