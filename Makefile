@@ -5,6 +5,10 @@
 #   make bench-fast                             (make bench-fast-baseline re-records it)
 # and the scaling study of the README (repeats, lr scaling, time to accuracy):
 #   make study
+# and what the installed plugin costs a session that does not use it, and the wheel as
+# users install it:
+#   make startup
+#   make wheel-check
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -13,18 +17,21 @@ STAMP := $(VENV)/.installed
 # CI's fast mode: every experiment on 5,000 training samples for one epoch, with the
 # thresholds relaxed by the rule in benchmarks/conftest.py. Its reports go to
 # .ci-reports/, so the committed reports/ stay as the full run left them.
-FAST_ARGS := --train-subset 5000 --epochs 1 --no-co2 --batchprof-report=.ci-reports
+FAST_ARGS := --batchprof-train-subset 5000 --batchprof-epochs 1 --batchprof-no-co2 \
+	--batchprof-report=.ci-reports
 FAST_BASELINE := reports/baselines/ci-fast.json
 FAST_FAIL_DROP := 2
 
 # The README's scaling study: 784-1024-10 at batch 16 to 1,024, three seeds each, the
 # learning rate scaled linearly from batch 64, each run stopped at 97% validation accuracy
 # (at most 10 epochs), with the gradient noise scale. Its report goes to reports/scaling/.
-STUDY_ARGS := --batch-sizes 16,32,64,128,256,512,1024 --repeats 3 --lr-scaling linear \
-	--lr-base-batch 64 --target-accuracy 0.97 --epochs 10 --noise-scale \
+STUDY_ARGS := --batch-sizes 16,32,64,128,256,512,1024 --batchprof-repeats 3 \
+	--batchprof-lr-scaling linear --batchprof-lr-base-batch 64 \
+	--batchprof-target-accuracy 0.97 --batchprof-epochs 10 --batchprof-noise-scale \
 	--batchprof-report=$(CURDIR)/reports/scaling
 
-.PHONY: bench bench-fast bench-fast-baseline study test lint clean overhead speed
+.PHONY: bench bench-fast bench-fast-baseline study test lint clean overhead speed startup \
+	wheel-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,3 +68,9 @@ overhead: $(STAMP)
 
 speed: $(STAMP)
 	$(PY) benchmarks/speed/compare_loops.py $(ARGS)
+
+startup: $(STAMP)
+	$(PY) benchmarks/startup.py $(ARGS)
+
+wheel-check: $(STAMP)
+	PY=$(CURDIR)/$(PY) bash .ci/wheel-check

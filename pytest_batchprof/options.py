@@ -472,6 +472,11 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else DEFAULT_DATA_DIR.expanduser()
 
 
+def flag_of(field: str) -> str:
+    """The ``--batchprof-`` spelling of a setting, for messages written away from the config."""
+    return next(option.flag for option in OPTIONS if option.field == field)
+
+
 def source_of(config: pytest.Config, field: str) -> str:
     """Where a setting came from: ``--batchprof-device``, ``--device`` (the spelling used)
     or ``batchprof_device (ini)``."""

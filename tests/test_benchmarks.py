@@ -135,10 +135,11 @@ def test_the_scaling_study_runs_as_the_makefile_says(pytester: pytest.Pytester,
     """``make study``'s options, on digits at two batch sizes instead of MNIST at seven."""
     args = [arg for arg in study_args() if not arg.startswith("--batchprof-report")]
     assert args[:2] == ["--batch-sizes", "16,32,64,128,256,512,1024"]
-    assert {"--repeats", "--lr-scaling", "--target-accuracy", "--noise-scale"} <= set(args)
-    result = pytester.runpytest(
+    assert {"--batchprof-repeats", "--batchprof-lr-scaling", "--batchprof-target-accuracy",
+            "--batchprof-noise-scale"} <= set(args)
+    result = pytester.runpytest(  # the later of two same spellings wins
         str(experiments / "test_batch_size.py") + "::test_one_hidden_layer_1024", *args,
-        "--batch-sizes", "64,256", "--dataset", "digits", "--target-accuracy", "0.9",
+        "--batch-sizes", "64,256", "--dataset", "digits", "--batchprof-target-accuracy", "0.9",
         "--no-co2", "--batchprof-no-report", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     assert result.stdout.str().count("batchprof: training 64-1024-10") == 6

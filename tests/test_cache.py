@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import pytest_batchprof
-from pytest_batchprof import cache, data
+from pytest_batchprof import cache, data, training
 from pytest_batchprof.cache import BatchprofCacheWarning, RunCache
 from pytest_batchprof.data import load_dataset
 from pytest_batchprof.models import build_mlp
@@ -341,6 +341,19 @@ def test_time_to_target_is_cached(small: data.Dataset, tmp_path: Path) -> None:
     assert cached is not None and cached.time_to_target == run.time_to_target
 
 
+def test_learning_curve_is_cached(small: data.Dataset, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training, "CURVE_EVERY_SAMPLES", 64)  # 225 samples, batches of 32
+    config = replace(CONFIG, epochs=2)
+    run = train(config, small, torch.device("cpu"))
+    assert [point.samples for point in run.curve] == [64, 128, 192, 257, 321, 385, 449]
+    runs = RunCache(tmp_path)
+    key = runs.key(config, small.fingerprint())
+    runs.store(key, run)
+    cached = runs.load(key, *fresh(config))
+    assert cached is not None and cached.curve == run.curve
+
+
 def test_diverged_run_is_cached(small: data.Dataset, tmp_path: Path) -> None:
     config = replace(CONFIG, optimizer="sgd", lr=1e12, epochs=2)
     run = train(config, small, torch.device("cpu"))
@@ -367,6 +380,11 @@ def bad_history(entry: dict) -> dict:
     return entry
 
 
+def bad_curve(entry: dict) -> dict:
+    entry["curve"] = [{"samples": 10, "epoch": 0.1, "val_loss": "low", "val_accuracy": 0.5}]
+    return entry
+
+
 def bad_accuracy(entry: dict) -> dict:
     entry["test_accuracy"] = "0.99"
     return entry
@@ -377,7 +395,8 @@ def bad_format(entry: dict) -> dict:
     return entry
 
 
-@pytest.mark.parametrize("spoil", [bad_fields, bad_shapes, bad_history, bad_accuracy, bad_format])
+@pytest.mark.parametrize("spoil", [bad_fields, bad_shapes, bad_history, bad_curve, bad_accuracy,
+                                   bad_format])
 def test_entry_that_does_not_fit_is_a_miss_with_a_warning(small: data.Dataset, tmp_path: Path,
                                                           spoil) -> None:
     run = train(CONFIG, small, torch.device("cpu"))

@@ -456,7 +456,7 @@ def test_missing_data_set_stops_the_session_once(
     line = assert_one_clean_error(result)
     assert line.startswith(f"ERROR: MNIST is not in {empty / 'MNIST' / 'raw'}")
     assert "could not be downloaded (OSError: downloads are disabled in the test suite)" in line
-    for hint in ("--data-dir", "BATCHPROF_DATA_DIR", "--dataset digits"):
+    for hint in ("--batchprof-data-dir", "BATCHPROF_DATA_DIR", "--batchprof-dataset digits"):
         assert hint in line
     assert not list(pytester.path.glob("ran-*"))
 
@@ -535,11 +535,13 @@ def test_collect_only_does_not_load_data(
     ("args", "message"),
     [
         (["--train-subset", "5000"],
-         "ERROR: --train-subset 5000 is larger than the 2750 training samples of synthetic*"),
+         "ERROR: --batchprof-train-subset 5000 is larger than the 2750 training samples of "
+         "synthetic*"),
         (["--batch-sizes", "16,4096"],
-         "ERROR: --batch-sizes has 4096, which is larger than the 2750 training samples*"),
+         "ERROR: --batchprof-batch-sizes has 4096, which is larger than the 2750 training "
+         "samples*"),
         (["--train-subset", "100", "--batch-sizes", "128"],
-         "ERROR: --batch-sizes has 128, which is larger than the 100 training samples*"),
+         "ERROR: --batchprof-batch-sizes has 128, which is larger than the 100 training samples*"),
     ],
     ids=["train-subset", "batch-size", "batch-size-of-subset"],
 )

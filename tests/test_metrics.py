@@ -721,8 +721,8 @@ def test_trained_run_is_measured(pytester: pytest.Pytester, inference_batch) -> 
     assert isinstance(summary["peak_memory_bytes"], int) and summary["peak_memory_bytes"] >= 0
     assert "RSS" in summary["peak_memory_method"]
     assert summary["train_co2eq_kg"] is None and summary["train_energy_kwh"] is None
-    assert summary["train_co2_note"] == "off (--no-co2)"
-    assert summary["inference_per_1000_co2_note"] == "off (--no-co2)"
+    assert summary["train_co2_note"] == "off (--batchprof-no-co2)"
+    assert summary["inference_per_1000_co2_note"] == "off (--batchprof-no-co2)"
 
 
 # ---------------------------------------------------------------- pytest-benchmark

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
 
+from pytest_batchprof import training
 from pytest_batchprof.data import load_dataset
 from pytest_batchprof.models import build_mlp, mlp_name, normalise_hidden
 from pytest_batchprof.training import EpochRecord, evaluate, train
@@ -130,3 +132,97 @@ def test_summary_is_plain_data(synthetic, run_config):
     assert summary["batch_size"] == 16
     assert len(summary["history"]) == 1
     assert math.isclose(summary["test_accuracy"], run.test_accuracy)
+
+
+# ---------------------------------------------------------------- learning curve and observer
+
+
+class ProgressObserver(EpochObserver):
+    """Keeps every progress status as well."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list = []
+
+    def on_progress(self, status) -> None:
+        self.statuses.append(status)
+
+
+def test_curve_points_change_nothing_the_run_learns(synthetic, run_config, monkeypatch):
+    monkeypatch.setattr(training, "CURVE_EVERY_SAMPLES", math.inf)
+    plain = train(run_config(synthetic, epochs=2), synthetic, torch.device("cpu"))
+    monkeypatch.setattr(training, "CURVE_EVERY_SAMPLES", 100)
+    curved = train(run_config(synthetic, epochs=2), synthetic, torch.device("cpu"))
+    assert plain.curve == [] and len(curved.curve) == 14  # 720 samples an epoch
+    assert [figures(r) for r in curved.history] == [figures(r) for r in plain.history]
+    assert (curved.test_loss, curved.test_accuracy) == (plain.test_loss, plain.test_accuracy)
+    for name, tensor in plain.model.state_dict().items():
+        assert torch.equal(tensor, curved.model.state_dict()[name])
+
+
+def test_curve_points_sit_where_the_samples_cross_each_spacing(synthetic, run_config,
+                                                                monkeypatch):
+    count = len(synthetic.train)
+    assert count == 720
+    monkeypatch.setattr(training, "CURVE_EVERY_SAMPLES", 360)  # mid-epoch and at its end
+    monkeypatch.setattr(training, "CURVE_PROBE_SAMPLES", len(synthetic.val))  # all of it
+    run = train(run_config(synthetic, epochs=3, batch_size=16), synthetic, torch.device("cpu"))
+    assert [point.samples for point in run.curve] == [368, 720, 1088, 1440, 1808, 2160]
+    assert [point.epoch for point in run.curve] == [samples / count for samples in (
+        368, 720, 1088, 1440, 1808, 2160)]
+    for point, record in zip(run.curve[1::2], run.history, strict=True):  # same weights, split
+        assert (point.val_loss, point.val_accuracy) == (record.val_loss, record.val_accuracy)
+
+
+def test_short_epochs_record_no_curve_between_them(synthetic, run_config):
+    assert len(synthetic.train) < training.CURVE_EVERY_SAMPLES
+    run = train(run_config(synthetic, epochs=2), synthetic, torch.device("cpu"))
+    assert run.curve == [] and run.curve_seconds == 0
+    assert run.summary()["curve"] == []
+
+
+def test_measuring_the_curve_is_kept_out_of_training_times(synthetic, run_config,
+                                                            monkeypatch):
+    monkeypatch.setattr(training, "CURVE_EVERY_SAMPLES", 240)
+    monkeypatch.setattr(training, "CURVE_PROBE_SAMPLES", 7)
+    real_evaluate = training.evaluate
+
+    def slow_probe(model, split, *args):
+        if len(split) == 7:  # a curve point: make it cost 0.2 s
+            time.sleep(0.2)
+        return real_evaluate(model, split, *args)
+
+    monkeypatch.setattr(training, "evaluate", slow_probe)
+    run = train(run_config(synthetic, epochs=2, target_accuracy=0.9999), synthetic,
+                torch.device("cpu"))
+    assert len(run.curve) == 6
+    assert run.curve_seconds >= 6 * 0.2
+    assert run.train_seconds == pytest.approx(sum(r.seconds for r in run.history))
+    assert run.train_seconds < 0.2  # 1.2 s of curve points are in none of the times
+    assert all(r.train_seconds < 0.2 for r in run.history)
+    summary = json.loads(json.dumps(run.summary()))
+    assert [point["samples"] for point in summary["curve"]] == [240, 480, 720, 960, 1200, 1440]
+
+
+def test_observer_hears_progress_from_host_counters_without_syncing(synthetic, run_config,
+                                                                     monkeypatch):
+    syncs = []
+    monkeypatch.setattr(training, "synchronize", lambda device: syncs.append(device))
+    config = run_config(synthetic, epochs=2, batch_size=100)
+    train(config, synthetic, torch.device("cpu"))
+    without_observer = len(syncs)
+    syncs.clear()
+    monkeypatch.setattr(training, "PROGRESS_POLL_SECONDS", 0.0)  # every step
+    observer = ProgressObserver()
+    run = train(config, synthetic, torch.device("cpu"), observer)
+    assert len(syncs) == without_observer  # progress costs the loop no device sync
+    assert observer.epochs == run.history
+    steps = math.ceil(len(synthetic.train) / 100)
+    assert [(s.epoch, s.step) for s in observer.statuses] == [
+        (epoch, step) for epoch in (1, 2) for step in range(1, steps + 1)]
+    assert all(s.steps_per_epoch == steps and s.epochs == 2 for s in observer.statuses)
+    assert all(s.total_samples == 2 * len(synthetic.train) for s in observer.statuses)
+    done = [s.samples_done for s in observer.statuses]
+    assert done == sorted(done) and done[-1] == 2 * len(synthetic.train)
+    assert all(s.run_seconds > 0 and s.epoch_seconds > 0 for s in observer.statuses)
+    assert not any(s.stops_early for s in observer.statuses)
