@@ -3,11 +3,12 @@
 Every option is ``--batchprof-NAME`` on the command line and ``batchprof_NAME``
 in the ini file; the command line wins over the ini file, which wins over the
 default. The options of the experiments also answer to a short spelling
-without the prefix (``--epochs``, ``--device``, ``--batch-sizes``), added by
-:func:`add_short_spellings` once the project's initial conftests and every
-plugin have registered their own options, and only for names nobody else
-holds: the plugin loads in every pytest session of its environment, and a
-project's own ``--device`` must keep working. All values are parsed and
+without the prefix (``--epochs``, ``--device``, ``--batch-sizes``):
+:func:`take_short_spellings` rewrites them on the command line once the
+project's initial conftests and every plugin have registered their own
+options, and only for names nobody else holds. The plugin loads in every
+pytest session of its environment, and a project's own ``--device`` must keep
+working. All values are parsed and
 checked once, when the session starts, into one frozen :class:`Settings`; a
 bad value ends the session with a one-line ``pytest.UsageError`` (exit code
 4) naming the spelling that was used, the value and what is allowed.
@@ -18,7 +19,7 @@ only when ``--batchprof-co2-country`` is given).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import math
 import os
 import re
@@ -289,11 +290,6 @@ class Option:
     def dest(self) -> str:
         return f"{GROUP}_{self.field}"
 
-    @property
-    def short_dest(self) -> str:
-        """A destination of its own, so that an error names the spelling that was used."""
-        return f"{GROUP}_short_{self.field}"
-
 
 OPTIONS: tuple[Option, ...] = (
     Option("batch_sizes", "LIST", parse_batch_sizes,
@@ -312,19 +308,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("seed", "N", _non_negative_int, "a whole number >= 0",
            "seed of weight initialisation and shuffling (default: 0)"),
     Option("repeats", "N", _positive_int, "a whole number >= 1",
-           "train every configuration with N seeds, --seed to --seed + N - 1; tables show "
+           "train every configuration with N seeds, the seed to the seed + N - 1; tables show "
            "the mean and its 95-percent confidence interval (default: 1)"),
     Option("lr", "FLOAT", _positive_float, "a finite number above 0, e.g. 1e-3",
            "learning rate (default: 1e-3)"),
     Option("optimizer", "NAME", _choice(OPTIMIZERS), "adam or sgd",
            "optimizer (default: adam)"),
     Option("lr_scaling", "RULE", _choice(LR_SCALINGS), "none, linear or sqrt",
-           "scale --lr with the batch size b: linear lr x b/B (Goyal et al. 2017), sqrt "
-           "lr x sqrt(b/B), where B is --lr-base-batch (default: none)"),
+           "scale --batchprof-lr with the batch size b: linear lr x b/B (Goyal et al. 2017), "
+           "sqrt lr x sqrt(b/B), where B is --batchprof-lr-base-batch (default: none)"),
     Option("lr_base_batch", "B", _positive_int, "a whole number >= 1",
-           "the batch size at which --lr applies unscaled (default: 64)"),
+           "the batch size at which --batchprof-lr applies unscaled (default: 64)"),
     Option("lr_warmup_epochs", "E", _non_negative_float, "a number of epochs >= 0, e.g. 1 or 0.5",
-           "ramp the learning rate linearly from --lr to the run's scaled lr over the first E "
+           "ramp the learning rate linearly from --batchprof-lr to the run's scaled lr over the "
+           "first E "
            "epochs, step by step (default: 0, no warm-up)"),
     Option("target_accuracy", "F", _fraction, "a fraction above 0 and below 1, e.g. 0.97",
            "stop each run when its validation accuracy reaches F, and report the steps, "
@@ -386,46 +383,62 @@ def register(parser: pytest.Parser) -> None:
     ini twin."""
     group = parser.getgroup(GROUP, GROUP_TITLE)
     for option in OPTIONS:
-        group.addoption(option.flag, dest=option.dest, help=option.help,
-                        **_argparse_kind(option))
+        if option.switch:
+            group.addoption(option.flag, dest=option.dest, action="store_const", const="true",
+                            default=None, help=option.help)
+        else:
+            group.addoption(option.flag, dest=option.dest, metavar=option.metavar,
+                            default=None, help=option.help)
         parser.addini(option.ini, option.help, default=None)
 
 
-def add_short_spellings(parser: pytest.Parser) -> tuple[str, ...]:
-    """Add ``--epochs``, ``--device``, ... for every name that no other option holds; return
-    the short spellings left to their holders (the project's conftests, other plugins).
+@dataclass(frozen=True)
+class ShortSpellings:
+    """What :func:`take_short_spellings` did to a command line."""
+
+    yielded: tuple[str, ...] = ()
+    """Short spellings that another option holds: they were left alone, in OPTIONS order."""
+    used: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Field -> the short spelling of its last occurrence, where that one was short."""
+
+
+SHORT_SPELLINGS_KEY = pytest.StashKey[ShortSpellings]()
+
+
+def take_short_spellings(parser: pytest.Parser, args: list[str]) -> ShortSpellings:
+    """Turn ``--epochs``, ``--device``, ... in ``args`` (in place) into their ``--batchprof-``
+    spellings, for every short name that no other option holds.
 
     Call it once every plugin and initial conftest has added its options, right
-    before pytest parses the command line. The short spellings are hidden from
-    ``--help``, which lists the ``--batchprof-`` names.
+    before pytest parses ``args``. The short spellings are never options of
+    their own: a name the project (or a plugin, or a conftest that loads later)
+    defines cannot collide with them, and ``--help`` lists only the
+    ``--batchprof-`` names. Nothing after ``--`` is touched.
     """
-    group = parser.getgroup(GROUP, GROUP_TITLE)
     held = _option_names(parser)
-    yielded = []
-    for option in OPTIONS:
-        short = option.short_flag
-        if short is None:
-            continue
-        if short in held:
-            yielded.append(short)
-            continue
-        try:
-            group.addoption(short, dest=option.short_dest, help=argparse.SUPPRESS,
-                            **_argparse_kind(option))
-        except (argparse.ArgumentError, ValueError):  # held in a way _option_names missed
-            yielded.append(short)
-    return tuple(yielded)
-
-
-def _argparse_kind(option: Option) -> dict[str, Any]:
-    if option.switch:
-        return {"action": "store_const", "const": "true", "default": None}
-    return {"metavar": option.metavar, "default": None}
+    yielded = tuple(option.short_flag for option in OPTIONS
+                    if option.short_flag is not None and option.short_flag in held)
+    ours = {option.short_flag: option for option in OPTIONS
+            if option.short_flag is not None and option.short_flag not in held}
+    prefixed = {option.flag: option for option in OPTIONS}
+    used: dict[str, str] = {}
+    for index, arg in enumerate(args):
+        if arg == "--":
+            break
+        name, equals, value = str(arg).partition("=")
+        if name in ours:
+            option = ours[name]
+            args[index] = option.flag + equals + value
+            used[option.field] = name
+        elif name in prefixed:  # the last occurrence wins, as argparse lets it
+            used.pop(prefixed[name].field, None)
+    return ShortSpellings(yielded, used)
 
 
 def _option_names(parser: pytest.Parser) -> set[str]:
     """Every option string registered so far, through pytest's parser or its argparse."""
-    names = {name for group in getattr(parser, "_groups", ())
+    groups = [*getattr(parser, "_groups", ()), getattr(parser, "_anonymous", None)]
+    names = {name for group in groups if group is not None  # pytest 8 keeps _anonymous apart
              for option in group.options for name in option.names()}
     argparser = getattr(parser, "optparser", None)  # pytest >= 9 builds argparse as it goes
     names.update(getattr(argparser, "_option_string_actions", {}))
@@ -487,11 +500,8 @@ def source_of(config: pytest.Config, field: str) -> str:
 def _raw_value(config: pytest.Config, option: Option) -> tuple[str | None, str]:
     cli = config.getoption(option.dest)
     if cli is not None:
-        return str(cli), option.flag
-    if option.short_flag is not None:
-        short = config.getoption(option.short_dest, default=None)  # absent where yielded
-        if short is not None:
-            return str(short), option.short_flag
+        spellings = config.stash.get(SHORT_SPELLINGS_KEY, ShortSpellings())
+        return str(cli), spellings.used.get(option.field, option.flag)
     ini = config.getini(option.ini)
     if isinstance(ini, list):  # a TOML array in pyproject.toml: batchprof_batch_sizes = [1, 16]
         ini = ",".join(map(str, ini))

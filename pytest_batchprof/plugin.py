@@ -23,11 +23,12 @@ import pytest
 
 from pytest_batchprof import hooks
 from pytest_batchprof.options import (
+    SHORT_SPELLINGS_KEY,
     Settings,
-    add_short_spellings,
     register,
     settings_from_config,
     source_of,
+    take_short_spellings,
 )
 from pytest_batchprof.terminal import TerminalConsole
 
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SESSION_KEY = pytest.StashKey["BatchprofSession"]()
 """The session's shared state, present once a test has used the plugin."""
-YIELDED_KEY = pytest.StashKey[tuple[str, ...]]()
 CLEARED_KEY = pytest.StashKey[int]()
 RUNS_KEY = pytest.StashKey[list["Run"]]()
 DATA_FIXTURES = ("dataset", "trained_mlp")
@@ -67,9 +67,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser,
                                   args: list[str]):
     """Once the project's initial conftests (and every plugin) have added their options,
-    add the short spellings that nobody holds, before pytest parses the command line."""
+    turn the short spellings that nobody holds into ours, before pytest parses ``args``."""
     result = yield
-    early_config.stash[YIELDED_KEY] = add_short_spellings(parser)
+    early_config.stash[SHORT_SPELLINGS_KEY] = take_short_spellings(parser, args)
     return result
 
 
@@ -145,7 +145,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     else:
         device = "chosen when a test first needs it"  # not worth importing torch for now
     lines = [f"{settings.header()} ({device})"]
-    yielded = config.stash.get(YIELDED_KEY, ())
+    spellings = config.stash.get(SHORT_SPELLINGS_KEY, None)
+    yielded = spellings.yielded if spellings is not None else ()
     if yielded:
         prefixed = [flag.replace("--", "--batchprof-", 1) for flag in yielded]
         lines.append(f"batchprof: left to this project: {', '.join(yielded)} "

@@ -172,8 +172,8 @@ def _torchvision_loader(class_name: str, num_classes: int = 10) -> Loader:
                 raise DatasetUnavailable(
                     f"{class_name} is not in {raw_dir} and could not be downloaded "
                     f"({one_line(error)}); put its raw files there, point "
-                    f"--data-dir (or BATCHPROF_DATA_DIR) at a directory that holds "
-                    f"{class_name}/raw/, or run offline with --dataset digits"
+                    f"--batchprof-data-dir (or BATCHPROF_DATA_DIR) at a directory that holds "
+                    f"{class_name}/raw/, or run offline with --batchprof-dataset digits"
                 ) from error
             train = dataset_class(str(data_dir), train=True, download=False)
         test = dataset_class(str(data_dir), train=False, download=False)

@@ -178,7 +178,7 @@ NOISE_NOTE = (
     "Test accuracies are means over each side's seeds (± the half-width of the 95% Student t "
     "interval). The noise column is the 95% interval of the difference of the means "
     "(Welch): a delta inside it is within the spread the seeds showed; with one seed on "
-    "each side the noise is unknown (train with --repeats 3 to measure it)."
+    "each side the noise is unknown (train with --batchprof-repeats 3 to measure it)."
 )
 
 

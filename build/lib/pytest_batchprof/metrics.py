@@ -134,7 +134,7 @@ class Measurements:
             figures.update({
                 f"{prefix}_energy_kwh": carbon.energy_kwh if carbon else None,
                 f"{prefix}_co2eq_kg": carbon.co2eq_kg if carbon else None,
-                f"{prefix}_co2_note": carbon.note if carbon else "off (--no-co2)",
+                f"{prefix}_co2_note": carbon.note if carbon else "off (--batchprof-no-co2)",
             })
         return figures
 

@@ -425,7 +425,8 @@ def _argparse_kind(option: Option) -> dict[str, Any]:
 
 def _option_names(parser: pytest.Parser) -> set[str]:
     """Every option string registered so far, through pytest's parser or its argparse."""
-    names = {name for group in getattr(parser, "_groups", ())
+    groups = [*getattr(parser, "_groups", ()), getattr(parser, "_anonymous", None)]
+    names = {name for group in groups if group is not None  # pytest 8 keeps _anonymous apart
              for option in group.options for name in option.names()}
     argparser = getattr(parser, "optparser", None)  # pytest >= 9 builds argparse as it goes
     names.update(getattr(argparser, "_option_string_actions", {}))
@@ -470,6 +471,11 @@ def default_data_dir() -> Path:
     """``$BATCHPROF_DATA_DIR`` when set, else ``~/.cache/pytest-batchprof``."""
     env = os.environ.get(DATA_DIR_ENV)
     return Path(env).expanduser() if env else DEFAULT_DATA_DIR.expanduser()
+
+
+def flag_of(field: str) -> str:
+    """The ``--batchprof-`` spelling of a setting, for messages written away from the config."""
+    return next(option.flag for option in OPTIONS if option.field == field)
 
 
 def source_of(config: pytest.Config, field: str) -> str:

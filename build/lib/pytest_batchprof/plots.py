@@ -65,6 +65,10 @@ MAX_EPOCH_TICKS = 10
 LEGEND_COLUMNS = 5
 """At most this many batch sizes side by side in the learning curves' legend."""
 
+FINE_CURVE_NOTE = ("lines: part of the validation set, every few thousand samples; "
+                   "dots: all of it, after each epoch")
+"""What the learning curves' lines and dots are, under them, when a run has a fine curve."""
+
 LEGEND_HANDLE_INCHES, LEGEND_CHAR_INCHES = 0.75, 0.075
 """Width of a legend entry's line sample and spacing, and of one character of its text."""
 
@@ -408,13 +412,13 @@ def _curves_figure(series: list[Series], title: str) -> Figure | None:
             if fine:
                 fine_drawn = True
                 line = _curve_line(panel, fine, one.fine_errors.get(size, []), colour,
-                                   marker=None)
+                                   marker=None, label=f"batch {size}")
                 panel.plot([x for x, _ in epochs], [y for _, y in epochs], linestyle="none",
                            marker="o", markersize=3.5, color=colour)
                 points = [*fine, *epochs]
             else:
                 line = _curve_line(panel, epochs, one.curve_errors.get(size, []), colour,
-                                   marker="o")
+                                   marker="o", label=f"batch {size}")
                 points = epochs
             handles.setdefault(size, line)
             positions += [x for x, _ in points]
@@ -428,21 +432,21 @@ def _curves_figure(series: list[Series], title: str) -> Figure | None:
             panel.set_ylabel("Validation accuracy (%)")
         if index >= len(panels) - columns:
             panel.set_xlabel("Epoch")
-    if fine_drawn:
-        title += ("\nlines: every few thousand samples, on part of the validation set; "
-                  "dots: each epoch, on all of it")
-    figure.suptitle(title, fontsize="medium" if fine_drawn else "large")
+    figure.suptitle(title)
     labels = [f"batch {size}" for size in sizes]
+    note = FINE_CURVE_NOTE if fine_drawn else None
     figure.legend([handles[size] for size in sizes], labels, loc="outside lower center",
-                  ncols=_legend_columns(labels, WIDTH), fontsize="small", frameon=False)
+                  ncols=_legend_columns(labels, WIDTH), fontsize="small", frameon=False,
+                  title=note, title_fontsize="small")
     return figure
 
 
 def _curve_line(panel: Axes, points: list[tuple[float, float]], halves: list[float | None],
-                colour: object, marker: str | None) -> Line2D:
+                colour: object, marker: str | None, label: str) -> Line2D:
     """A learning curve, with the seeds' 95% band where it has one; the line drawn."""
     x, means = [x for x, _ in points], [y for _, y in points]
-    (line,) = panel.plot(x, means, color=colour, marker=marker, markersize=3.5, linewidth=1.5)
+    (line,) = panel.plot(x, means, color=colour, marker=marker, markersize=3.5, linewidth=1.5,
+                         label=label)
     if any(half is not None for half in halves):
         panel.fill_between(
             x, [mean - (half or 0) for mean, half in zip(means, halves, strict=True)],

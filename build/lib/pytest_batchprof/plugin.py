@@ -124,8 +124,11 @@ def batchprof_session(config: pytest.Config) -> BatchprofSession:
             f"{source_of(config, 'device')} {error}; expected auto, cpu or a device this "
             f"machine has (got {settings.device!r})"
         ) from None
-    session = BatchprofSession(settings, device, TerminalConsole(config))
+    console = TerminalConsole(config)
+    session = BatchprofSession(settings, device, console)
     config.stash[SESSION_KEY] = session
+    if settings.device == "auto":  # the header could not say which device that is
+        console.line(f"batchprof: device {device} (auto: cuda, then mps, then cpu)")
     return session
 
 
@@ -137,13 +140,16 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     """
     settings = config.stash[SETTINGS_KEY]
     session = config.stash.get(SESSION_KEY, None)
-    resolved = f" ({session.device})" if session is not None else ""
-    lines = [f"{settings.header()}{resolved}"]
+    if session is not None or settings.device == "cpu":
+        device = "cpu" if session is None else str(session.device)
+    else:
+        device = "chosen when a test first needs it"  # not worth importing torch for now
+    lines = [f"{settings.header()} ({device})"]
     yielded = config.stash.get(YIELDED_KEY, ())
     if yielded:
         prefixed = [flag.replace("--", "--batchprof-", 1) for flag in yielded]
-        lines.append(f"batchprof: {', '.join(yielded)} belong to this project here; "
-                     f"batchprof's are {', '.join(prefixed)}")
+        lines.append(f"batchprof: left to this project: {', '.join(yielded)} "
+                     f"(batchprof's own: {', '.join(prefixed)})")
     if CLEARED_KEY in config.stash:
         count = config.stash[CLEARED_KEY]
         lines.append(f"batchprof: cleared {count} cached run{'s' if count != 1 else ''} "

@@ -20,7 +20,7 @@ from pytest_batchprof.carbon import Carbon, CarbonMeter
 from pytest_batchprof.data import Dataset, crop_shape, dataset_key, load_dataset
 from pytest_batchprof.metrics import PeakMemory, measure, peak_memory
 from pytest_batchprof.models import ACTIVATIONS, normalise_hidden
-from pytest_batchprof.options import OPTIMIZERS, Settings
+from pytest_batchprof.options import OPTIMIZERS, Settings, flag_of
 from pytest_batchprof.progress import Console, RunProgress
 from pytest_batchprof.training import Run, RunConfig, initial_model, scaled_lr, train, warm_up
 
@@ -66,20 +66,20 @@ class BatchprofSession:
         return self.datasets[key]
 
     def check_fits(self, data: Dataset) -> None:
-        """Raise ``ValueError`` if ``--train-subset`` or a batch size exceeds the training set."""
+        """Raise ``ValueError`` if the train subset or a batch size exceeds the training set."""
         settings = self.settings
         available = len(data.train)
         if settings.train_subset is not None and settings.train_subset > available:
             raise ValueError(
-                f"--train-subset {settings.train_subset} is larger than the {available} "
-                f"training samples of {data.name}; use at most {available}"
+                f"{flag_of('train_subset')} {settings.train_subset} is larger than the "
+                f"{available} training samples of {data.name}; use at most {available}"
             )
         usable = settings.train_subset or available
         too_big = [size for size in settings.batch_sizes if size > usable]
         if too_big:
             raise ValueError(
-                f"--batch-sizes has {too_big[0]}, which is larger than the {usable} training "
-                f"samples of {data.name}; use batch sizes of at most {usable}"
+                f"{flag_of('batch_sizes')} has {too_big[0]}, which is larger than the {usable} "
+                f"training samples of {data.name}; use batch sizes of at most {usable}"
             )
 
     def run(
@@ -179,7 +179,8 @@ class BatchprofSession:
         if self.carbon:
             self.carbon.prepare()
             train_carbon = cached.train_carbon or Carbon(
-                None, None, None, "not measured: trained with --no-co2 before it was cached")
+                None, None, None,
+                f"not measured: trained with {flag_of('no_co2')} before it was cached")
         peak = cached.peak_memory or PeakMemory(0, "not measured (cached run)")
         self._measure(run, data, peak, train_carbon, " (cached)")
         return run

@@ -49,10 +49,12 @@ CURVE_EVERY_SAMPLES = 10_000
 """A learning-curve point is recorded after every this many training samples (runs whose
 epochs are shorter have one point per epoch, their epoch records)."""
 
-CURVE_PROBE_SAMPLES = 1_000
+CURVE_PROBE_SAMPLES = 500
 """The validation samples a learning-curve point is measured on: the first ones of the
-split, the same for every point. A point then costs about a tenth of a full MNIST
-validation pass, and a run's curve under 2% of its training time."""
+split, the same for every point and every run, so that the points of one curve, and the
+curves of two runs, differ by what the models learnt, not by which samples were drawn. A
+point costs a tenth of a full MNIST validation pass; the curve, one forward pass over 5%
+of the training samples (``make overhead`` measures it)."""
 
 PROGRESS_POLL_SECONDS = 0.25
 """How often the training loop tells its observer where it stands (a clock read per step)."""
@@ -213,6 +215,8 @@ class Run:
     curve: list[CurvePoint] = field(default_factory=list)
     """The learning curve between epochs (empty when an epoch has at most
     :data:`CURVE_EVERY_SAMPLES` samples: the epoch records are fine enough)."""
+    curve_seconds: float = 0.0
+    """Wall time spent measuring ``curve``: part of no training time."""
 
     @property
     def name(self) -> str:
@@ -436,7 +440,6 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
         run.time_to_target = TimeToTarget(target)
     probe = data.val.take(CURVE_PROBE_SAMPLES)
     next_curve_point = CURVE_EVERY_SAMPLES if count > CURVE_EVERY_SAMPLES else math.inf
-    measuring = 0.0  # seconds spent on curve points: kept out of every training time
     synchronize(device)
     run_started = time.perf_counter()
     next_poll = run_started + PROGRESS_POLL_SECONDS
@@ -447,7 +450,7 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
             return False
         run.time_to_target = TimeToTarget(target, steps_done, samples_done,
                                           samples_done / count,
-                                          time.perf_counter() - run_started - measuring)
+                                          time.perf_counter() - run_started - run.curve_seconds)
         return True
 
     def curve_point() -> float:
@@ -461,7 +464,7 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
     for epoch in range(1, config.epochs + 1):
         synchronize(device)
         started = time.perf_counter()
-        measured_before = measuring
+        measured_before = run.curve_seconds
         model.train()
         order = torch.randperm(count, generator=shuffle).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -487,7 +490,7 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
             if step % DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum):
                 break
             if samples_done >= next_curve_point:
-                measuring += curve_point()
+                run.curve_seconds += curve_point()
                 next_curve_point = (samples_done // CURVE_EVERY_SAMPLES + 1) * CURVE_EVERY_SAMPLES
             if (target is not None and steps_done % check_steps == 0
                     and reached(evaluate(model, data.val)[1])):
@@ -500,13 +503,13 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
                         epoch=epoch, epochs=config.epochs, step=step,
                         steps_per_epoch=steps_per_epoch, samples_done=samples_done,
                         total_samples=count * config.epochs, epoch_seconds=now - started,
-                        run_seconds=now - run_started - measuring,
+                        run_seconds=now - run_started - run.curve_seconds,
                         stops_early=target is not None))
         train_loss = loss_sum.item() / seen
         train_accuracy = correct.item() / seen
         synchronize(device)
         trained = time.perf_counter()
-        train_seconds = trained - started - (measuring - measured_before)
+        train_seconds = trained - started - (run.curve_seconds - measured_before)
         run.train_seconds += train_seconds
         if not math.isfinite(train_loss):
             run.diverged = (
