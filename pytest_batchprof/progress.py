@@ -3,10 +3,12 @@
 A run prints every epoch line while it has at most :data:`ALL_EPOCHS_UP_TO`
 epochs; a longer one prints about :data:`CONDENSED_EPOCHS` evenly spaced
 epochs plus its last (every epoch with ``-v``; the report files keep them
-all). While an epoch runs for more than :data:`SHOW_AFTER_SECONDS`, a status
-line gives the step, the samples per second and the time left for the run: on
+all). Once a run has printed nothing for :data:`SHOW_AFTER_SECONDS` (a long
+epoch, or many short ones between the condensed lines), a status line gives
+the epoch, the step, the samples per second and the time left for the run: on
 a terminal it is redrawn in place at most every :data:`REDRAW_SECONDS`;
-elsewhere (a CI log) it is a plain line every :data:`PLAIN_EVERY_SECONDS`.
+elsewhere (a CI log) it is a plain line after :data:`PLAIN_EVERY_SECONDS` of
+silence, so a log never goes quiet for longer than that.
 
 The engine reports progress from host-side counters at most every
 :data:`~pytest_batchprof.training.PROGRESS_POLL_SECONDS`: nothing here waits
@@ -33,14 +35,13 @@ CONDENSED_EPOCHS = 10
 """A longer run prints this many evenly spaced epochs, the first and the last among them."""
 
 SHOW_AFTER_SECONDS = 3.0
-"""An epoch shows a progress line once it has run this long."""
+"""On a terminal, a run that has printed nothing for this long shows its progress line."""
 
 REDRAW_SECONDS = 1.0
 """On a terminal, the progress line is redrawn in place at most this often."""
 
 PLAIN_EVERY_SECONDS = 30.0
-"""Elsewhere, a plain progress line is printed after an epoch has run this long, and this
-often after that."""
+"""Elsewhere, a run that has printed nothing for this long prints a plain progress line."""
 
 
 class Console(Protocol):
@@ -85,8 +86,6 @@ class TrainingStatus:
     """Training samples of the whole run so far."""
     total_samples: int
     """Training samples of the whole run as planned (a run may stop earlier at its target)."""
-    epoch_seconds: float
-    """Wall time since this epoch started."""
     run_seconds: float
     """Wall time since the run started, validation included, measuring excluded."""
     stops_early: bool = False
@@ -120,10 +119,9 @@ def duration(seconds: float) -> str:
     whole = round(seconds)
     if whole < 60:
         return f"{whole} s"
-    minutes, secs = divmod(whole, 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    hours, minutes = divmod(round(whole / 60), 60)
     return f"{hours} h {minutes:02d} min"
 
 
@@ -142,6 +140,8 @@ class RunProgress:
         self.shown = shown_epochs(epochs, verbose)
         self.clock = clock
         self._printed: EpochRecord | None = None
+        self._silent_since = clock()
+        """When this run last printed a line that stays."""
         self._last_status: float | None = None
         self._status_on_screen = False
         if self.shown is not None:
@@ -151,35 +151,39 @@ class RunProgress:
 
     def on_progress(self, status: TrainingStatus) -> None:
         """Show or refresh the progress line, as often as the console allows."""
-        if status.epoch_seconds < SHOW_AFTER_SECONDS:
-            return
         now = self.clock()
+        silent = now - self._silent_since
         if self.console.is_terminal:
-            due = self._last_status is None or now - self._last_status >= REDRAW_SECONDS
+            due = silent >= SHOW_AFTER_SECONDS and (
+                self._last_status is None or now - self._last_status >= REDRAW_SECONDS)
         else:
-            due = (status.epoch_seconds >= PLAIN_EVERY_SECONDS
-                   and (self._last_status is None
-                        or now - self._last_status >= PLAIN_EVERY_SECONDS))
+            due = silent >= PLAIN_EVERY_SECONDS
         if due:
             self.console.status(self.indent + status.line())
             self._last_status = now
             self._status_on_screen = True
+            if not self.console.is_terminal:  # a plain line stays: the log is not silent
+                self._silent_since = now
 
     def on_epoch(self, config: RunConfig, record: EpochRecord) -> None:
-        """Print the epoch's line if it is one of the shown epochs."""
-        self._clear()
-        self._last_status = None  # a new epoch waits SHOW_AFTER_SECONDS again
+        """Print the epoch's line if it is one of the shown epochs (a hidden epoch leaves
+        the progress line on screen, for the next status to redraw)."""
         if self.shown is None or record.epoch in self.shown:
-            self.console.line(self.indent + record.line())
-            self._printed = record
+            self._print(record)
 
     def finish(self, history: Sequence[EpochRecord]) -> None:
         """Clear the progress line and print the last epoch if it was not shown (a run
         stopped at its target or by a diverging loss ends between the shown epochs)."""
         self._clear()
-        if history and history[-1] is not self._printed:
-            self.console.line(self.indent + history[-1].line())
-            self._printed = history[-1]
+        if history and history[-1] != self._printed:
+            self._print(history[-1])
+
+    def _print(self, record: EpochRecord) -> None:
+        self._clear()
+        self.console.line(self.indent + record.line())
+        self._printed = record
+        self._silent_since = self.clock()
+        self._last_status = None
 
     def _clear(self) -> None:
         if self._status_on_screen:

@@ -48,7 +48,7 @@ class TerminalConsole:
             if not self._status_shown:
                 terminal.ensure_newline()  # start below pytest's row of dots
             width = getattr(getattr(terminal, "_tw", None), "fullwidth", 80)
-            terminal.rewrite(text[:max(width - 1, 20)], erase=True)  # one screen line
+            terminal.rewrite(text[:max(width - 1, 1)], erase=True)  # one screen line
             self._status_shown = True
 
     def clear_status(self) -> None:

@@ -502,7 +502,7 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
                     observer.on_progress(TrainingStatus(
                         epoch=epoch, epochs=config.epochs, step=step,
                         steps_per_epoch=steps_per_epoch, samples_done=samples_done,
-                        total_samples=count * config.epochs, epoch_seconds=now - started,
+                        total_samples=count * config.epochs,
                         run_seconds=now - run_started - run.curve_seconds,
                         stops_early=target is not None))
         train_loss = loss_sum.item() / seen

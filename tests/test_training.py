@@ -224,5 +224,5 @@ def test_observer_hears_progress_from_host_counters_without_syncing(synthetic, r
     assert all(s.total_samples == 2 * len(synthetic.train) for s in observer.statuses)
     done = [s.samples_done for s in observer.statuses]
     assert done == sorted(done) and done[-1] == 2 * len(synthetic.train)
-    assert all(s.run_seconds > 0 and s.epoch_seconds > 0 for s in observer.statuses)
+    assert all(s.run_seconds > 0 for s in observer.statuses)
     assert not any(s.stops_early for s in observer.statuses)
