@@ -193,13 +193,15 @@ def test_measuring_the_curve_is_kept_out_of_training_times(synthetic, run_config
         return real_evaluate(model, split, *args)
 
     monkeypatch.setattr(training, "evaluate", slow_probe)
+    started = time.perf_counter()
     run = train(run_config(synthetic, epochs=2, target_accuracy=0.9999), synthetic,
                 torch.device("cpu"))
+    wall = time.perf_counter() - started
     assert len(run.curve) == 6
     assert run.curve_seconds >= 6 * 0.2
     assert run.train_seconds == pytest.approx(sum(r.seconds for r in run.history))
-    assert run.train_seconds < 0.2  # 1.2 s of curve points are in none of the times
-    assert all(r.train_seconds < 0.2 for r in run.history)
+    # the wall time holds both; counted in a training time, the 1.2 s would be there twice
+    assert run.train_seconds + run.curve_seconds <= wall
     summary = json.loads(json.dumps(run.summary()))
     assert [point["samples"] for point in summary["curve"]] == [240, 480, 720, 960, 1200, 1440]
 
