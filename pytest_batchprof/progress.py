@@ -52,6 +52,11 @@ class Console(Protocol):
         """Whether a status line can be redrawn in place (a TTY)."""
         ...
 
+    @property
+    def verbose(self) -> bool:
+        """Whether the user asked for every line (``-v``): a long run's every epoch."""
+        ...
+
     def line(self, text: str) -> None:
         """Print a line that stays (a status line on screen is cleared first)."""
         ...

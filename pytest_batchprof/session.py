@@ -136,8 +136,7 @@ class BatchprofSession:
             self.carbon.prepare()  # its hardware probe, once per session
         progress = None
         if self.console is not None:
-            progress = RunProgress(self.console, config.epochs,
-                                   verbose=getattr(self.console, "verbose", False))
+            progress = RunProgress(self.console, config.epochs, verbose=self.console.verbose)
         with ExitStack() as stack:
             memory = stack.enter_context(peak_memory(self.device))
             train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None

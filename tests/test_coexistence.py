@@ -225,35 +225,24 @@ def test_every_short_name_held_by_the_project_at_once(pytester: pytest.Pytester)
 PLUGIN_NAMES = ["--device", "--seed", "--lr", "--batch-sizes"]
 
 
+@pytest.mark.parametrize("loading", ["dash-p", "pytest_plugins"])
 @pytest.mark.parametrize("short", PLUGIN_NAMES)
-def test_option_of_plugin_loaded_with_dash_p_wins(pytester: pytest.Pytester,
-                                                  short: str) -> None:
-    """``-p otherplugin`` registers before pytest loads the ``batchprof`` entry point."""
+def test_option_of_another_plugin_wins(pytester: pytest.Pytester, short: str,
+                                       loading: str) -> None:
+    """``-p otherplugin`` registers before pytest loads the ``batchprof`` entry point; a
+    plugin in the root conftest's ``pytest_plugins`` registers after it."""
     option = option_by_short(short)
     value, shown = SAMPLES[option.field]
     assert value is not None
     pytester.makepyfile(otherplugin=hook_source([(short, "project_value")]),
                         test_project=project_values_test({"project_value": PROJECT_VALUE}))
+    if loading == "dash-p":
+        load = ["-p", "otherplugin"]
+    else:
+        load = []
+        pytester.makeconftest('pytest_plugins = ["otherplugin"]\n')
     pytester.syspathinsert()
-    result = pytester.runpytest(*NO_HYPOTHESIS, "-p", "otherplugin", short, PROJECT_VALUE,
-                                option.flag, value)
-    result.assert_outcomes(passed=2 if option.field == "batch_sizes" else 1)
-    assert shows(result, shown)
-    assert yielded_lines(result) == [expected_yield_line(short)]
-
-
-@pytest.mark.parametrize("short", PLUGIN_NAMES)
-def test_option_of_plugin_named_in_pytest_plugins_wins(pytester: pytest.Pytester,
-                                                       short: str) -> None:
-    """A plugin in the root conftest's ``pytest_plugins`` registers after the entry point."""
-    option = option_by_short(short)
-    value, shown = SAMPLES[option.field]
-    assert value is not None
-    pytester.makepyfile(laterplugin=hook_source([(short, "project_value")]),
-                        test_project=project_values_test({"project_value": PROJECT_VALUE}))
-    pytester.makeconftest('pytest_plugins = ["laterplugin"]\n')
-    pytester.syspathinsert()
-    result = pytester.runpytest(*NO_HYPOTHESIS, option.flag, value, short, PROJECT_VALUE)
+    result = pytester.runpytest(*NO_HYPOTHESIS, *load, short, PROJECT_VALUE, option.flag, value)
     result.assert_outcomes(passed=2 if option.field == "batch_sizes" else 1)
     assert shows(result, shown)
     assert yielded_lines(result) == [expected_yield_line(short)]

@@ -52,6 +52,7 @@ class FakeConsole:
     """A :class:`~pytest_batchprof.progress.Console` that records every call in order."""
 
     is_terminal: bool = True
+    verbose: bool = False
     calls: list[tuple[str, str]] = field(default_factory=list)
     """``("line", text)``, ``("status", text)`` and ``("clear", "")``, as they were made."""
 
