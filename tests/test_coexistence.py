@@ -502,3 +502,14 @@ def test_package_exports_are_lazy() -> None:
     assert found["in_dir"] == []
     assert found["unknown"] == "module 'pytest_batchprof' has no attribute 'no_such_name'"
     assert found["star"] == sorted([*LAZY_EXPORTS, "__version__"])
+
+
+def test_short_spellings_in_addopts_and_the_environment_reach_the_plugin(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``addopts`` and ``PYTEST_ADDOPTS`` join the command line before it is rewritten."""
+    pytester.makeini("[pytest]\naddopts = --epochs 4\n")
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--seed=6")
+    pytester.makepyfile(TRIVIAL_TEST)
+    result = pytester.runpytest(*NO_HYPOTHESIS)
+    result.assert_outcomes(passed=1)
+    assert shows(result, "epochs=4") and shows(result, "seed=6")
