@@ -1,8 +1,8 @@
 """What measuring costs: a run as ``trained_mlp`` trains it (memory sampling during
 training, then params, FLOPs, sizes and latency; CO2 off) against the bare
-training engine, and the engine's learning-curve points against the same engine
-without them, side by side in one process, alternating so that drift in the
-machine's speed hits every side alike.
+training engine; and the engine's learning-curve points and its progress
+observer against the same engine without them. All side by side in one
+process, alternating so that drift in the machine's speed hits every side alike.
 
     make overhead                      # MNIST, 784-1024-10, batch 64, 1 epoch, 3 pairs
     .venv/bin/python benchmarks/measurement_overhead.py --dataset digits --pairs 5
@@ -14,6 +14,8 @@ import argparse
 import math
 import statistics
 import time
+import timeit
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,8 +24,31 @@ from tabulate import tabulate
 from pytest_batchprof import training
 from pytest_batchprof.data import load_dataset
 from pytest_batchprof.options import Settings, default_data_dir
+from pytest_batchprof.progress import RunProgress
 from pytest_batchprof.session import BatchprofSession
 from pytest_batchprof.training import RunConfig, train
+
+NO_CURVE = "engine without learning-curve points"
+BARE = "bare engine (train only, curve points included)"
+PROGRESS = "bare engine with its progress observer"
+MEASURED = "as trained_mlp runs it (CO2 off)"
+SIDES = (NO_CURVE, BARE, PROGRESS, MEASURED)
+
+
+class SilentConsole:
+    """A terminal that shows nothing: the progress line's own cost, without the drawing."""
+
+    is_terminal = True
+    verbose = False
+
+    def line(self, text: str) -> None:
+        pass
+
+    def status(self, text: str) -> None:
+        pass
+
+    def clear_status(self) -> None:
+        pass
 
 
 def main() -> None:
@@ -49,48 +74,50 @@ def main() -> None:
     )
     train(config, data, device)  # warm-up: first-call costs belong to neither side
 
-    bare, measured, measuring, no_curve = [], [], [], []
+    times: dict[str, list[float]] = {side: [] for side in SIDES}
+    measuring: list[float] = []
     curve_spacing = training.CURVE_EVERY_SAMPLES
-    for _ in range(args.pairs):
-        started = time.perf_counter()
-        run = train(config, data, device)
-        bare.append(time.perf_counter() - started)
-        points, curve_share = len(run.curve), run.curve_seconds / bare[-1]
 
+    def timed(side: str, work):
+        started = time.perf_counter()
+        result = work()
+        times[side].append(time.perf_counter() - started)
+        return result
+
+    for _ in range(args.pairs):
         training.CURVE_EVERY_SAMPLES = math.inf  # the engine without learning-curve points
         try:
-            started = time.perf_counter()
-            train(config, data, device)
-            no_curve.append(time.perf_counter() - started)
+            timed(NO_CURVE, lambda: train(config, data, device))
         finally:
             training.CURVE_EVERY_SAMPLES = curve_spacing
+        run = timed(BARE, lambda: train(config, data, device))
+        points, curve_share = len(run.curve), run.curve_seconds / times[BARE][-1]
+        timed(PROGRESS, lambda: train(config, data, device,
+                                      RunProgress(SilentConsole(), config.epochs)))
+        run = timed(MEASURED, partial(BatchprofSession(settings, device).run, data,
+                                      (args.hidden,), args.batch_size))
+        measuring.append(times[MEASURED][-1] - run.train_seconds)
 
-        session = BatchprofSession(settings, device)
-        started = time.perf_counter()
-        run = session.run(data, (args.hidden,), args.batch_size)
-        measured.append(time.perf_counter() - started)
-        measuring.append(measured[-1] - run.train_seconds)
-
-    bare_median, measured_median = statistics.median(bare), statistics.median(measured)
-    no_curve_median = statistics.median(no_curve)
-    rows = [
-        ["engine without learning-curve points", f"{no_curve_median:.3f}",
-         ", ".join(f"{t:.3f}" for t in no_curve)],
-        ["bare engine (train only, curve points included)", f"{bare_median:.3f}",
-         ", ".join(f"{t:.3f}" for t in bare)],
-        ["as trained_mlp runs it (CO2 off)", f"{measured_median:.3f}",
-         ", ".join(f"{t:.3f}" for t in measured)],
-        ["of which measuring after training", f"{statistics.median(measuring):.3f}",
-         ", ".join(f"{t:.3f}" for t in measuring)],
-    ]
+    medians = {side: statistics.median(values) for side, values in times.items()}
+    rows = [[side, f"{medians[side]:.3f}", ", ".join(f"{t:.3f}" for t in times[side])]
+            for side in SIDES]
+    rows.append(["of which measuring after training", f"{statistics.median(measuring):.3f}",
+                 ", ".join(f"{t:.3f}" for t in measuring)])
     print(f"{config.describe()}; {args.pairs} alternating pairs, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print(tabulate(rows, headers=["run", "median s", "each s"], tablefmt="github"))
     print(f"\nlearning curve: {points} points of {training.CURVE_PROBE_SAMPLES:,} validation "
           f"samples, every {curve_spacing:,} training samples: "
-          f"{bare_median / no_curve_median - 1:+.1%} wall time against the engine without "
+          f"{medians[BARE] / medians[NO_CURVE] - 1:+.1%} wall time against the engine without "
           f"them; the points themselves took {curve_share:.1%} of the run (target: under 3%)")
-    print(f"measurement overhead: {measured_median / bare_median - 1:+.1%} "
+    steps = math.ceil(len(data.train) / config.batch_size) * config.epochs
+    check = min(timeit.repeat("time.perf_counter() >= due", "due = 0.0", globals={"time": time},
+                              number=100_000, repeat=5)) / 100_000
+    print(f"progress line: {medians[PROGRESS] / medians[BARE] - 1:+.1%} wall time against the "
+          f"engine without an observer; its per-step clock check ({check * 1e9:.0f} ns x "
+          f"{steps:,} steps) is {check * steps / medians[BARE]:.3%} of the run "
+          f"(target: nothing measurable)")
+    print(f"measurement overhead: {medians[MEASURED] / medians[BARE] - 1:+.1%} "
           f"(target: under +10%)")
 
 
