@@ -8,10 +8,10 @@ without the prefix (``--epochs``, ``--device``, ``--batch-sizes``):
 project's initial conftests and every plugin have registered their own
 options, and only for names nobody else holds. The plugin loads in every
 pytest session of its environment, and a project's own ``--device`` must keep
-working. All values are parsed and
-checked once, when the session starts, into one frozen :class:`Settings`; a
-bad value ends the session with a one-line ``pytest.UsageError`` (exit code
-4) naming the spelling that was used, the value and what is allowed.
+working. All values are parsed and checked once, when the session starts, into
+one frozen :class:`Settings`; a bad value ends the session with a one-line
+``pytest.UsageError`` (exit code 4) naming the spelling that was used, the
+value and what is allowed.
 
 This module imports neither torch nor codecarbon (the country table is read
 only when ``--batchprof-co2-country`` is given).
@@ -321,8 +321,7 @@ OPTIONS: tuple[Option, ...] = (
            "the batch size at which --batchprof-lr applies unscaled (default: 64)"),
     Option("lr_warmup_epochs", "E", _non_negative_float, "a number of epochs >= 0, e.g. 1 or 0.5",
            "ramp the learning rate linearly from --batchprof-lr to the run's scaled lr over the "
-           "first E "
-           "epochs, step by step (default: 0, no warm-up)"),
+           "first E epochs, step by step (default: 0, no warm-up)"),
     Option("target_accuracy", "F", _fraction, "a fraction above 0 and below 1, e.g. 0.97",
            "stop each run when its validation accuracy reaches F, and report the steps, "
            "samples, epochs and seconds it took (default: off)"),
@@ -487,14 +486,17 @@ def default_data_dir() -> Path:
 
 def flag_of(field: str) -> str:
     """The ``--batchprof-`` spelling of a setting, for messages written away from the config."""
-    return next(option.flag for option in OPTIONS if option.field == field)
+    return _option(field).flag
 
 
 def source_of(config: pytest.Config, field: str) -> str:
     """Where a setting came from: ``--batchprof-device``, ``--device`` (the spelling used)
     or ``batchprof_device (ini)``."""
-    option = next(option for option in OPTIONS if option.field == field)
-    return _raw_value(config, option)[1]
+    return _raw_value(config, _option(field))[1]
+
+
+def _option(field: str) -> Option:
+    return next(option for option in OPTIONS if option.field == field)
 
 
 def _raw_value(config: pytest.Config, option: Option) -> tuple[str | None, str]:

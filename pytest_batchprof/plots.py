@@ -9,10 +9,10 @@ averaged per batch size, so every line stays single-valued; where a point has
 two seeds or more, an error bar (a band on the learning curves) shows the 95%
 Student t interval of that mean. The learning curves draw a run's finer curve
 (validation figures every few thousand samples, ``row["curve"]``) as the line
-and its epoch records as dots, each panel on a y axis fitted to its own data. Runs trained for
-different numbers of epochs (a 2-epoch study beside a 200-epoch one) get a
-panel each in the per-batch-size plots, with axes of their own: their
-accuracies and times are not on one scale. A diverged run
+and its epoch records as dots, each panel on a y axis fitted to its own data.
+Runs trained for different numbers of epochs (a 2-epoch study beside a
+200-epoch one) get a panel each in the per-batch-size plots, with axes of their
+own: their accuracies and times are not on one scale. A diverged run
 (``test_accuracy`` None) is left out of every plot: its time and its learning
 curve stop at the divergence and would pull the averages down.
 """
