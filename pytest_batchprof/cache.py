@@ -20,8 +20,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,14 +32,13 @@ import pytest_batchprof
 from pytest_batchprof.carbon import Carbon
 from pytest_batchprof.errors import one_line
 from pytest_batchprof.metrics import PeakMemory
+from pytest_batchprof.storage import TEMPORARY_SUFFIX, atomic_file
 from pytest_batchprof.training import CurvePoint, EpochRecord, Run, RunConfig, TimeToTarget
 
 CACHE_FORMAT = 3
 """Version of the entry layout; raise it when the layout or its meaning changes."""
 
 SUFFIX = ".pt"
-_TEMP_PREFIX = ".batchprof-"
-_TEMP_SUFFIX = ".tmp"
 _FIELDS = frozenset({
     "format", "inputs", "model", "optimizer", "history", "train_seconds", "test_loss",
     "test_accuracy", "diverged", "samples_per_epoch", "peak_memory", "train_carbon",
@@ -166,18 +163,10 @@ class RunCache:
             entry["peak_memory"] = asdict(run.measurements.peak_memory)
             carbon = run.measurements.train_carbon
             entry["train_carbon"] = None if carbon is None else asdict(carbon)
-        temp: str | None = None
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX,
-                                            dir=self.directory)
-            with os.fdopen(handle, "wb") as stream:
+            with atomic_file(path) as stream:  # readers see the old entry or the new one
                 torch.save(entry, stream)
-            os.replace(temp, path)  # readers see the old entry or the new one, never half
         except Exception as error:  # a full disk must not fail the test that trained the run
-            if temp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
             warnings.warn(f"batchprof: could not write cache entry {path} "
                           f"({one_line(error)}); the run is not cached",
                           BatchprofCacheWarning, stacklevel=2)
@@ -190,7 +179,7 @@ class RunCache:
             return 0
         removed = 0
         for path in [*self.directory.glob(f"*{SUFFIX}"),
-                     *self.directory.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}")]:
+                     *self.directory.glob(f".*{SUFFIX}.*{TEMPORARY_SUFFIX}")]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 if path.suffix == SUFFIX:

@@ -20,8 +20,6 @@ curve stop at the divergence and would pull the averages down.
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from pytest_batchprof.stats import finite, mean_interval
+from pytest_batchprof.storage import atomic_file
 
 WIDTH, HEIGHT, DPI = 6.4, 4.2, 120
 """Figure size in inches and resolution: 768 x 504 pixels, readable in a markdown page."""
@@ -216,19 +215,9 @@ def _varies(rows: Sequence[Mapping[str, object]], name: str) -> bool:
 
 
 def save_png(figure: Figure, path: Path) -> None:
-    """Save ``figure`` to ``path`` atomically: a reader never sees half a file.
-
-    The temporary file is opened with mode ``x``, so it gets the umask's
-    permissions (``mkstemp`` would make the report unreadable to others).
-    """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "xb") as handle:
-            figure.savefig(handle, format="png", dpi=DPI, metadata=PNG_METADATA)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Save ``figure`` to ``path`` atomically: a reader never sees half a file."""
+    with atomic_file(path) as handle:
+        figure.savefig(handle, format="png", dpi=DPI, metadata=PNG_METADATA)
 
 
 def _finished(row: Mapping[str, object]) -> bool:

@@ -14,10 +14,12 @@ import json
 import os
 import platform
 import socket
-import tempfile
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from pytest_batchprof.report import Row
 
@@ -29,26 +31,38 @@ class ReportError(ValueError):
     """A report file that cannot be used; the message names the path."""
 
 
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
+TEMPORARY_SUFFIX = ".tmp"
+"""The suffix of the temporary file :func:`atomic_file` writes beside its target."""
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into; it replaces ``path`` in one step.
+
+    The content goes to a temporary file beside ``path`` (``.NAME.PID-RANDOM.tmp``),
+    which ``os.replace`` moves over ``path`` when the ``with`` block ends: a
+    reader sees the old file or the new one, never half of one. If the block
+    raises, the temporary file is removed and ``path`` is left as it was. The
+    file is created with mode ``x``, so it gets the umask's permissions, as a
+    plain ``open`` would (``mkstemp`` would make a report unreadable to others).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    temporary = path.with_name(
+        f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMPORARY_SUFFIX}")
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide reports from others
+        with open(temporary, "xb") as handle:
+            yield handle
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as handle:
+        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def copy_atomic(source: Path, target: Path) -> Path:

@@ -204,7 +204,7 @@ def test_entry_stored_under_another_name_is_retrained(pytester: pytest.Pytester,
 def test_cache_clear_empties_the_directory(pytester: pytest.Pytester, tmp_path: Path,
                                            recorded: tuple[Path, dict]) -> None:
     cache_dir, _ = recorded
-    (cache_dir / ".batchprof-left-over.tmp").write_bytes(b"half")
+    (cache_dir / f".{'0' * 64}.pt.123-abcdef12.tmp").write_bytes(b"half")  # an interrupted write
     (cache_dir / "notes.txt").write_text("not ours")
     pytester.makepyfile(test_run="def test_nothing():\n    pass\n")
     result = pytester.runpytest(*BASE, f"--batchprof-cache={cache_dir}",
