@@ -51,11 +51,11 @@ def one_session(directory: Path, extra: list[str]) -> tuple[float, float]:
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=directory, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
+    _, status, usage = os.wait4(child.pid, 0)  # wait4: the child's own rusage
     seconds = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"startup: {' '.join(command)} exited with {child.returncode}")
+    exit_code = child.returncode = os.waitstatus_to_exitcode(status)  # reaped: tell Popen
+    if exit_code != 0:
+        raise SystemExit(f"startup: {' '.join(command)} exited with {exit_code}")
     return seconds, usage.ru_maxrss / 1024  # KiB on Linux
 
 

@@ -395,8 +395,8 @@ def register(parser: pytest.Parser) -> None:
 class ShortSpellings:
     """What :func:`take_short_spellings` did to a command line."""
 
-    yielded: tuple[str, ...] = ()
-    """Short spellings that another option holds: they were left alone, in OPTIONS order."""
+    yielded: tuple[Option, ...] = ()
+    """Options whose short spelling another option holds: it was left alone. In OPTIONS order."""
     used: dict[str, str] = dataclasses.field(default_factory=dict)
     """Field -> the short spelling of its last occurrence, where that one was short."""
 
@@ -415,7 +415,7 @@ def take_short_spellings(parser: pytest.Parser, args: list[str]) -> ShortSpellin
     ``--batchprof-`` names. Nothing after ``--`` is touched.
     """
     held = _option_names(parser)
-    yielded = tuple(option.short_flag for option in OPTIONS
+    yielded = tuple(option for option in OPTIONS
                     if option.short_flag is not None and option.short_flag in held)
     ours = {option.short_flag: option for option in OPTIONS
             if option.short_flag is not None and option.short_flag not in held}

@@ -8,7 +8,7 @@ Rows are ``Run.summary()`` dicts. Runs that differ only in their seed are
 averaged per batch size, so every line stays single-valued; where a point has
 two seeds or more, an error bar (a band on the learning curves) shows the 95%
 Student t interval of that mean. The learning curves draw a run's finer curve
-(validation figures every few thousand samples, ``row["curve"]``) as the line
+(validation figures between epochs, ``row["curve"]``) as the line
 and its epoch records as dots, each panel on a y axis fitted to its own data.
 Runs trained for different numbers of epochs (a 2-epoch study beside a
 200-epoch one) get a panel each in the per-batch-size plots, with axes of their
@@ -64,7 +64,7 @@ MAX_EPOCH_TICKS = 10
 LEGEND_COLUMNS = 5
 """At most this many batch sizes side by side in the learning curves' legend."""
 
-FINE_CURVE_NOTE = ("lines: part of the validation set, every few thousand samples; "
+FINE_CURVE_NOTE = ("lines: a fixed part of the validation set, between epochs; "
                    "dots: all of it, after each epoch")
 """What the learning curves' lines and dots are, under them, when a run has a fine curve."""
 

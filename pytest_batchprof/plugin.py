@@ -140,17 +140,18 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     """
     settings = config.stash[SETTINGS_KEY]
     session = config.stash.get(SESSION_KEY, None)
-    if session is not None or settings.device == "cpu":
-        device = "cpu" if session is None else str(session.device)
+    if session is not None:
+        device = str(session.device)
+    elif settings.device == "cpu":
+        device = "cpu"
     else:
         device = "chosen when a test first needs it"  # not worth importing torch for now
     lines = [f"{settings.header()} ({device})"]
     spellings = config.stash.get(SHORT_SPELLINGS_KEY, None)
-    yielded = spellings.yielded if spellings is not None else ()
-    if yielded:
-        prefixed = [flag.replace("--", "--batchprof-", 1) for flag in yielded]
-        lines.append(f"batchprof: left to this project: {', '.join(yielded)} "
-                     f"(batchprof's own: {', '.join(prefixed)})")
+    if spellings is not None and spellings.yielded:
+        shorts = ", ".join(option.short_flag for option in spellings.yielded)
+        ours = ", ".join(option.flag for option in spellings.yielded)
+        lines.append(f"batchprof: left to this project: {shorts} (batchprof's own: {ours})")
     if CLEARED_KEY in config.stash:
         count = config.stash[CLEARED_KEY]
         lines.append(f"batchprof: cleared {count} cached run{'s' if count != 1 else ''} "
@@ -248,9 +249,7 @@ class SummaryReporter:
                 if run_key(row) not in self.collector.rows:
                     self.collector.add([row], "", "interrupted")
         if self._collector is not None:
-            settings = self.config.stash[SETTINGS_KEY]
-            device = str(state.device) if state is not None else settings.device
-            self.report = self._collector.finish(self.config, settings, device,
+            self.report = self._collector.finish(self.config, self.config.stash[SETTINGS_KEY],
                                                  partial=exitstatus != pytest.ExitCode.OK,
                                                  baseline=self.baseline)
         if self.report and self.report.comparison and self.report.comparison.regressions:
@@ -445,10 +444,10 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
 
 
 def _record_in_benchmark(benchmark: object, run: Run) -> None:
-    """Append the run's figures (no history or curve: they are long) to
-    ``benchmark.extra_info``."""
-    figures = {key: value for key, value in run.summary().items()
-               if key not in ("history", "curve")}
+    """Append the run's figures (not its series: they are long) to ``benchmark.extra_info``."""
+    from pytest_batchprof.report import SERIES_KEYS
+
+    figures = {key: value for key, value in run.summary().items() if key not in SERIES_KEYS}
     runs = benchmark.extra_info.setdefault("batchprof", [])
     if figures not in runs:
         runs.append(figures)

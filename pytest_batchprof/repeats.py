@@ -21,13 +21,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_batchprof.report import Row, merge_outcome, run_key
+from pytest_batchprof.report import SERIES_KEYS, Row, merge_outcome, run_key
 from pytest_batchprof.stats import Interval, finite, mean_interval, seed_label
 
 if TYPE_CHECKING:
     from pytest_batchprof.training import Run
 
-NOT_FOLDED = frozenset({"seed", "outcome", "tests", "history", "curve"})
+NOT_FOLDED = frozenset({"seed", "outcome", "tests", *SERIES_KEYS})
 """Row keys :func:`aggregate_seeds` sets itself rather than by the general rule."""
 
 

@@ -127,6 +127,9 @@ def merge_outcome(current: str | None, new: str) -> str:
     return max(current, new, key=lambda outcome: OUTCOME_RANK.get(outcome, 0))
 
 
+SERIES_KEYS = ("history", "curve")
+"""Row keys holding a run's series (per epoch, between epochs) rather than one figure."""
+
 RUN_KEYS = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size", "epochs",
             "lr", "optimizer", "seed", "device", "train_subset", "val_fraction",
             "flush_denormals", "lr_warmup_epochs", "target_accuracy")

@@ -82,8 +82,9 @@ def environment(settings: dict[str, object], device: str) -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
-        "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda")
-        else "none",
+        "gpu": ", ".join(dict.fromkeys(  # one name per model of GPU the runs used
+            torch.cuda.get_device_name(torch.device(name)) for name in device.split(", ")
+            if name.startswith("cuda"))) or "none",
         "python": platform.python_version(),
         "torch": torch.__version__,
         **{f"option {key}": value for key, value in settings.items()},

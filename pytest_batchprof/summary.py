@@ -70,11 +70,20 @@ class SummaryCollector:
             if nodeid and nodeid not in kept["tests"]:
                 kept["tests"] = [*kept["tests"], nodeid]
 
-    def finish(self, config: pytest.Config, settings, device: str, partial: bool,
+    def devices(self) -> str:
+        """The devices the rows' runs trained on (``cpu``; ``cuda:0, cuda:1`` under xdist)."""
+        return ", ".join(sorted({str(row.get("device")) for row in self.rows.values()}))
+
+    def finish(self, config: pytest.Config, settings, partial: bool,
                baseline: tuple[Path, dict[str, object]] | None = None) -> SessionReport | None:
-        """Apply the hooks, compare, render, and write the files; ``None`` if nothing trained."""
+        """Apply the hooks, compare, render, and write the files; ``None`` if nothing trained.
+
+        The report's device is the runs' own: an xdist controller trains nothing, and
+        its workers may each have a GPU of their own.
+        """
         if not self.rows:
             return None
+        device = self.devices()
         rows = sort_rows(self.rows.values())
         standard_keys = {key for row in rows for key in row}
         config.hook.pytest_batchprof_summary(config=config, rows=rows)

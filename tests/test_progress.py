@@ -224,26 +224,29 @@ def test_status_line_of_a_run_that_may_stop_early_gives_an_upper_bound() -> None
         "epoch 3/200, step 1,200/3,438, 2,345 samples/s, at most 1 min 23 s left")
 
 
+def small_status(**changes: object) -> TrainingStatus:
+    """The first step of a 2-epoch run of 10 steps (640 samples planned), with ``changes``."""
+    fields: dict[str, object] = dict(epoch=1, epochs=2, step=0, steps_per_epoch=10,
+                                     samples_done=0, total_samples=640, run_seconds=0.0)
+    return TrainingStatus(**{**fields, **changes})
+
+
 def test_status_without_elapsed_time_has_no_rate_and_no_time_left() -> None:
-    status = TrainingStatus(epoch=1, epochs=2, step=0, steps_per_epoch=10, samples_done=0,
-                            total_samples=640, run_seconds=0.0,
-                            stops_early=True)
+    status = small_status(stops_early=True)
     assert math.isnan(status.samples_per_second)
     assert math.isnan(status.seconds_left)
     assert status.line() == "epoch 1/2, step 0/10"
 
 
 def test_status_without_samples_has_a_zero_rate_and_no_time_left() -> None:
-    status = TrainingStatus(epoch=1, epochs=2, step=0, steps_per_epoch=10, samples_done=0,
-                            total_samples=640, run_seconds=1.0)
+    status = small_status(run_seconds=1.0)
     assert status.samples_per_second == 0
     assert math.isnan(status.seconds_left)
     assert status.line() == "epoch 1/2, step 0/10, 0 samples/s"
 
 
 def test_status_past_the_planned_samples_has_nothing_left() -> None:
-    status = TrainingStatus(epoch=2, epochs=2, step=10, steps_per_epoch=10, samples_done=700,
-                            total_samples=640, run_seconds=2.0)
+    status = small_status(epoch=2, step=10, samples_done=700, run_seconds=2.0)
     assert status.seconds_left == 0
     assert status.line().endswith(", 350 samples/s, 0 s left")
 

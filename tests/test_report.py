@@ -492,6 +492,7 @@ def test_session_report_files_table_and_step_summary(pytester: pytest.Pytester,
                 "option seed", "option epochs", "option batch_sizes"):
         assert key in environment, key
     assert environment["torch"] == torch.__version__
+    assert (environment["device"], environment["gpu"]) == ("cpu", "none")  # the runs' own
     assert (environment["option dataset"], environment["option seed"],
             environment["option epochs"], environment["option batch_sizes"]) == (
         "digits", "0", "1", "64,32")
@@ -815,3 +816,17 @@ def test_session_without_training_reports_nothing(pytester: pytest.Pytester,
     # nothing but the test file (and the caches of Python and pytest-benchmark)
     assert [name for name in os.listdir(pytester.path)
             if name != "__pycache__" and not name.startswith(".")] == ["test_quiet.py"]
+
+
+def test_the_report_device_is_the_runs_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An xdist controller trains nothing: its report names the workers' devices, and the
+    GPU models behind them once each."""
+    collector = SummaryCollector()
+    for device, batch in (("cuda:1", 16), ("cuda:0", 16), ("cuda:0", 64)):
+        collector.add([{"model": "m", "batch_size": batch, "device": device, "tests": []}],
+                      f"t{batch}{device}", "passed")
+    assert collector.devices() == "cuda:0, cuda:1"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H100")
+    env = storage.environment({}, collector.devices())
+    assert (env["device"], env["gpu"]) == ("cuda:0, cuda:1", "NVIDIA H100")
+    assert storage.environment({}, "cpu")["gpu"] == "none"
