@@ -26,6 +26,9 @@ FLOORS = {
     "mnist": (0.90, 0.95),
     "fashion-mnist": (0.78, 0.83),
     "kmnist": (0.80, 0.85),
+    # CIFAR-10 is much harder for these small models (MLPs reach about half its test set in
+    # two epochs): a floor that catches a broken run, not a tuned one.
+    "cifar10": (0.25, 0.30),
     "digits": (0.80, 0.85),
     "synthetic": (0.80, 0.85),
 }

@@ -18,6 +18,14 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 _EXPORTS = {
+    "register_dataset": "pytest_batchprof.data",
+    "unregister_dataset": "pytest_batchprof.data",
+    "record": "pytest_batchprof.recording",
+    "mlp": "pytest_batchprof.models",
+    "cnn": "pytest_batchprof.models",
+    "DataDescription": "pytest_batchprof.models",
+    "ModelError": "pytest_batchprof.models",
+    "Recipe": "pytest_batchprof.training",
     "Dataset": "pytest_batchprof.data",
     "Split": "pytest_batchprof.data",
     "EpochRecord": "pytest_batchprof.training",
@@ -26,11 +34,15 @@ _EXPORTS = {
     "RunConfig": "pytest_batchprof.training",
 }
 
-__all__ = ["CurvePoint", "Dataset", "EpochRecord", "Run", "RunConfig", "Split", "__version__"]
+__all__ = ["CurvePoint", "DataDescription", "Dataset", "EpochRecord", "ModelError", "Recipe",
+           "Run", "RunConfig", "Split", "__version__", "cnn", "mlp", "record",
+           "register_dataset", "unregister_dataset"]
 
 if TYPE_CHECKING:
-    from pytest_batchprof.data import Dataset, Split
-    from pytest_batchprof.training import CurvePoint, EpochRecord, Run, RunConfig
+    from pytest_batchprof.data import Dataset, Split, register_dataset, unregister_dataset
+    from pytest_batchprof.models import DataDescription, ModelError, cnn, mlp
+    from pytest_batchprof.recording import record
+    from pytest_batchprof.training import CurvePoint, EpochRecord, Recipe, Run, RunConfig
 
 
 def __getattr__(name: str) -> object:

@@ -35,7 +35,7 @@ from pytest_batchprof.metrics import PeakMemory
 from pytest_batchprof.storage import TEMPORARY_SUFFIX, atomic_file
 from pytest_batchprof.training import CurvePoint, EpochRecord, Run, RunConfig, TimeToTarget
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 """Version of the entry layout; raise it when the layout or its meaning changes."""
 
 SUFFIX = ".pt"

@@ -12,8 +12,15 @@ Data sets:
 * ``mnist``, ``fashion-mnist``, ``kmnist``: torchvision's classes, reading the
   raw IDX files under ``DATA_DIR/<Class>/raw/`` and downloading only when they
   are missing;
+* ``cifar10``: torchvision's CIFAR10 (3x32x32 colour images), from
+  ``DATA_DIR/cifar-10-batches-py/``, downloading only when missing;
 * ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, offline);
-* ``synthetic``: generated class prototypes plus noise, learnable, any size.
+* ``synthetic``: generated class prototypes plus noise, learnable, any size;
+* any name given to :func:`register_dataset` (the user's tensors, arrays or
+  ``torch.utils.data.Dataset``), which follows the same rules.
+
+A sample is an image ``(H, W)``, an image with channels ``(C, H, W)``, or a
+row of features ``(D,)``; every split holds ``(N, *sample)`` tensors.
 
 torchvision is imported only when one of its data sets is loaded or an image is
 cropped: importing it costs seconds, and the plugin loads in every pytest run.
@@ -30,8 +37,14 @@ from pathlib import Path
 
 import torch
 
+from pytest_batchprof import catalog
 from pytest_batchprof.catalog import DATASET_NAMES
 from pytest_batchprof.errors import one_line
+from pytest_batchprof.models import DataDescription
+
+READ_MEMORY_SHARE = 0.5
+"""A ``torch.utils.data.Dataset`` given to :func:`register_dataset` is read into memory
+only when its tensors take at most this share of the memory available."""
 
 SPLIT_SEED = 0
 """Seed of the train/validation (and, for digits, the test) split; fixed on purpose."""
@@ -43,7 +56,7 @@ class DatasetUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Split:
-    """Images ``(N, H, W)`` as normalised float32 and their int64 labels."""
+    """Samples ``(N, *sample_shape)`` as normalised float32 and their int64 labels."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -72,15 +85,24 @@ class Dataset:
     std: float
 
     @property
-    def image_shape(self) -> tuple[int, int]:
-        """Height and width of one image."""
-        return (int(self.train.x.shape[1]), int(self.train.x.shape[2]))
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's shape: ``(H, W)``, ``(C, H, W)`` or ``(D,)``."""
+        return tuple(int(side) for side in self.train.x.shape[1:])
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """Height and width of one image; ``None`` for flat features."""
+        shape = self.sample_shape
+        return shape[-2:] if len(shape) >= 2 else None
 
     @property
     def input_size(self) -> int:
-        """Features per sample once an image is flattened."""
-        height, width = self.image_shape
-        return height * width
+        """Features per sample once flattened."""
+        return math.prod(self.sample_shape)
+
+    def description(self) -> DataDescription:
+        """What a model factory is told of this data: sample shape and class count."""
+        return DataDescription(self.sample_shape, self.num_classes)
 
     def to(self, device: torch.device) -> Dataset:
         """The same data set with every split on ``device``."""
@@ -117,6 +139,9 @@ class Dataset:
         """Centre-crop every image to ``shape`` (e.g. MNIST's 20x20 digit box)."""
         if shape == self.image_shape:
             return self
+        if self.image_shape is None:
+            raise ValueError(f"input_size={shape} crops images, and {self.name} holds flat "
+                             f"features of shape {self.sample_shape}; leave input_size out")
         if shape[0] > self.image_shape[0] or shape[1] > self.image_shape[1]:
             raise ValueError(
                 f"a {shape[0]}x{shape[1]} crop does not fit {self.name}'s "
@@ -143,6 +168,11 @@ class RawData:
     test_y: torch.Tensor
     num_classes: int
     source: str
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+    """A validation set of its own (registered data sets); else one is split off train."""
+    val_fraction: float | None = None
+    """The data set's own validation fraction, instead of ``--batchprof-val-fraction``."""
 
 
 Loader = Callable[..., RawData]
@@ -157,12 +187,17 @@ def download(dataset_class: type, root: Path) -> None:
     dataset_class(str(root), train=False, download=True)
 
 
-def _torchvision_loader(class_name: str, num_classes: int = 10) -> Loader:
+def _torchvision_loader(class_name: str, num_classes: int = 10,
+                        folder: str | None = None) -> Loader:
+    """A loader of a torchvision data set class whose files are under ``DATA_DIR/folder``
+    (default ``<Class>/raw``, the MNIST family's layout)."""
+    folder = folder or f"{class_name}/raw"
+
     def load(data_dir: Path) -> RawData:
         import torchvision.datasets  # slow import (~2 s): only for the data sets that need it
 
         dataset_class = getattr(torchvision.datasets, class_name)
-        raw_dir = data_dir / class_name / "raw"
+        raw_dir = data_dir / folder
         try:
             train = dataset_class(str(data_dir), train=True, download=False)
         except RuntimeError:
@@ -171,22 +206,32 @@ def _torchvision_loader(class_name: str, num_classes: int = 10) -> Loader:
             except Exception as error:  # any network or disk failure means the same to a user
                 raise DatasetUnavailable(
                     f"{class_name} is not in {raw_dir} and could not be downloaded "
-                    f"({one_line(error)}); put its raw files there, point "
+                    f"({one_line(error)}); put its files there, point "
                     f"--batchprof-data-dir (or BATCHPROF_DATA_DIR) at a directory that holds "
-                    f"{class_name}/raw/, or run offline with --batchprof-dataset digits"
+                    f"{folder}/, or run offline with --batchprof-dataset digits"
                 ) from error
             train = dataset_class(str(data_dir), train=True, download=False)
         test = dataset_class(str(data_dir), train=False, download=False)
+        train_x, test_x = _images(train.data), _images(test.data)
         return RawData(
-            train_x=train.data.float().div_(255),
-            train_y=train.targets.long(),
-            test_x=test.data.float().div_(255),
-            test_y=test.targets.long(),
+            train_x=train_x,
+            train_y=torch.as_tensor(train.targets).long(),
+            test_x=test_x,
+            test_y=torch.as_tensor(test.targets).long(),
             num_classes=num_classes,
             source=str(raw_dir),
         )
 
     return load
+
+
+def _images(data: object) -> torch.Tensor:
+    """torchvision's stored images as floats in [0, 1]: ``(N, H, W)`` stays, ``(N, H, W, C)``
+    (CIFAR's numpy layout) becomes ``(N, C, H, W)``."""
+    images = torch.as_tensor(data)
+    if images.dim() == 4:
+        images = images.permute(0, 3, 1, 2)
+    return images.float().div_(255).contiguous()
 
 
 # ---------------------------------------------------------------- bundled / generated
@@ -247,6 +292,7 @@ DATASETS: dict[str, Loader] = {
     "mnist": _torchvision_loader("MNIST"),
     "fashion-mnist": _torchvision_loader("FashionMNIST"),
     "kmnist": _torchvision_loader("KMNIST"),
+    "cifar10": _torchvision_loader("CIFAR10", folder="cifar-10-batches-py"),
     "digits": _load_digits,
     "synthetic": _load_synthetic,
 }
@@ -275,27 +321,32 @@ def load_dataset(
     Raises :class:`DatasetUnavailable` when its files are missing and cannot be
     fetched, and ``ValueError`` for an unknown name or bad options.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
-    loader = DATASETS[name]
-    try:
-        inspect.signature(loader).bind(data_dir, **(options or {}))
-    except TypeError as error:
-        raise ValueError(f"data set {name} does not take these options: {error}") from None
-    try:
-        raw = loader(data_dir, **(options or {}))
-    except TypeError as error:  # e.g. size="500": a value of the wrong type
-        raise ValueError(f"data set {name} got an option value of the wrong type: {error}") from (
-            None)
-    n_val = round(len(raw.train_y) * val_fraction)
-    if not 1 <= n_val < len(raw.train_y):
-        raise ValueError(
-            f"a validation fraction of {val_fraction:g} leaves no usable split of "
-            f"{len(raw.train_y)} training samples"
-        )
-    order = torch.randperm(len(raw.train_y), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    val_index, train_index = order[:n_val], order[n_val:]
-    train_x = raw.train_x[train_index]
+    if name in catalog.REGISTERED:
+        if options:
+            raise ValueError(f"data set {name} was registered with its data and takes no "
+                             f"options (got {', '.join(sorted(options))})")
+        raw = catalog.REGISTERED[name]
+    elif name in DATASETS:
+        raw = _call_loader(name, data_dir, options or {})
+    else:
+        names = ", ".join(catalog.dataset_names())
+        raise ValueError(f"unknown data set {name!r}; choose one of {names}, or register "
+                         f"it with pytest_batchprof.register_dataset from a conftest.py")
+    if raw.val_x is not None:
+        train_x, train_y, val_x, val_y = raw.train_x, raw.train_y, raw.val_x, raw.val_y
+    else:
+        fraction = val_fraction if raw.val_fraction is None else raw.val_fraction
+        n_val = round(len(raw.train_y) * fraction)
+        if not 1 <= n_val < len(raw.train_y):
+            raise ValueError(
+                f"a validation fraction of {fraction:g} leaves no usable split of "
+                f"{len(raw.train_y)} training samples"
+            )
+        order = torch.randperm(len(raw.train_y),
+                               generator=torch.Generator().manual_seed(SPLIT_SEED))
+        val_index, train_index = order[:n_val], order[n_val:]
+        train_x, train_y = raw.train_x[train_index], raw.train_y[train_index]
+        val_x, val_y = raw.train_x[val_index], raw.train_y[val_index]
     mean = train_x.mean().item()
     std = train_x.std().item() or 1.0
 
@@ -304,14 +355,171 @@ def load_dataset(
 
     return Dataset(
         name=dataset_key(name, options),
-        train=Split(normalise(train_x), raw.train_y[train_index].contiguous()),
-        val=Split(normalise(raw.train_x[val_index]), raw.train_y[val_index].contiguous()),
+        train=Split(normalise(train_x), train_y.contiguous()),
+        val=Split(normalise(val_x), val_y.contiguous()),
         test=Split(normalise(raw.test_x), raw.test_y.contiguous()),
         num_classes=raw.num_classes,
         source=raw.source,
         mean=mean,
         std=std,
     )
+
+
+def _call_loader(name: str, data_dir: Path, options: dict[str, object]) -> RawData:
+    loader = DATASETS[name]
+    try:
+        inspect.signature(loader).bind(data_dir, **options)
+    except TypeError as error:
+        raise ValueError(f"data set {name} does not take these options: {error}") from None
+    try:
+        return loader(data_dir, **options)
+    except TypeError as error:  # e.g. size="500": a value of the wrong type
+        raise ValueError(f"data set {name} got an option value of the wrong type: {error}") from (
+            None)
+
+
+# ---------------------------------------------------------------- the user's data sets
+
+
+SplitData = object
+"""``(x, y)`` (tensors, arrays or lists) or a ``torch.utils.data.Dataset`` of ``(x, y)``."""
+
+
+def register_dataset(
+    name: str,
+    train: SplitData,
+    test: SplitData,
+    val: SplitData | None = None,
+    val_fraction: float | None = None,
+    num_classes: int | None = None,
+) -> None:
+    """Make ``name`` a data set of ``--batchprof-dataset``, its ini twin and
+    ``@pytest.mark.dataset(name)``; call it from a ``conftest.py`` that pytest loads
+    at start (the rootdir's, or one on the command line's test paths).
+
+    Each split is ``(x, y)``, as tensors, numpy arrays or nested lists, or a
+    ``torch.utils.data.Dataset`` of ``(x, y)`` pairs, read once into memory. ``x``
+    holds images ``(N, H, W)`` or ``(N, C, H, W)``, or features ``(N, D)``; 8-bit
+    integers are scaled to [0, 1] as the built-in images are. ``y`` holds class
+    indices; ``num_classes`` defaults to the largest label plus one. Without
+    ``val``, a validation set is split off ``train`` as for the built-in sets
+    (``val_fraction``, default ``--batchprof-val-fraction``); all three splits
+    are normalised with the training split's mean and standard deviation.
+
+    Registering a name again replaces its data; a built-in name cannot be taken.
+    """
+    if not isinstance(name, str) or not name or name != name.strip() or "," in name:
+        raise ValueError(f"register_dataset(name={name!r}): give a non-empty name without "
+                         f"spaces at its ends or commas")
+    if name in DATASETS:
+        raise ValueError(f"register_dataset({name!r}): {name} is a built-in data set; "
+                         f"choose another name")
+    if val is not None and val_fraction is not None:
+        raise ValueError(f"register_dataset({name!r}): give val or val_fraction, not both")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise ValueError(f"register_dataset({name!r}, val_fraction={val_fraction!r}): give a "
+                         f"fraction between 0 and 1")
+    train_x, train_y = _split_tensors(name, "train", train)
+    test_x, test_y = _split_tensors(name, "test", test)
+    val_x, val_y = _split_tensors(name, "val", val) if val is not None else (None, None)
+    for part, x in (("test", test_x), ("val", val_x)):
+        if x is not None and x.shape[1:] != train_x.shape[1:]:
+            raise ValueError(f"register_dataset({name!r}): {part} samples have shape "
+                             f"{tuple(x.shape[1:])}, train samples {tuple(train_x.shape[1:])}")
+    labels = [y for y in (train_y, test_y, val_y) if y is not None]
+    largest = max(int(y.max()) for y in labels if len(y))
+    if num_classes is None:
+        num_classes = largest + 1
+    elif largest >= num_classes:
+        raise ValueError(f"register_dataset({name!r}, num_classes={num_classes}): a label is "
+                         f"{largest}; labels must be 0 to num_classes - 1")
+    if num_classes < 2:
+        raise ValueError(f"register_dataset({name!r}): every label is 0; a classifier needs "
+                         f"at least two classes")
+    catalog.REGISTERED[name] = RawData(
+        train_x, train_y, test_x, test_y, num_classes,
+        source=f"registered ({len(train_y):,} train, {len(test_y):,} test samples of shape "
+               f"{tuple(train_x.shape[1:])})",
+        val_x=val_x, val_y=val_y, val_fraction=val_fraction)
+
+
+def unregister_dataset(name: str) -> None:
+    """Forget a registered data set (tests that register one clean up with this)."""
+    catalog.REGISTERED.pop(name, None)
+
+
+def _split_tensors(name: str, part: str, split: SplitData) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split as float samples and int64 labels, checked; ``ValueError`` naming the part."""
+    where = f"register_dataset({name!r}) {part}"
+    if isinstance(split, torch.utils.data.Dataset):
+        x, y = _read_dataset(where, split)
+    elif isinstance(split, tuple | list) and len(split) == 2:
+        try:
+            x, y = torch.as_tensor(split[0]), torch.as_tensor(split[1])
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{where}: cannot be made into tensors ({one_line(error)})") from (
+                None)
+    else:
+        raise ValueError(f"{where}: give (x, y) or a torch.utils.data.Dataset of (x, y) pairs, "
+                         f"not a {type(split).__name__}")
+    if x.dim() not in (2, 3, 4):
+        raise ValueError(f"{where}: x has shape {tuple(x.shape)}; expected (N, D) features, "
+                         f"(N, H, W) images or (N, C, H, W) images")
+    if y.dim() != 1 or len(y) != len(x):
+        raise ValueError(f"{where}: y has shape {tuple(y.shape)}; expected ({len(x)},), one "
+                         f"class index per sample")
+    if len(x) == 0:
+        raise ValueError(f"{where}: has no samples")
+    if y.is_floating_point() and not torch.equal(y, y.round()):
+        raise ValueError(f"{where}: y holds {y.dtype} values that are not class indices")
+    y = y.long()
+    if int(y.min()) < 0:
+        raise ValueError(f"{where}: a label is {int(y.min())}; labels must be 0 or more")
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{where}: x holds NaN or infinite values")
+    return x.contiguous(), y.contiguous()
+
+
+def _read_dataset(where: str, dataset: torch.utils.data.Dataset) -> (
+        tuple[torch.Tensor, torch.Tensor]):
+    """Read every ``(x, y)`` of a map-style dataset into two tensors, if they fit in memory."""
+    import psutil
+
+    try:
+        count = len(dataset)
+    except TypeError:
+        raise ValueError(f"{where}: the dataset has no len(); give a map-style "
+                         f"torch.utils.data.Dataset, or tensors") from None
+    if count == 0:
+        raise ValueError(f"{where}: the dataset is empty")
+
+    def pair(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        item = dataset[index]
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise ValueError(f"{where}: item {index} is a {type(item).__name__}; the dataset "
+                             f"must give (x, y) pairs")
+        return torch.as_tensor(item[0]), torch.as_tensor(item[1])
+
+    first_x, _ = pair(0)
+    needed = count * first_x.numel() * 4  # held as float32
+    available = psutil.virtual_memory().available
+    if needed > READ_MEMORY_SHARE * available:
+        raise ValueError(
+            f"{where}: {count:,} samples of shape {tuple(first_x.shape)} take "
+            f"{needed / 2**30:.1f} GiB as float32, more than half of the "
+            f"{available / 2**30:.1f} GiB of memory available; register a subset "
+            f"(torch.utils.data.Subset) or train it with your own loop and "
+            f"pytest_batchprof.record")
+    xs, ys = [], []
+    for index in range(count):
+        x, y = pair(index)
+        if x.shape != first_x.shape:
+            raise ValueError(f"{where}: item {index} has shape {tuple(x.shape)}, item 0 "
+                             f"{tuple(first_x.shape)}; every sample must have one shape")
+        xs.append(x)
+        ys.append(y.reshape(()))
+    return torch.stack(xs), torch.stack(ys)
 
 
 def crop_shape(input_size: int | tuple[int, int] | None, image_shape: tuple[int, int]) -> (

@@ -141,7 +141,7 @@ class Measurements:
 
 def measure(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     test_images: torch.Tensor,
     inference_batch_size: int,
     peak: PeakMemory,
@@ -263,9 +263,13 @@ def serialized_bytes(obj: object) -> int:
     return buffer.getbuffer().nbytes
 
 
-def model_sizes(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-    """Bytes of the model's ``state_dict``, and of a checkpoint with the optimizer state."""
+def model_sizes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[int, int]:
+    """Bytes of the model's ``state_dict``, and of a checkpoint with the optimizer state
+    (without an optimizer, the checkpoint is the ``state_dict``)."""
     state = model.state_dict()
+    if optimizer is None:
+        size = serialized_bytes(state)
+        return size, size
     return (serialized_bytes(state),
             serialized_bytes({"model": state, "optimizer": optimizer.state_dict()}))
 

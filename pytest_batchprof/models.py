@@ -1,10 +1,34 @@
-"""The multilayer perceptrons the experiments train, and their conventional names."""
+"""Models: the shipped families (MLPs, LeNet-style CNNs), the user's own, and their identity.
+
+A *model factory* is anything that makes a fresh ``nn.Module``: an ``nn.Module``
+subclass, a function, or one of the shipped factories :func:`mlp` and
+:func:`cnn`. It is called with no arguments, or with the data set's
+:class:`DataDescription` when it has exactly one required positional parameter,
+so that a model can size its input and output layers from the data.
+
+A run's cache key and report row need to know *which* model trained. For that,
+:func:`prepare_model` builds the model once and fingerprints it: the module
+tree as ``repr`` shows it (layer types and their settings), every parameter's
+and buffer's name, shape and dtype, the factory's qualified name and, where
+Python can read it, the source of the factory. A factory whose identity cannot
+be told from its name (a lambda, a function or class defined inside another
+function, a callable object that is not a dataclass) is trained, but its runs
+are not cached: two such factories with the same structure may compute
+different things.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import hashlib
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, is_dataclass
 
 from torch import nn
+
+from pytest_batchprof.errors import one_line
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -15,13 +39,59 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 """Hidden-layer activations; ``linear`` makes e.g. the 784-1-10 bottleneck of seed 003."""
 
+ModelFactory = Callable[..., nn.Module]
 
-def normalise_hidden(hidden: int | Sequence[int]) -> tuple[int, ...]:
+
+class ModelError(ValueError):
+    """A model that cannot be trained as given; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class DataDescription:
+    """What a model factory may need to know of the data: one sample's shape and the classes.
+
+    ``input_shape`` is one sample's shape as the model receives it: ``(H, W)``
+    for grayscale images, ``(C, H, W)`` for images with channels, ``(D,)`` for
+    flat features.
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    @property
+    def channels(self) -> int | None:
+        """Image channels (1 for ``(H, W)`` images); ``None`` for flat features."""
+        if len(self.input_shape) == 3:
+            return self.input_shape[0]
+        return 1 if len(self.input_shape) == 2 else None
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """Height and width of an image; ``None`` for flat features."""
+        return tuple(self.input_shape[-2:]) if len(self.input_shape) >= 2 else None
+
+    @property
+    def input_size(self) -> int:
+        """Features per sample once flattened."""
+        return math.prod(self.input_shape)
+
+
+def normalise_hidden(hidden: int | Sequence[int], argument: str = "hidden") -> tuple[int, ...]:
     """Accept ``1024`` or ``(1024, 1024)``; reject widths below 1."""
     widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
-    if any(not isinstance(width, int) or width < 1 for width in widths):
-        raise ValueError(f"hidden={hidden!r}: every hidden width must be a whole number >= 1")
+    if any(isinstance(width, bool) or not isinstance(width, int) or width < 1
+           for width in widths):
+        what = "hidden width" if argument == "hidden" else "count"
+        raise ValueError(f"{argument}={hidden!r}: every {what} must be a whole number >= 1")
     return widths
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
+
+
+# ---------------------------------------------------------------- the shipped families
 
 
 def mlp_name(input_size: int, hidden: Sequence[int], num_classes: int) -> str:
@@ -37,10 +107,7 @@ def build_mlp(
     Weights come from torch's default initialisation, so seed the global RNG
     (or use ``torch.random.fork_rng``) before calling for a reproducible model.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"activation={activation!r} is not one of {', '.join(ACTIVATIONS)}"
-        )
+    _check_activation(activation)
     layers: list[nn.Module] = [nn.Flatten()]
     width_in = input_size
     for width in hidden:
@@ -48,3 +115,253 @@ def build_mlp(
         width_in = width
     layers.append(nn.Linear(width_in, num_classes))
     return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class MLP:
+    """A factory of multilayer perceptrons sized by the data: see :func:`mlp`."""
+
+    hidden: tuple[int, ...]
+    activation: str = "relu"
+
+    def __call__(self, data: DataDescription) -> nn.Sequential:
+        return build_mlp(data.input_size, self.hidden, data.num_classes, self.activation)
+
+    def model_name(self, data: DataDescription) -> str:
+        """``784-1024-10``: input, hidden and output widths."""
+        return mlp_name(data.input_size, self.hidden, data.num_classes)
+
+
+def mlp(hidden: int | Sequence[int] = (1024,), activation: str = "relu") -> MLP:
+    """The reference posts' MLP: ``trained_model(mlp((1024,)))`` is ``trained_mlp((1024,))``."""
+    _check_activation(activation)
+    return MLP(normalise_hidden(hidden), activation)
+
+
+class AddChannel(nn.Module):
+    """Give ``(N, H, W)`` images their channel axis, ``(N, 1, H, W)``; leave 4-d input alone."""
+
+    def forward(self, images):
+        return images.unsqueeze(1) if images.dim() == 3 else images
+
+
+def build_cnn(
+    input_shape: Sequence[int],
+    channels: Sequence[int],
+    hidden: Sequence[int],
+    num_classes: int,
+    kernel_size: int = 5,
+    activation: str = "relu",
+) -> nn.Sequential:
+    """LeNet-5's pattern: per entry of ``channels`` a convolution, the activation and a 2x2
+    max-pool; then flatten, ``Linear`` + activation per ``hidden`` width, a ``Linear`` head.
+
+    The first convolution pads by ``kernel_size // 2`` (it keeps the image size:
+    LeNet-5 saw 32x32 images, MNIST's are 28x28 with the border cut), the others
+    do not pad. ``input_shape`` is ``(H, W)`` or ``(C, H, W)``.
+    """
+    _check_activation(activation)
+    if len(input_shape) not in (2, 3):
+        raise ValueError(f"a CNN needs images, (H, W) or (C, H, W); this data has samples "
+                         f"of shape {tuple(input_shape)}")
+    in_channels = input_shape[0] if len(input_shape) == 3 else 1
+    height, width = input_shape[-2:]
+    layers: list[nn.Module] = [AddChannel()]
+    for index, out_channels in enumerate(channels):
+        padding = kernel_size // 2 if index == 0 else 0
+        height, width = (side + 2 * padding - kernel_size + 1 for side in (height, width))
+        height, width = height // 2, width // 2
+        if height < 1 or width < 1:
+            raise ValueError(
+                f"channels={tuple(channels)}: {input_shape[-2]}x{input_shape[-1]} images "
+                f"shrink to nothing after {index + 1} convolutions of {kernel_size}x"
+                f"{kernel_size} and 2x2 pooling; use fewer convolutions or a smaller "
+                f"kernel_size")
+        layers += [nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding),
+                   ACTIVATIONS[activation](), nn.MaxPool2d(2)]
+        in_channels = out_channels
+    layers.append(nn.Flatten())
+    width_in = in_channels * height * width
+    for width_out in hidden:
+        layers += [nn.Linear(width_in, width_out), ACTIVATIONS[activation]()]
+        width_in = width_out
+    layers.append(nn.Linear(width_in, num_classes))
+    return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class CNN:
+    """A factory of LeNet-style CNNs sized by the data: see :func:`cnn`."""
+
+    channels: tuple[int, ...]
+    hidden: tuple[int, ...]
+    kernel_size: int = 5
+    activation: str = "relu"
+
+    def __call__(self, data: DataDescription) -> nn.Sequential:
+        return build_cnn(data.input_shape, self.channels, self.hidden, data.num_classes,
+                         self.kernel_size, self.activation)
+
+    def model_name(self, data: DataDescription) -> str:
+        """``c6-c16-120-84-10``: convolution channels (``c``), hidden widths, classes."""
+        convolutions = [f"c{count}" for count in self.channels]
+        return "-".join([*convolutions, *(str(width) for width in self.hidden),
+                         str(data.num_classes)])
+
+
+def cnn(
+    channels: int | Sequence[int] = (6, 16),
+    hidden: int | Sequence[int] = (120, 84),
+    kernel_size: int = 5,
+    activation: str = "relu",
+) -> CNN:
+    """A LeNet-style CNN factory; the defaults are LeNet-5 (61,706 parameters on MNIST).
+
+    ``trained_model(cnn())`` trains it; ``cnn(channels=(32, 64), hidden=(128,))`` is a
+    wider one. Named ``c6-c16-120-84-10`` in tables.
+    """
+    _check_activation(activation)
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+        raise ValueError(f"kernel_size={kernel_size!r} must be a whole number >= 1")
+    return CNN(normalise_hidden(channels, "channels"), normalise_hidden(hidden, "hidden"),
+               kernel_size, activation)
+
+
+# ---------------------------------------------------------------- any factory
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """A factory checked against the data: its name, fingerprint, and how to build it."""
+
+    build: Callable[[], nn.Module]
+    """Makes a fresh model (seed the RNG first for reproducible weights)."""
+    name: str
+    architecture: str
+    """SHA-256 (hex, 16 digits) of the module tree, parameter shapes and factory identity."""
+    params: int
+    uncached_reason: str | None = None
+    """Why runs of this model cannot be cached (``its factory is a lambda; ...``)."""
+    hidden: tuple[int, ...] | None = None
+    activation: str | None = None
+    """The MLP family's settings (``None`` for other models), kept in rows and keys."""
+
+
+def factory_label(factory: object) -> str:
+    """How messages name a factory: ``LeNet5``, ``make_net``, ``cnn(...)``."""
+    if is_dataclass(factory) and not isinstance(factory, type):
+        return repr(factory)
+    if isinstance(factory, functools.partial):
+        return factory_label(factory.func)
+    return getattr(factory, "__name__", None) or type(factory).__name__
+
+
+def factory_identity(factory: object) -> tuple[str | None, str | None]:
+    """A stable text naming ``factory``; or ``None`` and why it has none, a clause
+    (``is a lambda; ...``) for the caller to give a subject."""
+    if is_dataclass(factory) and not isinstance(factory, type):
+        cls = type(factory)
+        return f"{cls.__module__}.{cls.__qualname__}:{factory!r}", None
+    if isinstance(factory, functools.partial):
+        inner, reason = factory_identity(factory.func)
+        if inner is None:
+            return None, reason
+        arguments = (*factory.args, *sorted(factory.keywords.items()))
+        if not all(_plain(value) for value in arguments):
+            return None, "is a functools.partial whose arguments are not plain values"
+        return f"partial({inner}, {arguments!r})", None
+    qualname = getattr(factory, "__qualname__", None)
+    module = getattr(factory, "__module__", None)
+    if qualname is None or module is None:
+        return None, (f"is a {type(factory).__name__} object without a qualified name; use a "
+                      f"class, a module-level function or a dataclass")
+    if "<lambda>" in qualname:
+        return None, "is a lambda; define a module-level function or class instead"
+    if "<locals>" in qualname:
+        return None, (f"is defined inside a function ({qualname}); define it at module "
+                      f"level, so that its name identifies it")
+    try:
+        source = inspect.getsource(factory)
+    except (OSError, TypeError):
+        source = ""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return f"{module}.{qualname}#{digest}", None
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, tuple | list):
+        return all(_plain(item) for item in value)
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def takes_description(factory: object) -> bool:
+    """Whether ``factory`` wants the :class:`DataDescription` (one required positional
+    parameter) or nothing; raise ``ModelError`` when it wants more."""
+    target = factory
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # a builtin without a signature: try no arguments
+        return False
+    required = [parameter for parameter in signature.parameters.values()
+                if parameter.default is inspect.Parameter.empty
+                and parameter.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                       inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if len(required) > 1:
+        names = ", ".join(parameter.name for parameter in required)
+        raise ModelError(f"model {factory_label(factory)} needs {len(required)} arguments "
+                         f"({names}); it must take none, or one: the data description")
+    return len(required) == 1
+
+
+def module_fingerprint(model: nn.Module, identity: str) -> str:
+    """SHA-256 (16 hex digits) of ``identity`` (who made the model), the module tree as
+    ``repr`` shows it (layer types and settings), and every parameter's and buffer's
+    name, shape and dtype."""
+    structure = [identity, repr(model)]
+    structure += [f"{key}:{tuple(value.shape)}:{value.dtype}"
+                  for key, value in model.state_dict().items()]
+    return hashlib.sha256("\n".join(structure).encode()).hexdigest()[:16]
+
+
+def prepare_model(factory: object, data: DataDescription, name: str | None = None) -> (
+        PreparedModel):
+    """Build ``factory``'s model once for ``data``: check it, name it, fingerprint it.
+
+    Raises :class:`ModelError` (one line naming the model) when the factory is not
+    callable or fails, or returns something other than an ``nn.Module``. The
+    caller seeds the RNG.
+    """
+    if isinstance(factory, nn.Module):
+        raise ModelError(
+            f"model is an instance of {type(factory).__name__}; pass its class (or a "
+            f"function returning a fresh model), so that every run starts from its own "
+            f"seeded weights")
+    if not callable(factory):
+        raise ModelError(f"model={factory!r} is neither an nn.Module subclass nor a callable "
+                         f"returning one")
+    label = factory_label(factory)
+    with_description = takes_description(factory)
+
+    def build() -> nn.Module:
+        return factory(data) if with_description else factory()
+
+    try:
+        model = build()
+    except Exception as error:  # the user's code: any failure is theirs to read in one line
+        raise ModelError(f"model {label} failed to build: {one_line(error)}") from error
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model {label} returned a {type(model).__name__}, not an nn.Module")
+    params = sum(parameter.numel() for parameter in model.parameters())
+    if params == 0:
+        raise ModelError(f"model {label} has no parameters to train")
+    identity, reason = factory_identity(factory)
+    digest = module_fingerprint(model, identity or f"unidentified:{label}")
+    if name is None:
+        name = (factory.model_name(data) if hasattr(factory, "model_name")
+                else f"{label} ({params:,})")
+    return PreparedModel(
+        build=build, name=name, architecture=digest, params=params,
+        uncached_reason=None if identity is not None else f"its factory {reason}",
+        hidden=factory.hidden if isinstance(factory, MLP) else None,
+        activation=factory.activation if isinstance(factory, MLP) else None,
+    )

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from pytest_batchprof import catalog
 from pytest_batchprof.carbon import DEFAULT_COUNTRY, known_countries
 from pytest_batchprof.catalog import DATASET_NAMES
 
@@ -198,6 +199,18 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _dataset_name(text: str) -> str:
+    """A built-in data set (any case) or one registered by the project's conftest."""
+    value = text.strip()
+    if value.lower() in DATASET_NAMES:
+        return value.lower()
+    if value in catalog.REGISTERED:
+        return value
+    raise OptionError(f"is {text!r}, which is not one of {', '.join(catalog.dataset_names())} "
+                      f"(register your own with pytest_batchprof.register_dataset in a "
+                      f"conftest.py)")
+
+
 def _boolean(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -298,7 +311,8 @@ OPTIONS: tuple[Option, ...] = (
            "(default: 64)"),
     Option("epochs", "N", _positive_int, "a whole number >= 1",
            "training epochs per run (default: 2)"),
-    Option("dataset", "NAME", _choice(DATASET_NAMES), "one of " + ", ".join(DATASET_NAMES),
+    Option("dataset", "NAME", _dataset_name,
+           "one of " + ", ".join(DATASET_NAMES) + " or a registered name",
            "data set of the dataset fixture (default: mnist)"),
     Option("data_dir", "PATH", lambda text: Path(text).expanduser(), "a directory path",
            f"where data sets are read and downloaded (default: ${DATA_DIR_ENV}, "

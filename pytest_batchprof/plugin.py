@@ -16,6 +16,7 @@ data set ends the session once, with one line, instead of failing every test.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +48,9 @@ SESSION_KEY = pytest.StashKey["BatchprofSession"]()
 """The session's shared state, present once a test has used the plugin."""
 CLEARED_KEY = pytest.StashKey[int]()
 RUNS_KEY = pytest.StashKey[list["Run"]]()
-DATA_FIXTURES = ("dataset", "trained_mlp")
+DATA_FIXTURES = ("dataset", "trained_model", "trained_mlp")
+_CURRENT_ITEM: ContextVar[pytest.Item | None] = ContextVar("batchprof_item", default=None)
+"""The test whose body is running, for :func:`pytest_batchprof.record`."""
 ACCELERATOR_CHECK_SKIPPED = ("auto", "cpu")
 """Device specs that cannot be missing: the device is resolved when first needed. Any other
 (``cuda``, ``mps``) is checked when the session starts, so a missing one is a usage error."""
@@ -130,6 +133,11 @@ def batchprof_session(config: pytest.Config) -> BatchprofSession:
     if settings.device == "auto":  # the header could not say which device that is
         console.line(f"batchprof: device {device} (auto: cuda, then mps, then cpu)")
     return session
+
+
+def current_item() -> pytest.Item | None:
+    """The test whose body is running in this thread, if any."""
+    return _CURRENT_ITEM.get()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -299,14 +307,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    """Check ``@pytest.mark.min_accuracy`` against every run the test trained."""
-    result = yield
+    """Check ``@pytest.mark.min_accuracy`` against every run the test trained (or
+    recorded: the test is :func:`current_item` while it runs)."""
+    token = _CURRENT_ITEM.set(item)
+    try:
+        result = yield
+    finally:
+        _CURRENT_ITEM.reset(token)
     threshold = _threshold(item)
     if threshold is not None:
         runs = item.stash.get(RUNS_KEY, [])
         if not runs:
             pytest.fail("@pytest.mark.min_accuracy: the test trained no run to check "
-                        "(use the trained_mlp fixture)", pytrace=False)
+                        "(use trained_model, trained_mlp or pytest_batchprof.record)",
+                        pytrace=False)
         failures = threshold.failures([run.summary() for run in runs])
         if failures:
             pytest.fail("\n".join(failures), pytrace=False)
@@ -359,24 +373,41 @@ def dataset(request: pytest.FixtureRequest) -> Dataset:
 
 
 @pytest.fixture
-def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
-    """A factory that trains an MLP and returns its :class:`~pytest_batchprof.training.Run`.
+def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
+    """A factory that trains any model and returns its :class:`~pytest_batchprof.training.Run`.
 
     Usage::
 
-        def test_accuracy(trained_mlp, batch_size):
-            run = trained_mlp(hidden=(1024,), batch_size=batch_size, epochs=2)
-            assert run.test_accuracy >= 0.96
+        def test_lenet(trained_model, batch_size):
+            run = trained_model(LeNet5, batch_size=batch_size, epochs=2)
+            assert run.test_accuracy >= 0.98
 
-    Arguments (all keywords but ``hidden``): ``batch_size`` (default: this
-    test's ``batch_size`` if it has one, else the first of ``--batch-sizes``),
-    ``epochs``, ``lr``, ``optimizer``, ``seed`` (default: the options),
-    ``input_size`` (e.g. ``400`` for a 20x20 centre crop, or ``(h, w)``),
-    ``activation`` (relu, gelu, tanh, sigmoid, linear), ``dataset`` (a
-    data set name; default: this test's data set) and ``repeats`` (default:
-    ``--repeats``). The same configuration asked for again in the session is
-    trained once. A run whose loss becomes NaN or inf fails the test with the
-    reason.
+    ``model`` is an ``nn.Module`` subclass or any callable returning a fresh
+    ``nn.Module``; it is called with no arguments, or, when it has one required
+    parameter, with the data's :class:`~pytest_batchprof.models.DataDescription`
+    (``.input_shape``, ``.channels``, ``.num_classes``), so that it can size its
+    layers. The shipped families are :func:`~pytest_batchprof.models.mlp` and
+    :func:`~pytest_batchprof.models.cnn` (LeNet-5 by default).
+
+    Keywords: ``batch_size`` (default: this test's ``batch_size`` if it has
+    one, else the first of ``--batch-sizes``), ``epochs``, ``lr``, ``seed``
+    (default: the options; an ``lr`` given here is used as it is, unscaled),
+    ``optimizer`` (``adam``, ``sgd``, or a callable taking the parameters and
+    returning a ``torch.optim.Optimizer``: the run's learning rate is written into
+    its parameter groups), ``loss`` (default cross-entropy; any
+    ``loss(outputs, targets)`` returning the batch's mean), ``name`` (what the
+    table calls the model; default the class or function name and its parameter
+    count, ``LeNet5 (61,706)``), ``input_size`` (a centre crop of images, ``400``
+    or ``(h, w)``), ``dataset`` (default: this test's data set) and ``repeats``
+    (default: ``--repeats``).
+
+    The same configuration asked for again in the session is trained once, and
+    with ``--batchprof-cache`` it is kept across sessions, keyed by a
+    fingerprint of the model's structure and its factory's name (a lambda or a
+    function defined inside a test is trained but not cached). A model that
+    fails to build, whose outputs are not ``(batch, classes)``, or whose loss is
+    not a finite scalar fails the test with one line before training starts; a
+    run whose loss becomes NaN or inf fails it with the reason.
 
     With ``repeats=N`` above 1 the configuration is trained with seeds
     ``seed`` to ``seed + N - 1`` and the factory returns a
@@ -394,18 +425,21 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
     state = batchprof_session(request.config)
 
     def factory(
-        hidden: int | Sequence[int] = (1024,),
+        model: object,
         *,
         batch_size: int | None = None,
         epochs: int | None = None,
         lr: float | None = None,
-        optimizer: str | None = None,
+        optimizer: object = None,
         seed: int | None = None,
+        loss: Callable[..., object] | None = None,
+        name: str | None = None,
         input_size: int | tuple[int, int] | None = None,
-        activation: str = "relu",
         dataset: str | None = None,
         repeats: int | None = None,
     ) -> Run | RepeatedRun:
+        from pytest_batchprof.models import ModelError
+
         repeats = state.settings.repeats if repeats is None else repeats
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ValueError(f"repeats={repeats!r} must be a whole number >= 1")
@@ -421,9 +455,16 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
         used = request.node.stash.setdefault(RUNS_KEY, [])
         runs = []
         for offset in range(repeats):  # a bad seed reaches state.run as given, for its error
-            run = state.run(data, hidden, batch_size, epochs=epochs, lr=lr, optimizer=optimizer,
-                            seed=first_seed + offset if offset else first_seed,
-                            input_size=input_size, activation=activation)
+            failure = None
+            try:
+                run = state.run(data, model, batch_size, epochs=epochs, lr=lr,
+                                optimizer=optimizer,
+                                seed=first_seed + offset if offset else first_seed,
+                                input_size=input_size, loss=loss, name=name)
+            except ModelError as error:
+                failure = str(error)
+            if failure is not None:  # one line, outside the except: no chained traceback
+                pytest.fail(failure, pytrace=False)
             if run not in used:
                 used.append(run)
             if "benchmark" in request.fixturenames:
@@ -436,6 +477,30 @@ def trained_mlp(request: pytest.FixtureRequest) -> Callable[..., Run]:
         from pytest_batchprof.repeats import RepeatedRun
 
         return RepeatedRun(tuple(runs))
+
+    return factory
+
+
+@pytest.fixture
+def trained_mlp(trained_model: Callable[..., Run]) -> Callable[..., Run]:
+    """A factory that trains one of the reference posts' MLPs: ``trained_model(mlp(...))``.
+
+    Usage::
+
+        def test_accuracy(trained_mlp, batch_size):
+            run = trained_mlp(hidden=(1024,), batch_size=batch_size, epochs=2)
+            assert run.test_accuracy >= 0.96
+
+    ``hidden`` (default ``(1024,)``) and ``activation`` (relu, gelu, tanh,
+    sigmoid, linear) choose the MLP, named by its widths (``784-1024-10``);
+    every other keyword is :func:`trained_model`'s.
+    """
+
+    def factory(hidden: int | Sequence[int] = (1024,), *, activation: str = "relu",
+                **keywords: object) -> Run | RepeatedRun:
+        from pytest_batchprof.models import mlp
+
+        return trained_model(mlp(hidden, activation), **keywords)
 
     return factory
 

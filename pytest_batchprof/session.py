@@ -7,22 +7,27 @@ for by several tests is trained once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from pytest_batchprof import noise_scale
 from pytest_batchprof.cache import RunCache
 from pytest_batchprof.carbon import Carbon, CarbonMeter
-from pytest_batchprof.data import Dataset, crop_shape, dataset_key, load_dataset
+from pytest_batchprof.data import Dataset, dataset_key, load_dataset
+from pytest_batchprof.experiment import Experiment, build_experiment
 from pytest_batchprof.metrics import PeakMemory, measure, peak_memory
-from pytest_batchprof.models import ACTIVATIONS, normalise_hidden
-from pytest_batchprof.options import OPTIMIZERS, Settings, flag_of
+from pytest_batchprof.options import Settings, flag_of
 from pytest_batchprof.progress import Console, RunProgress
-from pytest_batchprof.training import Run, RunConfig, initial_model, scaled_lr, train, warm_up
+from pytest_batchprof.training import (
+    LossFunction,
+    OptimizerFactory,
+    Run,
+    initial_model,
+    train,
+    warm_up,
+)
 
 
 @dataclass
@@ -34,7 +39,10 @@ class BatchprofSession:
     console: Console | None = None
     """Where training lines and the progress line go (none: silent)."""
     datasets: dict[str, Dataset] = field(default_factory=dict)
-    runs: dict[RunConfig, Run] = field(default_factory=dict)
+    runs: dict[object, Run] = field(default_factory=dict)
+    """Trained runs by config (by config and factory for runs that are not cached)."""
+    notes: set[str] = field(init=False, default_factory=set)
+    """One-line notes already printed (each once per session)."""
     carbon: CarbonMeter | None = field(init=False, default=None)
     cache: RunCache | None = field(init=False, default=None)
     fingerprints: dict[str, str] = field(init=False, default_factory=dict)
@@ -85,48 +93,35 @@ class BatchprofSession:
     def run(
         self,
         dataset: Dataset,
-        hidden: int | Sequence[int],
+        model: object,
         batch_size: int,
         epochs: int | None = None,
         lr: float | None = None,
-        optimizer: str | None = None,
+        optimizer: str | OptimizerFactory | None = None,
         seed: int | None = None,
         input_size: int | tuple[int, int] | None = None,
-        activation: str = "relu",
+        loss: LossFunction | None = None,
+        name: str | None = None,
     ) -> Run:
-        """Train (or return the already trained) run of this configuration."""
-        settings = self.settings
-        base_lr = settings.lr if lr is None else float(lr)  # an explicit lr is used unscaled
-        config = RunConfig(
-            dataset=dataset.name,
-            input_shape=crop_shape(input_size, dataset.image_shape),
-            hidden=normalise_hidden(hidden),
-            num_classes=dataset.num_classes,
-            activation=activation,
-            batch_size=batch_size,
-            epochs=settings.epochs if epochs is None else epochs,
-            lr=(scaled_lr(base_lr, batch_size, settings.lr_base_batch, settings.lr_scaling)
-                if lr is None else base_lr),
-            optimizer=settings.optimizer if optimizer is None else optimizer,
-            seed=settings.seed if seed is None else seed,
-            device=str(self.device),
-            train_subset=settings.train_subset,
-            val_fraction=settings.val_fraction,
-            flush_denormals=not settings.keep_denormals,
-            lr_warmup_epochs=settings.lr_warmup_epochs,
-            lr_warmup_start=base_lr if settings.lr_warmup_epochs else None,
-            target_accuracy=settings.target_accuracy,
-        )
-        if config in self.runs:
-            return self.runs[config]
-        data = dataset.with_train_subset(config.train_subset).cropped(config.input_shape)
-        _check_run_config(config, len(data.train))
+        """Train (or return the already trained) run of ``model`` (a factory) in this
+        configuration; see :func:`.experiment.build_experiment` for the arguments."""
+        experiment = build_experiment(
+            self.settings, dataset, model, batch_size, self.device, epochs=epochs, lr=lr,
+            optimizer=optimizer, seed=seed, input_size=input_size, loss=loss, name=name)
+        config, data = experiment.config, experiment.data
+        key = config if experiment.cache_note is None else (config, id(model))
+        if key in self.runs:
+            return self.runs[key]
         cache_key = None
-        if self.cache is not None:
+        if self.cache is not None and experiment.cache_note is not None:
+            if experiment.cache_note not in self.notes:
+                self.notes.add(experiment.cache_note)
+                self._say(f"batchprof: {experiment.cache_note}")
+        elif self.cache is not None:
             cache_key = self.cache.key(config, self.fingerprint(dataset))
-            run = self._load_cached(config, cache_key, data)
+            run = self._load_cached(experiment, cache_key)
             if run is not None:
-                self.runs[config] = run
+                self.runs[key] = run
                 return run
         self._say(f"batchprof: training {config.describe()}")
         if not self.warmed_up:  # one-off costs are not part of any run's figures
@@ -142,17 +137,17 @@ class BatchprofSession:
             train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None
             run = None
             try:
-                run = train(config, data, self.device, progress)
+                run = train(config, data, self.device, progress, experiment.recipe)
             finally:  # an interrupted run leaves no half-drawn progress line behind
                 if progress is not None:
                     progress.finish(run.history if run is not None else [])
-        self._measure(run, data, memory[0], train_carbon[0] if train_carbon else None)
-        if self.cache is not None and cache_key is not None:  # diverged runs too: see cache.py
+        self._measure(run, experiment, memory[0], train_carbon[0] if train_carbon else None)
+        if cache_key is not None:  # diverged runs too: see cache.py
             self.cache.store(cache_key, run)
-        self.runs[config] = run
+        self.runs[key] = run
         return run
 
-    def _load_cached(self, config: RunConfig, key: str, data: Dataset) -> Run | None:
+    def _load_cached(self, experiment: Experiment, key: str) -> Run | None:
         """The run of ``config`` from the cache, measured afresh; ``None`` on a miss.
 
         Training figures (history, times, peak memory, training CO2eq) are the
@@ -162,7 +157,8 @@ class BatchprofSession:
         assert self.cache is not None
         if not self.cache.path(key).is_file():
             return None  # a plain miss: no model to build
-        model, optimizer = initial_model(config, self.device)
+        config, data = experiment.config, experiment.data
+        model, optimizer = initial_model(config, self.device, experiment.recipe)
         cached = self.cache.load(key, model, optimizer)
         if cached is None:
             return None
@@ -181,15 +177,16 @@ class BatchprofSession:
                 None, None, None,
                 f"not measured: trained with {flag_of('no_co2')} before it was cached")
         peak = cached.peak_memory or PeakMemory(0, "not measured (cached run)")
-        self._measure(run, data, peak, train_carbon, " (cached)")
+        self._measure(run, experiment, peak, train_carbon, " (cached)")
         return run
 
-    def _measure(self, run: Run, data: Dataset, peak: PeakMemory, train_carbon: Carbon | None,
-                 origin: str = "") -> None:
+    def _measure(self, run: Run, experiment: Experiment, peak: PeakMemory,
+                 train_carbon: Carbon | None, origin: str = "") -> None:
         """Measure a run that did not diverge, and say how it went."""
         if run.diverged:
             self._say(f"  diverged: {run.diverged}")
             return
+        data = experiment.data
         run.measurements = measure(
             run.model, run.optimizer, data.test.x,
             self.settings.inference_batch_size or run.config.batch_size,
@@ -199,30 +196,9 @@ class BatchprofSession:
                   f"test acc={run.test_accuracy:.4f}, {run.measurements.latency.describe()}")
         if self.settings.noise_scale:
             run.noise_scale = noise_scale.estimate(
-                run.model, F.cross_entropy, data.train.x, data.train.y, seed=run.config.seed)
+                run.model, experiment.recipe.loss, data.train.x, data.train.y, seed=run.config.seed)
             self._say(f"  {run.noise_scale.describe()}")
 
     def _say(self, line: str) -> None:
         if self.console is not None:
             self.console.line(line)
-
-
-def _check_run_config(config: RunConfig, train_count: int) -> None:
-    """Reject arguments of ``trained_mlp`` that would fail deep inside torch."""
-    if not isinstance(config.batch_size, int) or not 1 <= config.batch_size <= train_count:
-        raise ValueError(
-            f"batch_size={config.batch_size!r} must be a whole number from 1 to the "
-            f"{train_count} training samples"
-        )
-    if not isinstance(config.epochs, int) or config.epochs < 1:
-        raise ValueError(f"epochs={config.epochs!r} must be a whole number >= 1")
-    if not config.lr > 0:
-        raise ValueError(f"lr={config.lr!r} must be above 0")
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={config.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-    if config.activation not in ACTIVATIONS:
-        raise ValueError(
-            f"activation={config.activation!r} is not one of {', '.join(ACTIVATIONS)}"
-        )
-    if not isinstance(config.seed, int) or config.seed < 0:
-        raise ValueError(f"seed={config.seed!r} must be a whole number >= 0")

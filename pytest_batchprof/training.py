@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -62,13 +62,21 @@ PROGRESS_POLL_SECONDS = 0.25
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that determines a run's result; equal configs train once per session."""
+    """Everything that determines a run's result; equal configs train once per session.
+
+    The model is named by ``model`` (what tables call it) and identified by
+    ``architecture`` (see :func:`.models.prepare_model`); the MLP family also
+    keeps its ``hidden`` widths and ``activation``, which are ``None`` for other
+    models. ``optimizer`` and ``loss`` name what the run trains with: a built-in
+    name, or the qualified name of the user's callable.
+    """
 
     dataset: str
-    input_shape: tuple[int, int]
-    hidden: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    """One sample as the model sees it: ``(H, W)`` (after any crop), ``(C, H, W)`` or ``(D,)``."""
+    hidden: tuple[int, ...] | None
     num_classes: int
-    activation: str
+    activation: str | None
     batch_size: int
     epochs: int
     lr: float
@@ -85,15 +93,23 @@ class RunConfig:
     """The learning rate of the first step of a warm-up (the unscaled ``--lr``)."""
     target_accuracy: float | None = None
     """Stop when the validation accuracy reaches this fraction (time-to-accuracy)."""
+    model: str | None = None
+    """The model's name in tables; ``None`` for an MLP named by its widths."""
+    architecture: str | None = None
+    """Fingerprint of the model's structure and factory (``None``: an MLP of ``hidden``)."""
+    loss: str = "cross_entropy"
+    """The training loss: ``cross_entropy`` or the qualified name of the user's callable."""
 
     @property
     def input_size(self) -> int:
-        return self.input_shape[0] * self.input_shape[1]
+        return math.prod(self.input_shape)
 
     @property
     def model_name(self) -> str:
-        """``784-1024-10``: input, hidden and output widths."""
-        return mlp_name(self.input_size, self.hidden, self.num_classes)
+        """The model's name: ``784-1024-10`` for an MLP, ``c6-c16-120-84-10``, ``Net (1,234)``."""
+        if self.model is not None:
+            return self.model
+        return mlp_name(self.input_size, self.hidden or (), self.num_classes)
 
     def describe(self) -> str:
         """What a person needs to tell this run from its neighbours in a message."""
@@ -102,6 +118,31 @@ class RunConfig:
             f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}, {self.optimizer} "
             f"lr={self.lr:g}, seed {self.seed}, {self.device}"
         )
+
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The callables a run trains with, which its :class:`RunConfig` only names."""
+
+    build_model: Callable[[], nn.Module]
+    """Makes the untrained model; :func:`initial_model` seeds the RNG around it."""
+    loss: LossFunction = F.cross_entropy
+    """``loss(outputs, targets)``: a scalar, the mean over the batch."""
+    optimizer: OptimizerFactory | None = None
+    """``optimizer(parameters)``; ``None``: the one ``config.optimizer`` names. The
+    run's learning rate is written into its parameter groups either way."""
+
+    @classmethod
+    def of_mlp(cls, config: RunConfig) -> Recipe:
+        """The recipe of an MLP config (``config.hidden`` set): cross-entropy, named optimizer."""
+        if config.hidden is None:
+            raise ValueError(f"{config.model_name} is not an MLP: pass its Recipe")
+        return cls(lambda: build_mlp(config.input_size, config.hidden, config.num_classes,
+                                     config.activation or "relu"))
 
 
 @dataclass(frozen=True)
@@ -279,8 +320,8 @@ class Run:
     def summary(self) -> dict[str, object]:
         """Plain figures (no tensors, no NaN: ``None`` where there is no figure)."""
         figures = {
-            "model": self.name,
             **asdict(self.config),
+            "model": self.name,
             "samples_per_epoch": self.samples_per_epoch,
             "train_seconds": self.train_seconds,
             "seconds_per_epoch": self.seconds_per_epoch,
@@ -354,19 +395,24 @@ def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
         return classes[name](parameters, lr=lr)
 
 
-def initial_model(config: RunConfig, device: torch.device) -> (
+def initial_model(config: RunConfig, device: torch.device, recipe: Recipe | None = None) -> (
         tuple[nn.Module, torch.optim.Optimizer]):
     """The untrained model of ``config`` (seeded, global RNG untouched) and its optimizer.
 
     Training starts from it, and a cached run is loaded into it, so both build
-    exactly the same modules.
+    exactly the same modules. ``recipe`` defaults to the MLP of ``config``.
     """
+    recipe = recipe or Recipe.of_mlp(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = build_mlp(config.input_size, config.hidden, config.num_classes,
-                          config.activation)
+        model = recipe.build_model()
     model.to(device)
-    return model, make_optimizer(config.optimizer, model.parameters(), config.lr)
+    if recipe.optimizer is None:
+        return model, make_optimizer(config.optimizer, model.parameters(), config.lr)
+    optimizer = recipe.optimizer(model.parameters())
+    for group in optimizer.param_groups:  # lr options and rules apply to any optimizer
+        group["lr"] = config.lr
+    return model, optimizer
 
 
 def warm_up(device: torch.device) -> None:
@@ -392,21 +438,24 @@ def warm_up(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> (
-        tuple[float, float]):
-    """Mean cross-entropy (nats per sample) and accuracy of ``model`` on ``split``."""
+def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE,
+             loss: LossFunction = F.cross_entropy) -> tuple[float, float]:
+    """Mean loss per sample (nats for cross-entropy) and accuracy of ``model`` on ``split``."""
     was_training = model.training
     model.eval()
-    loss = torch.zeros((), device=split.x.device)
+    total = torch.zeros((), device=split.x.device)
     correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
     for start in range(0, len(split), batch_size):
         logits = model(split.x[start:start + batch_size])
         labels = split.y[start:start + batch_size]
-        loss += F.cross_entropy(logits, labels, reduction="sum")
+        if loss is F.cross_entropy:
+            total += F.cross_entropy(logits, labels, reduction="sum")
+        else:  # a mean over the batch, weighted back to a sum
+            total += loss(logits, labels).detach() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
     model.train(was_training)
     count = max(len(split), 1)
-    return loss.item() / count, correct.item() / count
+    return total.item() / count, correct.item() / count
 
 
 def train(
@@ -414,18 +463,23 @@ def train(
     data: Dataset,
     device: torch.device,
     observer: TrainingObserver | None = None,
+    recipe: Recipe | None = None,
 ) -> Run:
     """Train ``config`` on ``data`` (already cropped, subset and on ``device``).
 
-    Never raises for a diverging loss: the returned run carries the reason.
+    ``recipe`` gives the model, loss and optimizer (default: the MLP of
+    ``config``). Never raises for a diverging loss: the returned run carries
+    the reason.
     """
+    recipe = recipe or Recipe.of_mlp(config)
     with denormals_flushed(config.flush_denormals and device.type == "cpu"):
-        return _train(config, data, device, observer)
+        return _train(config, data, device, observer, recipe)
 
 
 def _train(config: RunConfig, data: Dataset, device: torch.device,
-           observer: TrainingObserver | None) -> Run:
-    model, optimizer = initial_model(config, device)  # at config.lr, the rate after warm-up
+           observer: TrainingObserver | None, recipe: Recipe) -> Run:
+    model, optimizer = initial_model(config, device, recipe)  # at config.lr: after warm-up
+    loss_fn = recipe.loss
     run = Run(config=config, model=model, optimizer=optimizer,
               samples_per_epoch=len(data.train), test_images=data.test.x)
     shuffle = torch.Generator().manual_seed(config.seed)
@@ -457,7 +511,7 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
         """Record a learning-curve point; the seconds it took."""
         synchronize(device)  # the steps queued so far are training time
         started = time.perf_counter()
-        loss, accuracy = evaluate(model, probe)  # reads the result: waits for the device
+        loss, accuracy = evaluate(model, probe, loss=loss_fn)  # reads: waits for the device
         run.curve.append(CurvePoint(samples_done, samples_done / count, loss, accuracy))
         return time.perf_counter() - started
 
@@ -478,7 +532,7 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
             index = order[start:start + config.batch_size]
             images, labels = train_split.x[index], train_split.y[index]
             logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = loss_fn(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -493,7 +547,7 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
                 run.curve_seconds += curve_point()
                 next_curve_point = (samples_done // CURVE_EVERY_SAMPLES + 1) * CURVE_EVERY_SAMPLES
             if (target is not None and steps_done % check_steps == 0
-                    and reached(evaluate(model, data.val)[1])):
+                    and reached(evaluate(model, data.val, loss=loss_fn)[1])):
                 break  # the epoch ends here; its record covers the samples seen
             if observer is not None:
                 now = time.perf_counter()
@@ -517,7 +571,7 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
                 f"(lr={config.lr:g}, {config.optimizer})"
             )
             break
-        val_loss, val_accuracy = evaluate(model, data.val)
+        val_loss, val_accuracy = evaluate(model, data.val, loss=loss_fn)
         eval_seconds = time.perf_counter() - trained
         run.train_seconds += eval_seconds
         record = EpochRecord(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
@@ -530,6 +584,6 @@ def _train(config: RunConfig, data: Dataset, device: torch.device,
             break
 
     if run.diverged is None:
-        run.test_loss, run.test_accuracy = evaluate(model, data.test)
+        run.test_loss, run.test_accuracy = evaluate(model, data.test, loss=loss_fn)
     model.eval()
     return run

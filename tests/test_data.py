@@ -25,7 +25,7 @@ from pytest_batchprof.data import DATASETS, Dataset, crop_shape, load_dataset
 IDX_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
 N_TRAIN, N_TEST = 240, 60
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
-CHOICES = "mnist, fashion-mnist, kmnist, digits, synthetic"
+CHOICES = "mnist, fashion-mnist, kmnist, cifar10, digits, synthetic"
 
 
 # ---------------------------------------------------------------- helpers
@@ -475,7 +475,7 @@ def test_unknown_dataset_option_is_a_usage_error(pytester: pytest.Pytester) -> N
 @pytest.mark.parametrize(
     ("marker", "message"),
     [
-        ('"nope"', f"ERROR: unknown data set 'nope'; choose one of {CHOICES}"),
+        ('"nope"', f"ERROR: unknown data set 'nope'; choose one of {CHOICES}, or register *"),
         ('"synthetic", colour=1', "ERROR: data set synthetic does not take these options: *"),
         ("", "ERROR: test_marker.py::test_x: @pytest.mark.dataset takes one data set name*"),
     ],

@@ -187,10 +187,10 @@ def test_measuring_the_curve_is_kept_out_of_training_times(synthetic, run_config
     monkeypatch.setattr(training, "CURVE_PROBE_SAMPLES", 7)
     real_evaluate = training.evaluate
 
-    def slow_probe(model, split, *args):
+    def slow_probe(model, split, *args, **kwargs):
         if len(split) == 7:  # a curve point: make it cost 0.2 s
             time.sleep(0.2)
-        return real_evaluate(model, split, *args)
+        return real_evaluate(model, split, *args, **kwargs)
 
     monkeypatch.setattr(training, "evaluate", slow_probe)
     started = time.perf_counter()

@@ -1,0 +1,222 @@
+"""From a fixture's arguments to what the engine trains: a :class:`RunConfig` and its
+:class:`Recipe`, checked before any timed work.
+
+The fixture's arguments fill in from the session's settings (batch size,
+epochs, learning rate and its scaling rule, optimizer, seed), the model factory
+is built once for the data (:func:`.models.prepare_model`), and the model, its
+loss and its optimizer are tried on two training samples: a model that fails to
+build, returns outputs of the wrong shape, or a loss that is not a finite
+scalar, ends here with one line naming the model (:class:`.models.ModelError`),
+before the run's clock starts.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pytest_batchprof.data import Dataset, crop_shape
+from pytest_batchprof.errors import one_line
+from pytest_batchprof.models import ModelError, PreparedModel, factory_identity, prepare_model
+from pytest_batchprof.options import OPTIMIZERS, Settings
+from pytest_batchprof.training import (
+    LossFunction,
+    OptimizerFactory,
+    Recipe,
+    RunConfig,
+    initial_model,
+    scaled_lr,
+)
+
+CHECK_SAMPLES = 2
+"""Training samples the model, loss and optimizer are tried on before a run."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One run to train: its configuration, its callables, and the data it trains on."""
+
+    config: RunConfig
+    recipe: Recipe
+    data: Dataset
+    """The data set cut to the run's training subset and input crop."""
+    cache_note: str | None = None
+    """Why this run is not cached (a factory, loss or optimizer with no stable name)."""
+
+
+def loss_identity(loss: object) -> tuple[str | None, str | None]:
+    """``cross_entropy``, or a stable name for the user's loss; ``None`` and why not."""
+    if loss is None or loss is F.cross_entropy:
+        return "cross_entropy", None
+    if isinstance(loss, nn.Module):  # e.g. nn.CrossEntropyLoss(label_smoothing=0.1)
+        cls = type(loss)
+        settings = {key: value for key, value in vars(loss).items()
+                    if not key.startswith("_") and key != "training"}
+        plain = all(value is None or isinstance(value, str | int | float | bool)
+                    for value in settings.values())
+        if not plain or "<locals>" in cls.__qualname__:
+            return None, f"holds values without a stable name ({cls.__qualname__})"
+        return f"{cls.__module__}.{cls.__qualname__}({sorted(settings.items())})", None
+    return factory_identity(loss)
+
+
+def optimizer_identity(optimizer: str | OptimizerFactory) -> tuple[str | None, str | None]:
+    """The optimizer's name (``adam``), or a stable name for the user's callable."""
+    if isinstance(optimizer, str):
+        return optimizer, None
+    identity, reason = factory_identity(optimizer)
+    if identity is None:
+        return None, reason
+    return identity.split("#")[0], None  # the qualified name shows in tables; the key has all
+
+
+def optimizer_label(optimizer: object) -> str:
+    """What a table shows for an optimizer it cannot name by its identity."""
+    target = optimizer.func if isinstance(optimizer, functools.partial) else optimizer
+    return getattr(target, "__qualname__", type(target).__qualname__)
+
+
+def build_experiment(
+    settings: Settings,
+    dataset: Dataset,
+    model: object,
+    batch_size: int,
+    device: torch.device,
+    *,
+    epochs: int | None = None,
+    lr: float | None = None,
+    optimizer: str | OptimizerFactory | None = None,
+    seed: int | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    loss: LossFunction | None = None,
+    name: str | None = None,
+) -> Experiment:
+    """The run of ``model`` on ``dataset`` with these arguments, the session's settings
+    filling in what they leave out; raise ``ValueError`` (``ModelError`` for the
+    model, loss or optimizer) with one line on bad input."""
+    base_lr = settings.lr if lr is None else float(lr)  # an explicit lr is used unscaled
+    data = _cropped(dataset, input_size)
+    optimizer = settings.optimizer if optimizer is None else optimizer
+    if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r} is not one of {', '.join(OPTIMIZERS)}, "
+                         f"or a callable taking the parameters and returning an optimizer")
+    if not isinstance(optimizer, str) and not callable(optimizer):
+        raise ValueError(f"optimizer={optimizer!r} is neither a name ({', '.join(OPTIMIZERS)}) "
+                         f"nor a callable taking the parameters and returning an optimizer")
+    if loss is not None and not callable(loss):
+        raise ValueError(f"loss={loss!r} is not a callable loss(outputs, targets)")
+    seed = settings.seed if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a whole number >= 0")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        prepared = prepare_model(model, data.description(), name)
+    loss_name, loss_reason = loss_identity(loss)
+    optimizer_name, optimizer_reason = optimizer_identity(optimizer)
+    config = RunConfig(
+        dataset=dataset.name,
+        input_shape=data.sample_shape,
+        hidden=prepared.hidden,
+        num_classes=dataset.num_classes,
+        activation=prepared.activation,
+        batch_size=batch_size,
+        epochs=settings.epochs if epochs is None else epochs,
+        lr=(scaled_lr(base_lr, batch_size, settings.lr_base_batch, settings.lr_scaling)
+            if lr is None else base_lr),
+        optimizer=optimizer_name or optimizer_label(optimizer),
+        seed=seed,
+        device=str(device),
+        train_subset=settings.train_subset,
+        val_fraction=settings.val_fraction,
+        flush_denormals=not settings.keep_denormals,
+        lr_warmup_epochs=settings.lr_warmup_epochs,
+        lr_warmup_start=base_lr if settings.lr_warmup_epochs else None,
+        target_accuracy=settings.target_accuracy,
+        model=prepared.name,
+        architecture=prepared.architecture,
+        loss=loss_name or getattr(loss, "__qualname__", type(loss).__qualname__),
+    )
+    data = data.with_train_subset(config.train_subset)
+    _check_config(config, len(data.train))
+    recipe = Recipe(prepared.build, loss if loss is not None else F.cross_entropy,
+                    None if isinstance(optimizer, str) else optimizer)
+    reasons = [reason for reason in (
+        prepared.uncached_reason, loss_reason and f"its loss {loss_reason}",
+        optimizer_reason and f"its optimizer {optimizer_reason}") if reason]
+    note = f"{prepared.name} is not cached: {reasons[0]}" if reasons else None
+    check_recipe(config, recipe, prepared, data, device)
+    return Experiment(config, recipe, data, note)
+
+
+def _cropped(dataset: Dataset, input_size: int | tuple[int, int] | None) -> Dataset:
+    if input_size is None:
+        return dataset
+    if dataset.image_shape is None:
+        raise ValueError(f"input_size={input_size!r} crops images, and {dataset.name} holds "
+                         f"flat features of shape {dataset.sample_shape}; leave input_size out")
+    return dataset.cropped(crop_shape(input_size, dataset.image_shape))
+
+
+def check_recipe(config: RunConfig, recipe: Recipe, prepared: PreparedModel, data: Dataset,
+                 device: torch.device) -> None:
+    """Try the model, loss and optimizer on :data:`CHECK_SAMPLES` training samples (one
+    step, on a throw-away copy); raise ``ModelError`` naming the model and the fault."""
+    name = prepared.name
+    x, y = data.train.x[:CHECK_SAMPLES], data.train.y[:CHECK_SAMPLES]
+    with torch.random.fork_rng(devices=[]):  # the run's own seeded RNG stays untouched
+        try:
+            model, optimizer = initial_model(config, device, recipe)
+        except Exception as error:
+            raise ModelError(f"model {name}: its optimizer could not be made: "
+                             f"{one_line(error)}") from error
+        try:
+            outputs = model(x)
+        except Exception as error:
+            raise ModelError(f"model {name} failed on a batch of shape {tuple(x.shape)}: "
+                             f"{one_line(error)}") from error
+        expected = (len(x), config.num_classes)
+        if not isinstance(outputs, torch.Tensor) or tuple(outputs.shape) != expected:
+            got = (f"shape {tuple(outputs.shape)}" if isinstance(outputs, torch.Tensor)
+                   else f"a {type(outputs).__name__}")
+            raise ModelError(f"model {name} returned {got} for a batch of {len(x)}; expected "
+                             f"{expected}, one score per class of {data.name}")
+        try:
+            value = recipe.loss(outputs, y)
+        except Exception as error:
+            raise ModelError(f"model {name}: the loss failed: {one_line(error)}") from error
+        if not isinstance(value, torch.Tensor) or value.dim() != 0:
+            got = (f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                   else f"a {type(value).__name__}")
+            raise ModelError(f"model {name}: the loss returned {got}; it must return a scalar "
+                             f"tensor (the batch's mean)")
+        if not torch.isfinite(value):
+            raise ModelError(f"model {name}: the loss is {value.item()} on the first samples; it "
+                             f"must be finite")
+        if not value.requires_grad:
+            raise ModelError(f"model {name}: the loss does not depend on the model's "
+                             f"parameters (no gradient flows back)")
+        try:
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+        except Exception as error:
+            raise ModelError(f"model {name}: a training step failed: {one_line(error)}") from (
+                error)
+
+
+def _check_config(config: RunConfig, train_count: int) -> None:
+    """Reject arguments that would fail deep inside torch."""
+    if (isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int)
+            or not 1 <= config.batch_size <= train_count):
+        raise ValueError(
+            f"batch_size={config.batch_size!r} must be a whole number from 1 to the "
+            f"{train_count} training samples"
+        )
+    if isinstance(config.epochs, bool) or not isinstance(config.epochs, int) or config.epochs < 1:
+        raise ValueError(f"epochs={config.epochs!r} must be a whole number >= 1")
+    if not config.lr > 0:
+        raise ValueError(f"lr={config.lr!r} must be above 0")
