@@ -26,13 +26,12 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from pytest_batchprof.config import EXPERIMENT_KEYS, RUN_KEYS
 from pytest_batchprof.repeats import group_seeds
-from pytest_batchprof.report import Row, human_number, run_key, run_title
+from pytest_batchprof.report import Row, human_number, run_title
 from pytest_batchprof.stats import Interval, difference_interval, finite, mean_interval, seed_label
 
 SPLITS = ("test", "val", "train")
-EXPERIMENT_KEYS = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size",
-                   "epochs", "train_subset", "val_fraction")
 MACHINE_KEYS = ("machine", "cpu", "device", "torch")
 
 
@@ -192,15 +191,14 @@ def compare(
 ) -> Comparison:
     """Compare every configuration with the baseline's, mean over seeds against mean."""
     old_groups = group_seeds(baseline["rows"])
-    exact = {run_key(group[0], seed=False): group for group in old_groups}
-    by_experiment = {experiment_key(group[0]): group for group in old_groups}
+    recipe_keys = tuple(key for key in RUN_KEYS if key != "seed")
     comparison = Comparison(path, machine_note=_machine_note(baseline.get("environment", {}),
                                                              environment))
     seen: set[int] = set()
     for group in group_seeds(rows):
         # the same recipe first (a learning-rate sweep keeps its pairs), else the experiment
-        old = exact.get(run_key(group[0], seed=False)) or by_experiment.get(
-            experiment_key(group[0]))
+        old = (_matching(old_groups, group[0], recipe_keys)
+               or _matching(old_groups, group[0], EXPERIMENT_KEYS))
         if old is None:
             now = _spread(group, "test_accuracy")
             comparison.entries.append(Entry(
@@ -221,6 +219,26 @@ def compare(
 def experiment_key(row: Row) -> str:
     """What a run is compared by (see the module docstring)."""
     return json.dumps([row.get(key) for key in EXPERIMENT_KEYS])
+
+
+def _matching(groups: Sequence[Sequence[Row]], row: Row, keys: Sequence[str]) -> (
+        Sequence[Row] | None):
+    """The first baseline group whose rows agree with ``row`` on ``keys``.
+
+    A key that the baseline's rows do not have at all (a baseline recorded by
+    an older version, before that setting existed) is not compared: old
+    baselines keep matching the runs they measured.
+    """
+    for group in groups:
+        old = group[0]
+        if all(key not in old or _same(old[key], row.get(key)) for key in keys):
+            return group
+    return None
+
+
+def _same(old: object, new: object) -> bool:
+    """Equal as JSON has them (a tuple and a list of the same items are one value)."""
+    return json.dumps(old) == json.dumps(new)
 
 
 def _entry(group: Sequence[Row], old: Sequence[Row], fail_drop_pp: float,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, is_dataclass
 
 from torch import nn
 
+from pytest_batchprof.config import mlp_name
 from pytest_batchprof.errors import one_line
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -78,7 +79,12 @@ class DataDescription:
 
 def normalise_hidden(hidden: int | Sequence[int], argument: str = "hidden") -> tuple[int, ...]:
     """Accept ``1024`` or ``(1024, 1024)``; reject widths below 1."""
-    widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    if isinstance(hidden, int):
+        widths = (hidden,)
+    elif isinstance(hidden, Sequence) and not isinstance(hidden, str):
+        widths = tuple(hidden)
+    else:
+        widths = (hidden,)  # rejected below, with the argument's name
     if any(isinstance(width, bool) or not isinstance(width, int) or width < 1
            for width in widths):
         what = "hidden width" if argument == "hidden" else "count"
@@ -92,11 +98,6 @@ def _check_activation(activation: str) -> None:
 
 
 # ---------------------------------------------------------------- the shipped families
-
-
-def mlp_name(input_size: int, hidden: Sequence[int], num_classes: int) -> str:
-    """The posts' way of naming an MLP by its layer widths: ``784-1024-10``."""
-    return "-".join(str(width) for width in (input_size, *hidden, num_classes))
 
 
 def build_mlp(
@@ -262,6 +263,13 @@ def factory_identity(factory: object) -> tuple[str | None, str | None]:
     if is_dataclass(factory) and not isinstance(factory, type):
         cls = type(factory)
         return f"{cls.__module__}.{cls.__qualname__}:{factory!r}", None
+    if inspect.ismethod(factory):  # a bound method computes with its object's state
+        owner = factory.__self__
+        if isinstance(owner, type) or (is_dataclass(owner) and not isinstance(owner, type)):
+            inner, reason = factory_identity(factory.__func__)
+            return (None, reason) if inner is None else (f"{inner} of {owner!r}", None)
+        return None, (f"is a method of a {type(owner).__name__} object, whose state has no "
+                      f"stable name; use a dataclass, or a module-level function")
     if isinstance(factory, functools.partial):
         inner, reason = factory_identity(factory.func)
         if inner is None:
@@ -357,7 +365,7 @@ def prepare_model(factory: object, data: DataDescription, name: str | None = Non
     identity, reason = factory_identity(factory)
     digest = module_fingerprint(model, identity or f"unidentified:{label}")
     if name is None:
-        name = (factory.model_name(data) if hasattr(factory, "model_name")
+        name = (factory.model_name(data) if isinstance(factory, MLP | CNN)
                 else f"{label} ({params:,})")
     return PreparedModel(
         build=build, name=name, architecture=digest, params=params,

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
+from pytest_batchprof.config import LINE_KEYS, PER_BATCH_LINE_KEYS
 from pytest_batchprof.stats import finite, mean_interval
 from pytest_batchprof.storage import atomic_file
 
@@ -42,18 +43,6 @@ CURVE_ROW_HEIGHT = 2.8
 
 LOG_TIME_RATIO = 30.0
 """Training times are drawn on a log axis when the slowest is this many times the fastest."""
-
-SERIES_FIELDS = ("optimizer", "lr", "epochs", "activation", "train_subset", "val_fraction")
-"""Settings that split a model's runs into separate lines when they differ between rows.
-
-Averaging an SGD run with an Adam run, or 2 epochs with 10, would draw a line
-that no experiment produced; the seed, the batch size and the device are not
-among them (the device differs between xdist workers running one experiment).
-"""
-
-PER_BATCH_FIELDS = frozenset({"lr"})
-"""Settings that split lines only when runs of one batch size differ in them: a
-learning-rate sweep does, ``--lr-scaling`` (one lr per batch size) does not."""
 
 AXIS_INCHES, DIGIT_INCHES, LABEL_GAP_INCHES = 5.4, 0.08, 0.08
 """Approximate x-axis length, width of a 10 pt digit and the least gap between tick labels."""
@@ -159,11 +148,11 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
     """Finished runs grouped into series (in order of first appearance), averaged per batch size.
 
     The label is the model, with the data set when the rows use several, and
-    any :data:`SERIES_FIELDS` setting that differs between rows.
+    any :data:`LINE_KEYS` setting that differs between rows.
     """
     finished = [row for row in rows if _finished(row)]
     several_datasets = len({row.get("dataset") for row in finished}) > 1
-    varying = [name for name in SERIES_FIELDS if _varies(finished, name)]
+    varying = [name for name in LINE_KEYS if _varies(finished, name)]
     groups: dict[tuple[object, ...], dict[int, list[Mapping[str, object]]]] = {}
     labels: dict[tuple[object, ...], str] = {}
     for row in finished:
@@ -204,8 +193,8 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
 
 def _varies(rows: Sequence[Mapping[str, object]], name: str) -> bool:
     """Whether ``name`` differs between rows (between rows of one batch size, for
-    :data:`PER_BATCH_FIELDS`)."""
-    if name not in PER_BATCH_FIELDS:
+    :data:`PER_BATCH_LINE_KEYS`)."""
+    if name not in PER_BATCH_LINE_KEYS:
         return len({repr(row.get(name)) for row in rows}) > 1
     values: dict[tuple[object, ...], set[str]] = {}
     for row in rows:

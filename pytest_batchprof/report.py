@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
+from pytest_batchprof.config import RUN_KEYS
 from pytest_batchprof.stats import Interval
 
 Row = dict[str, object]
@@ -129,12 +130,6 @@ def merge_outcome(current: str | None, new: str) -> str:
 
 SERIES_KEYS = ("history", "curve")
 """Row keys holding a run's series (per epoch, between epochs) rather than one figure."""
-
-RUN_KEYS = ("model", "dataset", "input_shape", "hidden", "activation", "batch_size", "epochs",
-            "lr", "optimizer", "seed", "device", "train_subset", "val_fraction",
-            "flush_denormals", "lr_warmup_epochs", "target_accuracy")
-"""The configuration of a run, as its row holds it."""
-
 
 def run_key(row: Row, seed: bool = True) -> str:
     """What makes two rows the same run: the configuration, not the test that asked.

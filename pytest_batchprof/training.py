@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pytest_batchprof.config import RunConfig
 from pytest_batchprof.data import Dataset, Split
 from pytest_batchprof.denormals import denormals_flushed
 from pytest_batchprof.devices import synchronize
 from pytest_batchprof.metrics import Latency, Measurements, inference_inputs, predictor
-from pytest_batchprof.models import build_mlp, mlp_name
+from pytest_batchprof.models import build_mlp
 from pytest_batchprof.noise_scale import NoiseScale
 from pytest_batchprof.progress import TrainingStatus
 
@@ -58,66 +59,6 @@ of the training samples (``make overhead`` measures it)."""
 
 PROGRESS_POLL_SECONDS = 0.25
 """How often the training loop tells its observer where it stands (a clock read per step)."""
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines a run's result; equal configs train once per session.
-
-    The model is named by ``model`` (what tables call it) and identified by
-    ``architecture`` (see :func:`.models.prepare_model`); the MLP family also
-    keeps its ``hidden`` widths and ``activation``, which are ``None`` for other
-    models. ``optimizer`` and ``loss`` name what the run trains with: a built-in
-    name, or the qualified name of the user's callable.
-    """
-
-    dataset: str
-    input_shape: tuple[int, ...]
-    """One sample as the model sees it: ``(H, W)`` (after any crop), ``(C, H, W)`` or ``(D,)``."""
-    hidden: tuple[int, ...] | None
-    num_classes: int
-    activation: str | None
-    batch_size: int
-    epochs: int
-    lr: float
-    optimizer: str
-    seed: int
-    device: str
-    train_subset: int | None
-    val_fraction: float
-    flush_denormals: bool = True
-    """Flush denormal floats to zero on the CPU while training (see :mod:`.denormals`)."""
-    lr_warmup_epochs: float = 0.0
-    """Epochs over which the learning rate ramps linearly from ``lr_warmup_start`` to ``lr``."""
-    lr_warmup_start: float | None = None
-    """The learning rate of the first step of a warm-up (the unscaled ``--lr``)."""
-    target_accuracy: float | None = None
-    """Stop when the validation accuracy reaches this fraction (time-to-accuracy)."""
-    model: str | None = None
-    """The model's name in tables; ``None`` for an MLP named by its widths."""
-    architecture: str | None = None
-    """Fingerprint of the model's structure and factory (``None``: an MLP of ``hidden``)."""
-    loss: str = "cross_entropy"
-    """The training loss: ``cross_entropy`` or the qualified name of the user's callable."""
-
-    @property
-    def input_size(self) -> int:
-        return math.prod(self.input_shape)
-
-    @property
-    def model_name(self) -> str:
-        """The model's name: ``784-1024-10`` for an MLP, ``c6-c16-120-84-10``, ``Net (1,234)``."""
-        if self.model is not None:
-            return self.model
-        return mlp_name(self.input_size, self.hidden or (), self.num_classes)
-
-    def describe(self) -> str:
-        """What a person needs to tell this run from its neighbours in a message."""
-        return (
-            f"{self.model_name} on {self.dataset}, batch {self.batch_size}, "
-            f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}, {self.optimizer} "
-            f"lr={self.lr:g}, seed {self.seed}, {self.device}"
-        )
 
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -10,6 +10,7 @@ again. Timings are never asserted on: the machine may be busy.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import math
@@ -22,6 +23,7 @@ import pytest
 import torch
 
 from pytest_batchprof import plugin
+from pytest_batchprof.config import RUN_KEYS
 from pytest_batchprof.gating import (
     EXPERIMENT_KEYS,
     NOISE_NOTE,
@@ -196,6 +198,8 @@ def row(**changes: object) -> dict[str, object]:
         "optimizer": "adam", "seed": 0, "device": "cpu", "train_subset": None,
         "val_fraction": 1 / 12, "train_seconds": 2.0, "train_accuracy": 0.8,
         "val_accuracy": 0.85, "test_accuracy": 0.9, "diverged": None,
+        "flush_denormals": True, "lr_warmup_epochs": 0.0, "lr_warmup_start": None,
+        "target_accuracy": None, "architecture": "0123456789abcdef", "loss": "cross_entropy",
     }
     figures.update(changes)
     return figures
@@ -705,7 +709,8 @@ def test_min_accuracy_bad_arguments_and_no_run(pytester: pytest.Pytester) -> Non
         "test_two_fractions": "@pytest.mark.min_accuracy takes one fraction and an optional "
                               "split=, e.g. @pytest.mark.min_accuracy(0.96, split='val')",
         "test_trains_nothing": "@pytest.mark.min_accuracy: the test trained no run to check "
-                               "(use the trained_mlp fixture)",
+                               "(use trained_model, trained_mlp or "
+                               "pytest_batchprof.record)",
     }
     # bad arguments are rejected at setup, before the test could train anything
     assert outcomes(result) == {**dict.fromkeys(expected, "ERROR"),
@@ -816,7 +821,7 @@ def test_recipe_changes_match_the_same_baseline_entry(recipe: dict[str, object])
 def test_experiment_changes_do_not_match(key: str) -> None:
     other = {"model": "64-9-10", "dataset": "synthetic", "input_shape": [6, 6], "hidden": [9],
              "activation": "gelu", "batch_size": 33, "epochs": 2,
-             "train_subset": 500, "val_fraction": 0.2}[key]
+             "train_subset": 500, "val_fraction": 0.2, "architecture": "fedcba9876543210"}[key]
     comparison = compared([row(**{key: other})], [row()])
     assert [entry.verdict for entry in comparison.entries] == [
         "new (not in baseline)", "not run (only in baseline)"]
@@ -824,6 +829,27 @@ def test_experiment_changes_do_not_match(key: str) -> None:
     assert (new.baseline, new.now) == (None, 0.9)
     assert (gone.baseline, gone.now) == (0.9, None)
     assert comparison.regressions == []
+
+
+@pytest.mark.parametrize("missing", [("architecture",), ("loss",), ("architecture", "loss",
+                                                                     "lr_warmup_start")])
+def test_a_baseline_recorded_before_a_setting_existed_still_matches(
+        missing: tuple[str, ...]) -> None:
+    """Baselines saved by an older version lack the settings added since (the model's
+    architecture fingerprint, the loss): those settings are not compared, the rest are."""
+    old = {key: value for key, value in row().items() if key not in missing}
+    comparison = compared([row()], [old])
+    assert [(entry.title, entry.verdict) for entry in comparison.entries] == [(TITLE, "ok")]
+    assert compared([row(batch_size=64)], [old]).entries[0].verdict == "new (not in baseline)"
+
+
+def test_runs_that_differ_only_in_the_warm_up_start_are_two_runs() -> None:
+    """Every RunConfig field is part of a run's key (lr_warmup_start once was not, and two
+    such runs merged into one report row)."""
+    from pytest_batchprof.report import run_key
+
+    assert run_key(row(lr_warmup_start=1e-3)) != run_key(row(lr_warmup_start=1e-4))
+    assert set(RUN_KEYS) == {field.name for field in dataclasses.fields(RunConfig)}
 
 
 def test_tuples_of_a_run_match_lists_of_a_json_baseline() -> None:

@@ -1,0 +1,114 @@
+"""A run's configuration, and the part each setting plays in rows, reports and baselines.
+
+:class:`RunConfig` is everything that determines a run's result. Each field
+declares, once, the roles it plays beyond that (in its ``metadata``), and the
+rest of the package derives its key lists from them:
+
+* ``experiment``: the setting identifies the experiment a baseline compares
+  (the model, data, crop, batch size and budget), as opposed to the recipe
+  (learning rate, optimizer, loss, device, seed), whose changes a baseline is
+  there to judge;
+* ``lines``: runs that differ in it are drawn as separate lines;
+* ``per_batch``: ... only when runs of one batch size differ in it (a
+  learning-rate sweep does; ``--lr-scaling``, one rate per batch size, does not).
+
+Every field identifies the run (:data:`RUN_KEYS`): two rows that differ in any
+of them are two runs, never merged. This module imports neither torch nor the
+plugin, so reports and gating read it cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+
+def _role(*roles: str, default: object = dataclass) -> object:
+    """A dataclass field carrying its roles (and its default, when it has one)."""
+    metadata = {role: True for role in roles}
+    if default is dataclass:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def mlp_name(input_size: int, hidden: Sequence[int], num_classes: int) -> str:
+    """The posts' way of naming an MLP by its layer widths: ``784-1024-10``."""
+    return "-".join(str(width) for width in (input_size, *hidden, num_classes))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's result; equal configs train once per session.
+
+    The model is named by ``model`` (what tables call it) and identified by
+    ``architecture`` (see :func:`.models.prepare_model`); the MLP family also
+    keeps its ``hidden`` widths and ``activation``, which are ``None`` for other
+    models. ``optimizer`` and ``loss`` name what the run trains with: a built-in
+    name, or the qualified name of the user's callable.
+    """
+
+    dataset: str = _role("experiment")
+    input_shape: tuple[int, ...] = _role("experiment")
+    """One sample as the model sees it: ``(H, W)`` (after any crop), ``(C, H, W)`` or ``(D,)``."""
+    hidden: tuple[int, ...] | None = _role("experiment")
+    num_classes: int = _role()
+    activation: str | None = _role("experiment", "lines")
+    batch_size: int = _role("experiment")
+    epochs: int = _role("experiment", "lines")
+    lr: float = _role("lines", "per_batch")
+    optimizer: str = _role("lines")
+    seed: int = _role()
+    device: str = _role()
+    train_subset: int | None = _role("experiment", "lines")
+    val_fraction: float = _role("experiment", "lines")
+    flush_denormals: bool = _role(default=True)
+    """Flush denormal floats to zero on the CPU while training (see :mod:`.denormals`)."""
+    lr_warmup_epochs: float = _role(default=0.0)
+    """Epochs over which the learning rate ramps linearly from ``lr_warmup_start`` to ``lr``."""
+    lr_warmup_start: float | None = _role(default=None)
+    """The learning rate of the first step of a warm-up (the unscaled ``--lr``)."""
+    target_accuracy: float | None = _role(default=None)
+    """Stop when the validation accuracy reaches this fraction (time-to-accuracy)."""
+    model: str | None = _role("experiment", default=None)
+    """The model's name in tables; ``None`` for an MLP named by its widths."""
+    architecture: str | None = _role("experiment", default=None)
+    """Fingerprint of the model's structure and factory (``None``: an MLP of ``hidden``)."""
+    loss: str = _role("lines", default="cross_entropy")
+    """The training loss: ``cross_entropy`` or the qualified name of the user's callable."""
+
+    @property
+    def input_size(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def model_name(self) -> str:
+        """The model's name: ``784-1024-10`` for an MLP, ``c6-c16-120-84-10``, ``Net (1,234)``."""
+        if self.model is not None:
+            return self.model
+        return mlp_name(self.input_size, self.hidden or (), self.num_classes)
+
+    def describe(self) -> str:
+        """What a person needs to tell this run from its neighbours in a message."""
+        return (
+            f"{self.model_name} on {self.dataset}, batch {self.batch_size}, "
+            f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}, {self.optimizer} "
+            f"lr={self.lr:g}, seed {self.seed}, {self.device}"
+        )
+
+
+def _with_role(role: str) -> tuple[str, ...]:
+    return tuple(item.name for item in fields(RunConfig) if item.metadata.get(role))
+
+
+RUN_KEYS: tuple[str, ...] = tuple(item.name for item in fields(RunConfig))
+"""The row keys that make a run: every setting of :class:`RunConfig`."""
+
+EXPERIMENT_KEYS: tuple[str, ...] = _with_role("experiment")
+"""The row keys a baseline comparison pairs runs by (see the module docstring)."""
+
+LINE_KEYS: tuple[str, ...] = _with_role("lines")
+"""Settings that split a model's runs into separate plot lines when they differ."""
+
+PER_BATCH_LINE_KEYS: frozenset[str] = frozenset(_with_role("per_batch"))
+"""Series settings that split lines only when runs of one batch size differ in them."""
