@@ -381,6 +381,8 @@ def _call_loader(name: str, data_dir: Path, options: dict[str, object]) -> RawDa
 # ---------------------------------------------------------------- the user's data sets
 
 
+_INTEGER_TYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
 SplitData = object
 """``(x, y)`` (tensors, arrays or lists) or a ``torch.utils.data.Dataset`` of ``(x, y)``."""
 
@@ -411,12 +413,18 @@ def register_dataset(
     if not isinstance(name, str) or not name or name != name.strip() or "," in name:
         raise ValueError(f"register_dataset(name={name!r}): give a non-empty name without "
                          f"spaces at its ends or commas")
-    if name in DATASETS:
-        raise ValueError(f"register_dataset({name!r}): {name} is a built-in data set; "
+    if name.lower() in DATASETS:
+        raise ValueError(f"register_dataset({name!r}): {name.lower()} is a built-in data set; "
                          f"choose another name")
     if val is not None and val_fraction is not None:
         raise ValueError(f"register_dataset({name!r}): give val or val_fraction, not both")
-    if val_fraction is not None and not 0 < val_fraction < 1:
+    if num_classes is not None and (isinstance(num_classes, bool)
+                                    or not isinstance(num_classes, int)):
+        raise ValueError(f"register_dataset({name!r}, num_classes={num_classes!r}): give a "
+                         f"whole number of classes")
+    if val_fraction is not None and (isinstance(val_fraction, bool)
+                                     or not isinstance(val_fraction, int | float)
+                                     or not 0 < val_fraction < 1):
         raise ValueError(f"register_dataset({name!r}, val_fraction={val_fraction!r}): give a "
                          f"fraction between 0 and 1")
     train_x, train_y = _split_tensors(name, "train", train)
@@ -499,7 +507,17 @@ def _read_dataset(where: str, dataset: torch.utils.data.Dataset) -> (
         if not isinstance(item, tuple | list) or len(item) != 2:
             raise ValueError(f"{where}: item {index} is a {type(item).__name__}; the dataset "
                              f"must give (x, y) pairs")
-        return torch.as_tensor(item[0]), torch.as_tensor(item[1])
+        try:
+            x, y = torch.as_tensor(item[0]), torch.as_tensor(item[1])
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(
+                f"{where}: item {index} cannot be made into tensors ({one_line(error)}); give "
+                f"the dataset a transform that returns tensors, e.g. "
+                f"torchvision.transforms.v2.PILToTensor()") from None
+        if y.numel() != 1 or not (y.dtype.is_floating_point or y.dtype in _INTEGER_TYPES):
+            raise ValueError(f"{where}: item {index} has the label {item[1]!r}; give one class "
+                             f"index per sample")
+        return x, y
 
     first_x, _ = pair(0)
     needed = count * first_x.numel() * 4  # held as float32

@@ -87,6 +87,11 @@ class Series:
     where two seeds or more were averaged."""
     curve_errors: dict[int, list[float | None]] = field(default_factory=dict)
     """Half-widths along each learning curve (``None`` at an epoch with one seed)."""
+    flops: float | None = None
+    """Forward FLOPs per sample (the same at every batch size)."""
+    params: int | None = None
+    latency: dict[int, float] = field(default_factory=dict)
+    """Median inference seconds per sample, at the inference batch size of each run."""
     fine_curves: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
     fine_errors: dict[int, list[float | None]] = field(default_factory=dict)
 
@@ -137,6 +142,7 @@ def build_figures(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, str, 
         ("time", "Training time vs batch size", _time_figure),
         ("steps-to-target", "Steps to target accuracy vs batch size", _steps_figure),
         ("learning-curves", "Learning curves", _curves_figure),
+        ("trade-off", "Accuracy, FLOPs and latency of the models", _trade_off_figure),
     ):
         figure = draw(series, title + note)
         if figure is not None:
@@ -177,6 +183,9 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
             seconds = [run.get("train_seconds") for run in runs]
             if any(isinstance(value, (int, float)) and value > 0 for value in seconds):
                 series.add("seconds", batch_size, seconds)
+            series.add("latency", batch_size, [run.get("latency_median_s") for run in runs])
+            series.flops = series.flops or runs[0].get("flops")
+            series.params = series.params or runs[0].get("params")
             curve = _mean_curve(run.get("history") or () for run in runs)
             if curve:
                 series.curves[batch_size] = [(epoch, mean) for epoch, mean, _ in curve]
@@ -416,6 +425,42 @@ def _curves_figure(series: list[Series], title: str) -> Figure | None:
     figure.legend([handles[size] for size in sizes], labels, loc="outside lower center",
                   ncols=_legend_columns(labels, WIDTH), fontsize="small", frameon=False,
                   title=note, title_fontsize="small")
+    return figure
+
+
+def _trade_off_figure(series: list[Series], title: str) -> Figure | None:
+    """Test accuracy against forward FLOPs per sample (left) and inference latency per
+    sample (right), both on log axes: a marker per model and batch size, a line per
+    model, its parameter count in the legend. Drawn when two models or more have them."""
+    drawn = [(index, one) for index, one in enumerate(series)
+             if one.accuracy and one.flops and one.latency]
+    if len({one.label for _, one in drawn}) < 2:
+        return None
+    figure, (by_flops, by_latency) = _new_figure(1, 2, width=WIDTH * 1.6, sharey=True)
+    accuracies: list[float] = []
+    for index, one in drawn:
+        sizes = sorted(set(one.accuracy) & set(one.latency))
+        accuracy = [one.accuracy[size] for size in sizes]
+        accuracies.extend(accuracy)
+        params = f", {one.params:,} params" if one.params else ""
+        by_flops.plot([one.flops] * len(sizes), accuracy, linestyle="none", markersize=6,
+                      label=f"{one.label}{params}", **_style(index))
+        by_latency.plot([one.latency[size] * 1e6 for size in sizes], accuracy, linewidth=1.2,
+                        markersize=6, **_style(index))
+        for size, value, latency in zip(sizes, accuracy, (one.latency[s] for s in sizes),
+                                        strict=True):
+            by_latency.annotate(f"{size}", (latency * 1e6, value), textcoords="offset points",
+                                xytext=(4, 3), fontsize="x-small")
+    by_flops.set_xscale("log")
+    by_flops.set_xlabel("Forward FLOPs per sample")
+    by_latency.set_xscale("log")
+    by_latency.set_xlabel("Inference latency per sample (µs), by batch size")
+    by_flops.set_ylabel("Test accuracy (%)")
+    _percent_axis(by_flops, accuracies)
+    for panel in (by_flops, by_latency):
+        panel.grid(True, which="major", alpha=0.35)
+    by_flops.legend(loc="best", fontsize="small", framealpha=0.85)
+    figure.suptitle(title)
     return figure
 
 

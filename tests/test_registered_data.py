@@ -411,10 +411,6 @@ def test_a_torch_dataset_too_large_for_memory_is_refused_before_it_is_read(
     assert "huge" not in catalog.REGISTERED
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: _read_dataset does not catch the "
-                   "RuntimeError/TypeError of torch.as_tensor or of y.reshape(()), so an item "
-                   "that is not made of tensors, or a label that is not one number, escapes "
-                   "as a raw error that does not name register_dataset('name') train")
 @pytest.mark.parametrize(
     "item",
     [
@@ -516,10 +512,6 @@ def test_bad_input_raises_one_line_value_error(changes: dict[str, object], messa
     assert before == catalog.REGISTERED  # nothing registered
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: register_dataset does not check the type "
-                   "of num_classes and val_fraction: a string raises a raw TypeError from a "
-                   "comparison, and num_classes=3.5 is registered and fails only when a model "
-                   "is built")
 @pytest.mark.parametrize("changes", [dict(num_classes=3.5), dict(num_classes="3"),
                                      dict(val_fraction="0.2")],
                          ids=["float-classes", "str-classes", "str-fraction"])
@@ -529,10 +521,6 @@ def test_wrongly_typed_numbers_raise_value_error(changes: dict[str, object]) -> 
         register_dataset("bad", _good(), _good(), **changes)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: --batchprof-dataset takes built-in names in "
-                   "any case, but register_dataset rejects them only in lower case; a set "
-                   "registered as 'MNIST' is what @pytest.mark.dataset('MNIST') loads, while "
-                   "--dataset MNIST silently selects the built-in mnist")
 def test_a_built_in_name_in_another_case_cannot_mean_two_data_sets() -> None:
     try:
         register_dataset("MNIST", *learnable((2,), 2, counts=(10, 4)))
