@@ -76,6 +76,13 @@ class RunConfig:
     """Fingerprint of the model's structure and factory (``None``: an MLP of ``hidden``)."""
     loss: str = _role("lines", default="cross_entropy")
     """The training loss: ``cross_entropy`` or the qualified name of the user's callable."""
+    callables: str | None = _role(default=None)
+    """Fingerprint of the user's loss and optimizer callables (their qualified names,
+    sources and arguments); ``None`` when both are built in. ``loss`` and ``optimizer``
+    are their readable names; this tells two versions of one function apart."""
+    trainer: str = _role(default="batchprof")
+    """Who trained the run: the plugin's engine, or ``own loop (<test id>)`` for a run
+    a test trained itself and recorded (:func:`pytest_batchprof.record`)."""
 
     @property
     def input_size(self) -> int:

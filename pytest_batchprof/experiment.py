@@ -13,6 +13,7 @@ before the run's clock starts.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,13 @@ from torch import nn
 
 from pytest_batchprof.data import Dataset, crop_shape
 from pytest_batchprof.errors import one_line
-from pytest_batchprof.models import ModelError, PreparedModel, factory_identity, prepare_model
+from pytest_batchprof.models import (
+    ModelError,
+    PreparedModel,
+    factory_identity,
+    local_identity,
+    prepare_model,
+)
 from pytest_batchprof.options import OPTIMIZERS, Settings
 from pytest_batchprof.training import (
     LossFunction,
@@ -54,8 +61,7 @@ def loss_identity(loss: object) -> tuple[str | None, str | None]:
         return "cross_entropy", None
     if isinstance(loss, nn.Module):  # e.g. nn.CrossEntropyLoss(label_smoothing=0.1)
         cls = type(loss)
-        settings = {key: value for key, value in vars(loss).items()
-                    if not key.startswith("_") and key != "training"}
+        settings = _module_settings(loss)
         plain = all(value is None or isinstance(value, str | int | float | bool)
                     for value in settings.values())
         if not plain or "<locals>" in cls.__qualname__:
@@ -64,20 +70,47 @@ def loss_identity(loss: object) -> tuple[str | None, str | None]:
     return factory_identity(loss)
 
 
-def optimizer_identity(optimizer: str | OptimizerFactory) -> tuple[str | None, str | None]:
-    """The optimizer's name (``adam``), or a stable name for the user's callable."""
-    if isinstance(optimizer, str):
-        return optimizer, None
-    identity, reason = factory_identity(optimizer)
-    if identity is None:
-        return None, reason
-    return identity.split("#")[0], None  # the qualified name shows in tables; the key has all
+def _module_settings(module: nn.Module) -> dict[str, object]:
+    """A loss module's public attributes (``reduction``, ``label_smoothing``, ...)."""
+    return {key: value for key, value in vars(module).items()
+            if not key.startswith("_") and key != "training"}
 
 
-def optimizer_label(optimizer: object) -> str:
-    """What a table shows for an optimizer it cannot name by its identity."""
-    target = optimizer.func if isinstance(optimizer, functools.partial) else optimizer
-    return getattr(target, "__qualname__", type(target).__qualname__)
+def callable_label(value: object) -> str:
+    """How a table names a loss or optimizer callable: ``SGD(momentum=0.9)``, ``my_loss``."""
+    if isinstance(value, functools.partial):
+        arguments = [repr(item) for item in value.args]
+        arguments += [f"{key}={item!r}" for key, item in sorted(value.keywords.items())]
+        return f"{callable_label(value.func)}({', '.join(arguments)})"
+    if isinstance(value, nn.Module):  # its settings that differ from a default instance
+        settings = _module_settings(value)
+        try:
+            defaults = _module_settings(type(value)())
+        except Exception:  # a loss that needs arguments: show them all
+            defaults = {}
+        shown = [f"{key}={item!r}" for key, item in sorted(settings.items())
+                 if defaults.get(key, object()) != item]
+        return f"{type(value).__name__}({', '.join(shown)})"
+    return getattr(value, "__qualname__", None) or type(value).__qualname__
+
+
+def callables_fingerprint(loss: object, optimizer: object) -> tuple[str | None, str | None]:
+    """The fingerprint of the user's loss and optimizer callables (``None`` when both are
+    built in), and why they cannot be cached, if they cannot."""
+    parts, reasons = [], []
+    for role, value, identify in (("loss", loss, loss_identity),
+                                  ("optimizer", optimizer, factory_identity)):
+        if value is None or value is F.cross_entropy or isinstance(value, str):
+            continue
+        identity, reason = identify(value)
+        if identity is None:
+            reasons.append(f"its {role} {reason}")
+            identity = local_identity(value)
+        parts.append(f"{role}={identity}")
+    if not parts:
+        return None, None
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return digest, reasons[0] if reasons else None
 
 
 def build_experiment(
@@ -115,8 +148,7 @@ def build_experiment(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         prepared = prepare_model(model, data.description(), name)
-    loss_name, loss_reason = loss_identity(loss)
-    optimizer_name, optimizer_reason = optimizer_identity(optimizer)
+    callables, callables_reason = callables_fingerprint(loss, optimizer)
     config = RunConfig(
         dataset=dataset.name,
         input_shape=data.sample_shape,
@@ -127,7 +159,7 @@ def build_experiment(
         epochs=settings.epochs if epochs is None else epochs,
         lr=(scaled_lr(base_lr, batch_size, settings.lr_base_batch, settings.lr_scaling)
             if lr is None else base_lr),
-        optimizer=optimizer_name or optimizer_label(optimizer),
+        optimizer=optimizer if isinstance(optimizer, str) else callable_label(optimizer),
         seed=seed,
         device=str(device),
         train_subset=settings.train_subset,
@@ -138,15 +170,14 @@ def build_experiment(
         target_accuracy=settings.target_accuracy,
         model=prepared.name,
         architecture=prepared.architecture,
-        loss=loss_name or getattr(loss, "__qualname__", type(loss).__qualname__),
+        loss="cross_entropy" if loss in (None, F.cross_entropy) else callable_label(loss),
+        callables=callables,
     )
     data = data.with_train_subset(config.train_subset)
     _check_config(config, len(data.train))
     recipe = Recipe(prepared.build, loss if loss is not None else F.cross_entropy,
                     None if isinstance(optimizer, str) else optimizer)
-    reasons = [reason for reason in (
-        prepared.uncached_reason, loss_reason and f"its loss {loss_reason}",
-        optimizer_reason and f"its optimizer {optimizer_reason}") if reason]
+    reasons = [reason for reason in (prepared.uncached_reason, callables_reason) if reason]
     note = f"{prepared.name} is not cached: {reasons[0]}" if reasons else None
     check_recipe(config, recipe, prepared, data, device)
     return Experiment(config, recipe, data, note)

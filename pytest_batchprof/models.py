@@ -296,6 +296,28 @@ def factory_identity(factory: object) -> tuple[str | None, str | None]:
     return f"{module}.{qualname}#{digest}", None
 
 
+def local_identity(factory: object) -> str:
+    """What tells apart factories without a stable name (a lambda, a function or class
+    defined in a test): where their code is, and the plain values their closure holds
+    (other values by their ``id``). Good within a session and, for the same code,
+    across sessions; not enough for a cache, which must not trust a closure."""
+    target = factory.func if isinstance(factory, functools.partial) else factory
+    target = getattr(target, "__func__", target)
+    code = getattr(target, "__code__", None)
+    if code is not None:
+        where = f"{code.co_filename}:{code.co_firstlineno}"
+        cells = [cell.cell_contents for cell in (target.__closure__ or ())]
+    else:
+        try:
+            where = f"{inspect.getsourcefile(target)}:{inspect.getsourcelines(target)[1]}"
+        except (OSError, TypeError):
+            where = f"object {id(target)}"
+        cells = []
+    values = [repr(value) if _plain(value) else f"{type(value).__name__}@{id(value)}"
+              for value in cells]
+    return f"unnamed {factory_label(factory)} at {where} with {values}"
+
+
 def _plain(value: object) -> bool:
     if isinstance(value, tuple | list):
         return all(_plain(item) for item in value)
@@ -363,7 +385,7 @@ def prepare_model(factory: object, data: DataDescription, name: str | None = Non
     if params == 0:
         raise ModelError(f"model {label} has no parameters to train")
     identity, reason = factory_identity(factory)
-    digest = module_fingerprint(model, identity or f"unidentified:{label}")
+    digest = module_fingerprint(model, identity or local_identity(factory))
     if name is None:
         name = (factory.model_name(data) if isinstance(factory, MLP | CNN)
                 else f"{label} ({params:,})")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytest_batchprof.experiment import loss_identity
+from pytest_batchprof.experiment import callable_label
 from pytest_batchprof.metrics import PeakMemory, measure
 from pytest_batchprof.models import module_fingerprint
 from pytest_batchprof.training import EpochRecord, Run, RunConfig, evaluate
@@ -118,7 +118,8 @@ def record(
         flush_denormals=False,
         model=name or f"{cls.__name__} ({params:,})",
         architecture=module_fingerprint(model, f"{cls.__module__}.{cls.__qualname__}"),
-        loss=loss_identity(loss)[0] or getattr(loss, "__qualname__", "custom"),
+        loss="cross_entropy" if loss in (None, F.cross_entropy) else callable_label(loss),
+        trainer=f"{OWN_LOOP} ({item.nodeid})",
     )
     test_loss, test_accuracy = evaluate(model, data.test, loss=loss_fn)
     if train_seconds is None:

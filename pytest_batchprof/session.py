@@ -24,6 +24,7 @@ from pytest_batchprof.training import (
     LossFunction,
     OptimizerFactory,
     Run,
+    RunConfig,
     initial_model,
     train,
     warm_up,
@@ -39,8 +40,7 @@ class BatchprofSession:
     console: Console | None = None
     """Where training lines and the progress line go (none: silent)."""
     datasets: dict[str, Dataset] = field(default_factory=dict)
-    runs: dict[object, Run] = field(default_factory=dict)
-    """Trained runs by config (by config and factory for runs that are not cached)."""
+    runs: dict[RunConfig, Run] = field(default_factory=dict)
     notes: set[str] = field(init=False, default_factory=set)
     """One-line notes already printed (each once per session)."""
     carbon: CarbonMeter | None = field(init=False, default=None)
@@ -109,7 +109,7 @@ class BatchprofSession:
             self.settings, dataset, model, batch_size, self.device, epochs=epochs, lr=lr,
             optimizer=optimizer, seed=seed, input_size=input_size, loss=loss, name=name)
         config, data = experiment.config, experiment.data
-        key = config if experiment.cache_note is None else (config, id(model))
+        key = config  # factories without a stable name differ in config.architecture
         if key in self.runs:
             return self.runs[key]
         cache_key = None

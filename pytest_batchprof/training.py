@@ -57,6 +57,10 @@ curves of two runs, differ by what the models learnt, not by which samples were 
 point costs a tenth of a full MNIST validation pass; the curve, one forward pass over 5%
 of the training samples (``make overhead`` measures it)."""
 
+GATHER_CHUNK_BYTES = 1 << 20
+"""Training samples are gathered in their shuffled order this many bytes at a time (at
+least one batch): small enough to stay in cache until its batches are used."""
+
 PROGRESS_POLL_SECONDS = 0.25
 """How often the training loop tells its observer where it stands (a clock read per step)."""
 
@@ -414,117 +418,178 @@ def train(
     """
     recipe = recipe or Recipe.of_mlp(config)
     with denormals_flushed(config.flush_denormals and device.type == "cpu"):
-        return _train(config, data, device, observer, recipe)
+        loop = TrainingLoop(config, data, device, recipe, observer)
+        return loop.run()
 
 
-def _train(config: RunConfig, data: Dataset, device: torch.device,
-           observer: TrainingObserver | None, recipe: Recipe) -> Run:
-    model, optimizer = initial_model(config, device, recipe)  # at config.lr: after warm-up
-    loss_fn = recipe.loss
-    run = Run(config=config, model=model, optimizer=optimizer,
-              samples_per_epoch=len(data.train), test_images=data.test.x)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    train_split = data.train
-    count = len(train_split)
-    steps_per_epoch = math.ceil(count / config.batch_size)
-    warmup_steps = math.ceil(config.lr_warmup_epochs * steps_per_epoch)
-    steps_done = samples_done = 0
-    target = config.target_accuracy
-    check_steps = max(1, round(TARGET_CHECK_SAMPLES / config.batch_size))
-    if target is not None:
-        run.time_to_target = TimeToTarget(target)
-    probe = data.val.take(CURVE_PROBE_SAMPLES)
-    next_curve_point = CURVE_EVERY_SAMPLES if count > CURVE_EVERY_SAMPLES else math.inf
-    synchronize(device)
-    run_started = time.perf_counter()
-    next_poll = run_started + PROGRESS_POLL_SECONDS
+class TrainingLoop:
+    """One run's optimisation: epochs of steps, and the :mod:`.steps` that hang on them.
 
-    def reached(val_accuracy: float) -> bool:
-        """Record the target as reached now, if it is (and was not before)."""
-        if target is None or run.time_to_target.reached or val_accuracy < target:
-            return False
-        run.time_to_target = TimeToTarget(target, steps_done, samples_done,
-                                          samples_done / count,
-                                          time.perf_counter() - run_started - run.curve_seconds)
-        return True
+    A step of the hot loop is the forward pass, the loss, the backward pass and
+    the optimizer step, and nothing that makes the host wait:
 
-    def curve_point() -> float:
-        """Record a learning-curve point; the seconds it took."""
-        synchronize(device)  # the steps queued so far are training time
-        started = time.perf_counter()
-        loss, accuracy = evaluate(model, probe, loss=loss_fn)  # reads: waits for the device
-        run.curve.append(CurvePoint(samples_done, samples_done / count, loss, accuracy))
-        return time.perf_counter() - started
+    * each epoch's shuffled order is gathered in chunks of about
+      :data:`GATHER_CHUNK_BYTES` (one indexing kernel per chunk, its output still
+      in cache when its batches, slices of it, are used);
+    * the step's loss, outputs and labels are kept (references, no kernel) and
+      summed into the running loss and accuracy every
+      :data:`DIVERGENCE_CHECK_STEPS` steps and at the epoch's end;
+    * gradients are cleared as ``zero_grad(set_to_none=True)`` clears them,
+      without its profiler record, unless the optimizer overrides ``zero_grad``;
+    * everything else (warm-up, divergence and target checks, curve points,
+      progress) is a :class:`~.steps.LoopStep`, called only when its next due
+      step comes: one integer comparison per step.
+    """
 
-    for epoch in range(1, config.epochs + 1):
+    def __init__(self, config: RunConfig, data: Dataset, device: torch.device, recipe: Recipe,
+                 observer: TrainingObserver | None = None) -> None:
+        from pytest_batchprof.steps import loop_steps
+
+        self.config, self.data, self.device, self.observer = config, data, device, observer
+        self.model, self.optimizer = initial_model(config, device, recipe)  # lr after warm-up
+        self.loss_fn = recipe.loss
+        self.run_record = Run(config=config, model=self.model, optimizer=self.optimizer,
+                              samples_per_epoch=len(data.train), test_images=data.test.x)
+        self.count = len(data.train)
+        self.steps_per_epoch = math.ceil(self.count / config.batch_size)
+        self.epoch = self.step = self.steps_done = self.samples_done = 0
+        self.started = 0.0
+        self.stop_epoch = self.stop_run = False
+        self.pending: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = (
+            [], [], [])
+        """Losses, outputs and labels of the steps since the last :meth:`fold`."""
+        self.short_batch = 0
+        """The size of the epoch's last batch among the pending steps, when it is short."""
+        self.loss_total = torch.zeros((), device=device)
+        self.correct_total = torch.zeros((), dtype=torch.int64, device=device)
+        self.steps = loop_steps(self)
+
+    # -- what steps read
+
+    @property
+    def run_seconds(self) -> float:
+        """Wall time since the first step, measuring (curve points) excluded."""
+        return time.perf_counter() - self.started - self.run_record.curve_seconds
+
+    def evaluate(self, split: Split) -> tuple[float, float]:
+        """Mean loss and accuracy of the model now on ``split`` (the run's loss)."""
+        return evaluate(self.model, split, loss=self.loss_fn)
+
+    def fold(self) -> torch.Tensor:
+        """Sum the pending steps into the epoch's running loss (per sample, times the
+        samples) and correct count, on the device; return the loss total."""
+        losses, outputs, labels = self.pending
+        if losses:
+            stacked = torch.stack(losses)
+            if self.short_batch:  # the epoch's last batch, the last pending step
+                self.loss_total += (stacked[:-1].sum() * self.config.batch_size
+                                    + stacked[-1] * self.short_batch)
+            else:
+                self.loss_total += stacked.sum() * self.config.batch_size
+            self.correct_total += (torch.cat(outputs).argmax(dim=1) == torch.cat(labels)).sum()
+            for pending in self.pending:
+                pending.clear()
+            self.short_batch = 0
+        return self.loss_total
+
+    # -- the loop
+
+    def run(self) -> Run:
+        run, config, device = self.run_record, self.config, self.device
+        shuffle = torch.Generator().manual_seed(config.seed)
+        train_split = self.data.train
+        batch_size, count = config.batch_size, self.count
+        model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
+        clear_grads = _grad_clearer(optimizer)
+        losses, outputs, labels_seen = self.pending
+        sample_bytes = max(1, train_split.x[:1].nelement() * train_split.x.element_size())
+        chunk = max(1, GATHER_CHUNK_BYTES // (sample_bytes * batch_size)) * batch_size
+        for step in self.steps:
+            step.start()
+        next_due = min(step.due for step in self.steps)
         synchronize(device)
-        started = time.perf_counter()
-        measured_before = run.curve_seconds
-        model.train()
-        order = torch.randperm(count, generator=shuffle).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        for step, start in enumerate(range(0, count, config.batch_size), start=1):
-            steps_done += 1
-            if steps_done <= warmup_steps + 1 and warmup_steps:
-                for group in optimizer.param_groups:
-                    group["lr"] = warmup_lr(config, steps_done, warmup_steps)
-            index = order[start:start + config.batch_size]
-            images, labels = train_split.x[index], train_split.y[index]
-            logits = model(images)
-            loss = loss_fn(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                loss_sum += loss.detach() * len(labels)
-                correct += (logits.argmax(dim=1) == labels).sum()
-            seen += len(labels)
-            samples_done += len(labels)
-            if step % DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum):
+        self.started = time.perf_counter()
+        for epoch in range(1, config.epochs + 1):
+            self.epoch, self.stop_epoch, self.step = epoch, False, 0
+            synchronize(device)
+            epoch_started = time.perf_counter()
+            measured_before = run.curve_seconds
+            model.train()
+            order = torch.randperm(count, generator=shuffle).to(device)
+            self.loss_total = torch.zeros((), device=device)
+            self.correct_total = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
+            for first in range(0, count, chunk):
+                index = order[first:first + chunk]
+                chunk_images, chunk_labels = train_split.x[index], train_split.y[index]
+                for start in range(0, len(index), batch_size):
+                    labels = chunk_labels[start:start + batch_size]
+                    logits = model(chunk_images[start:start + batch_size])
+                    loss = loss_fn(logits, labels)
+                    clear_grads()
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(loss.detach())
+                    outputs.append(logits.detach())
+                    labels_seen.append(labels)
+                    size = len(labels)
+                    if size != batch_size:
+                        self.short_batch = size
+                    seen += size
+                    self.step += 1
+                    self.steps_done += 1
+                    self.samples_done += size
+                    if self.steps_done >= next_due:
+                        next_due = self._fire()
+                        if self.stop_epoch:
+                            break
+                if self.stop_epoch:
+                    break
+            train_loss = self.fold().item() / seen
+            train_accuracy = self.correct_total.item() / seen
+            synchronize(device)
+            trained = time.perf_counter()
+            train_seconds = trained - epoch_started - (run.curve_seconds - measured_before)
+            run.train_seconds += train_seconds
+            if not math.isfinite(train_loss):
+                run.diverged = (f"training loss became {train_loss} in epoch {epoch} "
+                                f"(lr={config.lr:g}, {config.optimizer})")
                 break
-            if samples_done >= next_curve_point:
-                run.curve_seconds += curve_point()
-                next_curve_point = (samples_done // CURVE_EVERY_SAMPLES + 1) * CURVE_EVERY_SAMPLES
-            if (target is not None and steps_done % check_steps == 0
-                    and reached(evaluate(model, data.val, loss=loss_fn)[1])):
-                break  # the epoch ends here; its record covers the samples seen
-            if observer is not None:
-                now = time.perf_counter()
-                if now >= next_poll:
-                    next_poll = now + PROGRESS_POLL_SECONDS
-                    observer.on_progress(TrainingStatus(
-                        epoch=epoch, epochs=config.epochs, step=step,
-                        steps_per_epoch=steps_per_epoch, samples_done=samples_done,
-                        total_samples=count * config.epochs,
-                        run_seconds=now - run_started - run.curve_seconds,
-                        stops_early=target is not None))
-        train_loss = loss_sum.item() / seen
-        train_accuracy = correct.item() / seen
-        synchronize(device)
-        trained = time.perf_counter()
-        train_seconds = trained - started - (run.curve_seconds - measured_before)
-        run.train_seconds += train_seconds
-        if not math.isfinite(train_loss):
-            run.diverged = (
-                f"training loss became {train_loss} in epoch {epoch} "
-                f"(lr={config.lr:g}, {config.optimizer})"
-            )
-            break
-        val_loss, val_accuracy = evaluate(model, data.val, loss=loss_fn)
-        eval_seconds = time.perf_counter() - trained
-        run.train_seconds += eval_seconds
-        record = EpochRecord(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
-                             train_seconds, eval_seconds)
-        run.history.append(record)
-        if observer is not None:
-            observer.on_epoch(config, record)
-        reached(val_accuracy)
-        if run.time_to_target is not None and run.time_to_target.reached:
-            break
+            val_loss, val_accuracy = self.evaluate(self.data.val)
+            eval_seconds = time.perf_counter() - trained
+            run.train_seconds += eval_seconds
+            record = EpochRecord(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
+                                 train_seconds, eval_seconds)
+            run.history.append(record)
+            for loop_step in self.steps:
+                loop_step.epoch_end(record)
+            if self.stop_run or self.stop_epoch:
+                break
+        if run.diverged is None:
+            run.test_loss, run.test_accuracy = self.evaluate(self.data.test)
+        model.eval()
+        return run
 
-    if run.diverged is None:
-        run.test_loss, run.test_accuracy = evaluate(model, data.test, loss=loss_fn)
-    model.eval()
-    return run
+    def _fire(self) -> int:
+        """Run every step that is due; the next step count at which one is."""
+        for loop_step in self.steps:
+            if self.steps_done >= loop_step.due:
+                loop_step.fire()
+                if self.stop_epoch:  # diverged or at the target: the rest can wait
+                    break
+        return min(loop_step.due for loop_step in self.steps)
+
+
+def _grad_clearer(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """``optimizer.zero_grad(set_to_none=True)``, or, for an optimizer that does not
+    override it, the same loop without its profiler record (8 µs a step on the CPU,
+    1-2% of a small batch's step)."""
+    if type(optimizer).zero_grad is not torch.optim.Optimizer.zero_grad:
+        return lambda: optimizer.zero_grad(set_to_none=True)
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+
+    def clear() -> None:
+        for parameter in parameters:
+            parameter.grad = None
+
+    return clear

@@ -87,7 +87,7 @@ def test_folder_defaults_to_batches_16_64_128(pytester: pytest.Pytester,
     assert result.ret == pytest.ExitCode.OK
     one_layer = [i for i in ids if "test_one_hidden_layer_1024" in i]
     assert [i.rsplit("[", 1)[1] for i in one_layer] == ["bs16]", "bs64]", "bs128]"]
-    assert len(ids) == 2 * 3 + 4 * 3 + 5 + 1
+    assert len(ids) == 2 * 3 + 4 * 3 + 5 + 1 + 3 * 3  # the architecture study: 3 models
 
 
 @pytest.mark.parametrize(("marker", "count"), [

@@ -21,6 +21,7 @@ import textwrap
 
 import pytest
 
+import pytest_batchprof
 from pytest_batchprof.options import OPTIONS, Option
 
 TRIVIAL_TEST = """
@@ -448,14 +449,8 @@ def test_device_fixture_imports_torch(pytester: pytest.Pytester) -> None:
     assert "torch" in imported(pytester)
 
 
-LAZY_EXPORTS = {
-    "Dataset": "pytest_batchprof.data",
-    "Split": "pytest_batchprof.data",
-    "EpochRecord": "pytest_batchprof.training",
-    "CurvePoint": "pytest_batchprof.training",
-    "Run": "pytest_batchprof.training",
-    "RunConfig": "pytest_batchprof.training",
-}
+LAZY_EXPORTS = dict(pytest_batchprof._EXPORTS)
+"""Every public name and the module it comes from (the package's own table)."""
 
 LAZY_PROBE = textwrap.dedent("""
     import importlib

@@ -320,3 +320,29 @@ def test_legend_of_long_batch_labels_fits_the_figure():
     figure.canvas.draw()
     box = legend.get_window_extent()
     assert box.x0 >= 0 and box.x1 <= figure.bbox.width
+
+
+def test_trade_off_plot_draws_accuracy_against_flops_and_latency():
+    """Two models or more with FLOPs and latency get the trade-off plot: accuracy (mean of the
+    seeds) at the model's FLOPs (left) and at each batch size's latency in µs (right), the
+    parameter count in the legend."""
+    measured = [{**row(model, batch, seed, accuracy, 1.0), "flops": flops, "params": params,
+                 "latency_median_s": latency}
+                for model, flops, params in (("mlp", 1_626_112, 814_090),
+                                             ("lenet", 833_040, 61_706))
+                for batch, accuracy, latency in ((16, 0.96, 20e-6), (64, 0.97, 10e-6))
+                for seed in (0, 1)]
+    built = {name: figure for name, _, figure in build_figures(measured)}
+    by_flops, by_latency = built["trade-off"].axes
+    assert by_flops.get_xscale() == by_latency.get_xscale() == "log"
+    data = line_data(by_flops)
+    assert data == {"mlp, 814,090 params": ([1_626_112] * 2, [96.0, 97.0]),
+                    "lenet, 61,706 params": ([833_040] * 2, [96.0, 97.0])}
+    latencies = [list(line.get_xdata()) for line in by_latency.get_lines()]
+    assert latencies == [[pytest.approx(20.0), pytest.approx(10.0)]] * 2
+
+
+def test_one_model_gets_no_trade_off_plot(rows: list[dict]):
+    one = [{**entry, "flops": 100, "latency_median_s": 1e-6} for entry in rows
+           if entry["model"] == SMALL]
+    assert "trade-off" not in [name for name, _, _ in build_figures(one)]

@@ -42,7 +42,8 @@ DIGITS = ("--dataset", "digits", "--epochs", "1", "--no-co2")
 SUMMARY_SEP = re.compile(r"^=+ batchprof summary( \(partial\))? =+$")
 REPORT_LINE = re.compile(r"^report: (\S+\.md) \(\+ (\d+) files: json, csv, plots; ")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOT_SUFFIXES = ("-accuracy.png", "-time.png", "-learning-curves.png")
+PLOT_SUFFIXES = ("-accuracy.png", "-time.png", "-learning-curves.png", "-trade-off.png")
+"""The plots of a session of two models (the trade-off plot needs two or more)."""
 DEFAULT_HEADERS = [
     "model", "data set", "batch", "epochs", "train time (*)", "time / epoch (*)",
     "train acc (%)", "val acc (%)", "test acc (%)", "latency / sample (*)", "FLOPs / sample",
@@ -95,7 +96,7 @@ def report_path(result: pytest.RunResult) -> Path:
     after = [line for line in lines[index + 1:] if not line.startswith("|")]
     match = REPORT_LINE.match(after[0])
     assert match, after[0]
-    assert match[2] == "5"  # json, csv and three plots
+    assert match[2] in ("5", "6")  # json, csv, three plots (a trade-off with 2 models or more)
     return Path(match[1])
 
 

@@ -1,0 +1,238 @@
+"""What hangs on the training loop besides optimisation: each a small :class:`LoopStep`.
+
+A step says at which optimizer step it is next due (:attr:`LoopStep.due`); the
+loop calls :meth:`LoopStep.fire` only then, so a step that waits costs the hot
+loop one integer comparison. Every step also hears of each finished epoch.
+
+* :class:`WarmUp`: the learning rate's linear ramp (``--lr-warmup-epochs``),
+  by ``torch.optim.lr_scheduler.LinearLR``;
+* :class:`DivergenceCheck`: stop the epoch when the loss became NaN or inf;
+* :class:`CurvePoints`: the learning curve between epochs, kept out of the
+  training time;
+* :class:`TargetCheck`: time to ``--target-accuracy`` on the validation split;
+* :class:`ProgressReport`: tell the observer where the run stands, about every
+  :data:`~.training.PROGRESS_POLL_SECONDS`, and of every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from pytest_batchprof import training
+from pytest_batchprof.devices import synchronize
+from pytest_batchprof.progress import TrainingStatus
+
+if TYPE_CHECKING:
+    from pytest_batchprof.training import EpochRecord, TrainingLoop
+
+NEVER = math.inf
+
+
+class LoopStep:
+    """A piece of a run that is not optimisation; override what it needs."""
+
+    due: float = NEVER
+    """The loop's optimizer-step count (``steps_done``) at which :meth:`fire` is next due."""
+
+    def __init__(self, loop: TrainingLoop) -> None:
+        self.loop = loop
+
+    def start(self) -> None:
+        """Before the first step (the run's clock has not started)."""
+
+    def fire(self) -> None:
+        """The step is due; set :attr:`due` to the next time."""
+
+    def epoch_end(self, record: EpochRecord) -> None:
+        """An epoch has ended and been validated."""
+
+
+class WarmUp(LoopStep):
+    """A linear ramp of the learning rate from ``lr_warmup_start`` at the first step to
+    the run's ``lr`` at step ``warmup_steps + 1`` (Goyal et al., 2017), by LinearLR.
+
+    The optimizer was made at the run's lr, LinearLR's base. The last step writes
+    that lr exactly, without the scheduler's rounding. A ramp down (a start above
+    the lr, when ``--lr-scaling`` lowers the rate of a small batch) is LambdaLR's
+    same linear formula: LinearLR only ramps up.
+    """
+
+    def __init__(self, loop: TrainingLoop) -> None:
+        super().__init__(loop)
+        config = loop.config
+        self.total = math.ceil(config.lr_warmup_epochs * loop.steps_per_epoch)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    def start(self) -> None:
+        config, optimizer = self.loop.config, self.loop.optimizer
+        if not self.total:
+            return
+        start = config.lr if config.lr_warmup_start is None else config.lr_warmup_start
+        factor = start / config.lr
+        if factor <= 1:
+            self.scheduler = torch.optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=factor, end_factor=1.0, total_iters=self.total)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: factor + (1 - factor) * min(step, self.total) / self.total)
+        self.due = 1
+
+    def fire(self) -> None:
+        assert self.scheduler is not None
+        self.scheduler.step()
+        if self.scheduler.last_epoch >= self.total:
+            for group in self.loop.optimizer.param_groups:
+                group["lr"] = self.loop.config.lr
+            self.due = NEVER
+        else:
+            self.due = self.loop.steps_done + 1
+
+
+PENDING_OUTPUT_BYTES = 64 << 20
+"""The most memory the outputs kept between two folds of the running figures may take."""
+
+
+class DivergenceCheck(LoopStep):
+    """Every :data:`~.training.DIVERGENCE_CHECK_STEPS` steps (fewer when the outputs kept
+    meanwhile would pass :data:`PENDING_OUTPUT_BYTES`), fold the pending steps into the
+    running figures and end the epoch when the loss is NaN or inf (one device sync); the
+    loop then records the divergence."""
+
+    def __init__(self, loop: TrainingLoop) -> None:
+        super().__init__(loop)
+        output_bytes = 4 * loop.config.batch_size * loop.config.num_classes
+        self.every = max(1, min(training.DIVERGENCE_CHECK_STEPS,
+                                PENDING_OUTPUT_BYTES // output_bytes))
+
+    def start(self) -> None:
+        self.due = self.every
+
+    def fire(self) -> None:
+        if not torch.isfinite(self.loop.fold()):
+            self.loop.stop_epoch = True
+        self.due = self.loop.steps_done + self.every
+
+
+class CurvePoints(LoopStep):
+    """A learning-curve point (:class:`~.training.CurvePoint`) every
+    :data:`~.training.CURVE_EVERY_SAMPLES` training samples, on the first
+    :data:`~.training.CURVE_PROBE_SAMPLES` validation samples; its seconds are
+    added to ``run.curve_seconds`` and left out of every training time."""
+
+    def __init__(self, loop: TrainingLoop) -> None:
+        super().__init__(loop)
+        self.probe = loop.data.val.take(training.CURVE_PROBE_SAMPLES)
+        self.next_point = (training.CURVE_EVERY_SAMPLES
+                           if loop.count > training.CURVE_EVERY_SAMPLES else NEVER)
+
+    def start(self) -> None:
+        self._schedule()
+
+    def _schedule(self) -> None:
+        loop = self.loop
+        if self.next_point is NEVER:
+            self.due = NEVER
+            return
+        wanted = self.next_point - loop.samples_done
+        self.due = loop.steps_done + max(1, math.ceil(wanted / loop.config.batch_size))
+
+    def fire(self) -> None:
+        loop = self.loop
+        if loop.samples_done >= self.next_point:
+            run = loop.run_record
+            synchronize(loop.device)  # the steps queued so far are training time
+            started = time.perf_counter()
+            loss, accuracy = training.evaluate(loop.model, self.probe, loss=loop.loss_fn)
+            run.curve.append(training.CurvePoint(loop.samples_done,
+                                                 loop.samples_done / loop.count, loss, accuracy))
+            run.curve_seconds += time.perf_counter() - started
+            every = training.CURVE_EVERY_SAMPLES
+            self.next_point = (loop.samples_done // every + 1) * every
+        self._schedule()
+
+
+class TargetCheck(LoopStep):
+    """With a target accuracy, measure the validation accuracy every
+    :data:`~.training.TARGET_CHECK_SAMPLES` training samples (in whole steps) and after
+    every epoch; the first time it reaches the target, record the steps, samples,
+    epochs and seconds it took (MLPerf's time to train) and end the run."""
+
+    def __init__(self, loop: TrainingLoop) -> None:
+        super().__init__(loop)
+        config = loop.config
+        self.target = config.target_accuracy
+        self.every = max(1, round(training.TARGET_CHECK_SAMPLES / config.batch_size))
+
+    def start(self) -> None:
+        if self.target is None:
+            return
+        self.loop.run_record.time_to_target = training.TimeToTarget(self.target)
+        self.due = self.every
+
+    def fire(self) -> None:
+        loop = self.loop
+        if self._reached(loop.evaluate(loop.data.val)[1]):
+            loop.stop_epoch = True  # the epoch ends here; its record covers the samples seen
+        self.due = loop.steps_done + self.every
+
+    def epoch_end(self, record: EpochRecord) -> None:
+        if self.target is not None:
+            self._reached(record.val_accuracy)
+            if self.loop.run_record.time_to_target.reached:
+                self.loop.stop_run = True
+
+    def _reached(self, val_accuracy: float) -> bool:
+        """Record the target as reached now, if it is (and was not before)."""
+        loop, run = self.loop, self.loop.run_record
+        if run.time_to_target.reached or val_accuracy < self.target:
+            return False
+        run.time_to_target = training.TimeToTarget(
+            self.target, loop.steps_done, loop.samples_done, loop.samples_done / loop.count,
+            loop.run_seconds)
+        self.due = NEVER
+        return True
+
+
+class ProgressReport(LoopStep):
+    """Tell the observer where the run stands about every
+    :data:`~.training.PROGRESS_POLL_SECONDS` (from host-side counters: no device sync),
+    and of every epoch. The steps between two reports are estimated from the rate so
+    far, so the hot loop reads no clock."""
+
+    def start(self) -> None:
+        if self.loop.observer is not None:
+            self.due = 1
+            self.next_report = 0.0
+
+    def fire(self) -> None:
+        loop = self.loop
+        now = time.perf_counter()
+        config = loop.config
+        if now >= self.next_report:
+            self.next_report = now + training.PROGRESS_POLL_SECONDS
+            loop.observer.on_progress(TrainingStatus(
+                epoch=loop.epoch, epochs=config.epochs, step=loop.step,
+                steps_per_epoch=loop.steps_per_epoch, samples_done=loop.samples_done,
+                total_samples=loop.count * config.epochs, run_seconds=loop.run_seconds,
+                stops_early=config.target_accuracy is not None))
+        elapsed = now - loop.started
+        rate = loop.steps_done / elapsed if elapsed > 0 else 0.0
+        self.due = loop.steps_done + max(1, int(rate * training.PROGRESS_POLL_SECONDS))
+
+    def epoch_end(self, record: EpochRecord) -> None:
+        if self.loop.observer is not None:
+            self.loop.observer.on_epoch(self.loop.config, record)
+
+
+STEPS: tuple[type[LoopStep], ...] = (WarmUp, DivergenceCheck, CurvePoints, TargetCheck,
+                                     ProgressReport)
+"""The steps of every run, in the order they fire when due at once."""
+
+
+def loop_steps(loop: TrainingLoop) -> list[LoopStep]:
+    """A fresh set of :data:`STEPS` for ``loop``."""
+    return [step(loop) for step in STEPS]
