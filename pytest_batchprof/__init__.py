@@ -18,20 +18,20 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 _EXPORTS = {
-    "register_dataset": "pytest_batchprof.data",
-    "unregister_dataset": "pytest_batchprof.data",
-    "record": "pytest_batchprof.recording",
-    "mlp": "pytest_batchprof.models",
-    "cnn": "pytest_batchprof.models",
-    "DataDescription": "pytest_batchprof.models",
-    "ModelError": "pytest_batchprof.models",
-    "Recipe": "pytest_batchprof.training",
-    "Dataset": "pytest_batchprof.data",
-    "Split": "pytest_batchprof.data",
-    "EpochRecord": "pytest_batchprof.training",
-    "CurvePoint": "pytest_batchprof.training",
-    "Run": "pytest_batchprof.training",
-    "RunConfig": "pytest_batchprof.training",
+    "register_dataset": "pytest_batchprof.data.datasets",
+    "unregister_dataset": "pytest_batchprof.data.datasets",
+    "record": "pytest_batchprof.runs.recording",
+    "mlp": "pytest_batchprof.experiment.models",
+    "cnn": "pytest_batchprof.experiment.models",
+    "DataDescription": "pytest_batchprof.experiment.models",
+    "ModelError": "pytest_batchprof.experiment.models",
+    "Recipe": "pytest_batchprof.engine.training",
+    "Dataset": "pytest_batchprof.data.datasets",
+    "Split": "pytest_batchprof.data.datasets",
+    "EpochRecord": "pytest_batchprof.engine.training",
+    "CurvePoint": "pytest_batchprof.engine.training",
+    "Run": "pytest_batchprof.engine.training",
+    "RunConfig": "pytest_batchprof.engine.training",
 }
 
 __all__ = ["CurvePoint", "DataDescription", "Dataset", "EpochRecord", "ModelError", "Recipe",
@@ -39,10 +39,10 @@ __all__ = ["CurvePoint", "DataDescription", "Dataset", "EpochRecord", "ModelErro
            "register_dataset", "unregister_dataset"]
 
 if TYPE_CHECKING:
-    from pytest_batchprof.data import Dataset, Split, register_dataset, unregister_dataset
-    from pytest_batchprof.models import DataDescription, ModelError, cnn, mlp
-    from pytest_batchprof.recording import record
-    from pytest_batchprof.training import CurvePoint, EpochRecord, Recipe, Run, RunConfig
+    from pytest_batchprof.data.datasets import Dataset, Split, register_dataset, unregister_dataset
+    from pytest_batchprof.engine.training import CurvePoint, EpochRecord, Recipe, Run, RunConfig
+    from pytest_batchprof.experiment.models import DataDescription, ModelError, cnn, mlp
+    from pytest_batchprof.runs.recording import record
 
 
 def __getattr__(name: str) -> object:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_batchprof import data
-from pytest_batchprof.data import Dataset
-from pytest_batchprof.models import build_mlp
-from pytest_batchprof.training import RunConfig, make_optimizer
+from pytest_batchprof.data import datasets as data
+from pytest_batchprof.data.datasets import Dataset
+from pytest_batchprof.engine.training import RunConfig, make_optimizer
+from pytest_batchprof.experiment.models import build_mlp
 
 REAL_DATA_DIR = os.environ.get("BATCHPROF_DATA_DIR")
 

@@ -50,7 +50,7 @@ def test_ci_fast_mode_relaxes_by_two_points_per_halving(rule: ModuleType) -> Non
 
 
 def test_every_dataset_has_floors(rule: ModuleType) -> None:
-    from pytest_batchprof.data import DATASETS
+    from pytest_batchprof.data.datasets import DATASETS
 
     assert set(rule.FLOORS) == set(DATASETS)
     for small, large in rule.FLOORS.values():

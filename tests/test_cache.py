@@ -10,11 +10,13 @@ import pytest
 import torch
 
 import pytest_batchprof
-from pytest_batchprof import cache, data, training
-from pytest_batchprof.cache import BatchprofCacheWarning, RunCache
-from pytest_batchprof.data import load_dataset
-from pytest_batchprof.models import build_mlp
-from pytest_batchprof.training import RunConfig, make_optimizer, train
+from pytest_batchprof.data import datasets as data
+from pytest_batchprof.data.datasets import load_dataset
+from pytest_batchprof.engine import training
+from pytest_batchprof.engine.training import RunConfig, make_optimizer, train
+from pytest_batchprof.experiment.models import build_mlp
+from pytest_batchprof.runs import cache
+from pytest_batchprof.runs.cache import BatchprofCacheWarning, RunCache
 
 BASE = ("-p", "no:cacheprovider", "--dataset", "digits", "--epochs", "1", "--no-co2",
         "--batch-sizes", "32", "--device", "cpu", "--batchprof-no-report")

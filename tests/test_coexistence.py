@@ -22,7 +22,7 @@ import textwrap
 import pytest
 
 import pytest_batchprof
-from pytest_batchprof.options import OPTIONS, Option
+from pytest_batchprof.plugin.options import OPTIONS, Option
 
 TRIVIAL_TEST = """
 def test_bs(batch_size):

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_batchprof import session as session_module
-from pytest_batchprof.data import DATASETS, Dataset, crop_shape, load_dataset
+from pytest_batchprof.data.datasets import DATASETS, Dataset, crop_shape, load_dataset
+from pytest_batchprof.runs import session as session_module
 
 IDX_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
 N_TRAIN, N_TEST = 240, 60

@@ -13,8 +13,8 @@ from unittest import mock
 import pytest
 import torch
 
-from pytest_batchprof import devices
-from pytest_batchprof.devices import (
+from pytest_batchprof.engine import devices
+from pytest_batchprof.engine.devices import (
     Accelerators,
     DeviceError,
     select_device,

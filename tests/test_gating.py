@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from pytest_batchprof import plugin
-from pytest_batchprof.config import RUN_KEYS
+from pytest_batchprof.engine.training import Run, RunConfig
+from pytest_batchprof.experiment.config import RUN_KEYS
 from pytest_batchprof.gating import (
     EXPERIMENT_KEYS,
     NOISE_NOTE,
@@ -31,8 +32,7 @@ from pytest_batchprof.gating import (
     compare,
     experiment_key,
 )
-from pytest_batchprof.storage import ReportError, load_report, report_json
-from pytest_batchprof.training import Run, RunConfig
+from pytest_batchprof.reports.storage import ReportError, load_report, report_json
 
 DIGITS = ("--dataset", "digits", "--epochs", "1", "--no-co2", "--device", "cpu")
 QUIET = (*DIGITS, "--batchprof-no-report")
@@ -846,7 +846,7 @@ def test_a_baseline_recorded_before_a_setting_existed_still_matches(
 def test_runs_that_differ_only_in_the_warm_up_start_are_two_runs() -> None:
     """Every RunConfig field is part of a run's key (lr_warmup_start once was not, and two
     such runs merged into one report row)."""
-    from pytest_batchprof.report import run_key
+    from pytest_batchprof.reports.tables import run_key
 
     assert run_key(row(lr_warmup_start=1e-3)) != run_key(row(lr_warmup_start=1e-4))
     assert set(RUN_KEYS) == {field.name for field in dataclasses.fields(RunConfig)}

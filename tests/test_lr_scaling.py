@@ -8,8 +8,8 @@ import itertools
 import pytest
 import torch
 
-from pytest_batchprof.data import load_dataset
-from pytest_batchprof.training import scaled_lr, train, warmup_lr
+from pytest_batchprof.data.datasets import load_dataset
+from pytest_batchprof.engine.training import scaled_lr, train, warmup_lr
 
 
 @pytest.mark.parametrize(("rule", "batch", "expected"), [

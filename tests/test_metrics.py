@@ -26,9 +26,10 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pytest_batchprof import metrics
-from pytest_batchprof.carbon import Carbon, CarbonMeter
-from pytest_batchprof.metrics import (
+from pytest_batchprof.experiment.models import build_mlp
+from pytest_batchprof.measuring import metrics
+from pytest_batchprof.measuring.carbon import Carbon, CarbonMeter
+from pytest_batchprof.measuring.metrics import (
     LATENCY_MIN_REPEATS,
     PeakMemory,
     count_flops,
@@ -40,7 +41,6 @@ from pytest_batchprof.metrics import (
     model_sizes,
     peak_memory,
 )
-from pytest_batchprof.models import build_mlp
 
 with warnings.catch_warnings():
     # Imported here, quietly, so that in-process pytester sessions find them loaded
@@ -386,7 +386,7 @@ def test_inference_batch_size_below_one_is_refused(size: int) -> None:
 RSS_PROBE = """
 import json, sys, time
 import torch
-from pytest_batchprof import metrics
+from pytest_batchprof.measuring import metrics
 if sys.argv[1] == "sampled":
     metrics._reset_peak_rss = lambda: False
 elif not metrics._reset_peak_rss():

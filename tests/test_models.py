@@ -23,8 +23,7 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_batchprof.metrics import count_flops, count_parameters
-from pytest_batchprof.models import (
+from pytest_batchprof.experiment.models import (
     CNN,
     MLP,
     DataDescription,
@@ -36,6 +35,7 @@ from pytest_batchprof.models import (
     prepare_model,
     takes_description,
 )
+from pytest_batchprof.measuring.metrics import count_flops, count_parameters
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # imported once, quietly, as test_metrics does
@@ -392,7 +392,7 @@ def test_factories_without_a_stable_name_have_no_identity() -> None:
 
 def test_a_dataclass_factory_is_identified_by_its_repr() -> None:
     """The shipped families are dataclasses: their settings are their identity."""
-    assert factory_identity(cnn()) == (f"pytest_batchprof.models.CNN:{cnn()!r}", None)
+    assert factory_identity(cnn()) == (f"pytest_batchprof.experiment.models.CNN:{cnn()!r}", None)
     assert factory_identity(cnn()) == factory_identity(cnn((6, 16)))
     assert factory_identity(cnn()) != factory_identity(cnn(channels=(6, 32)))
     assert factory_identity(WidthFactory(3)) == (f"{__name__}.WidthFactory:WidthFactory("

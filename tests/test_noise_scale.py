@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_batchprof import noise_scale
+from pytest_batchprof.measuring import noise_scale
 
 DIM, NOISE_SD, SAMPLES = 8, 2.0, 100_000
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_batchprof import devices
-from pytest_batchprof.devices import Accelerators
-from pytest_batchprof.options import OptionError, parse_batch_sizes
+from pytest_batchprof.engine import devices
+from pytest_batchprof.engine.devices import Accelerators
+from pytest_batchprof.plugin.options import OptionError, parse_batch_sizes
 
 TRIVIAL_TEST = """
 def test_bs(batch_size):

@@ -9,8 +9,8 @@ import matplotlib.image
 import pytest
 from matplotlib.figure import Figure
 
-from pytest_batchprof import plots
-from pytest_batchprof.plots import build_figures, write_plots
+from pytest_batchprof.reports import plots
+from pytest_batchprof.reports.plots import build_figures, write_plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL, DEEP = "784-1024-10", "400-1024-1024-10"

@@ -2,10 +2,10 @@
 
 Three layers, from the inside out:
 
-* :mod:`pytest_batchprof.progress` on its own: which epochs a run prints, how a
+* :mod:`pytest_batchprof.plugin.progress` on its own: which epochs a run prints, how a
   duration and a :class:`TrainingStatus` read, and when :class:`RunProgress`
   draws, clears and prints, driven by a fake console and a fake clock;
-* :class:`pytest_batchprof.terminal.TerminalConsole` on a real pytest
+* :class:`pytest_batchprof.plugin.terminal.TerminalConsole` on a real pytest
   ``TerminalReporter`` that writes into a string stream, as a TTY and not;
 * real pytest sessions (pytester, in-process) that train on the offline
   ``digits`` data set.
@@ -28,9 +28,10 @@ from typing import cast
 
 import pytest
 
-from pytest_batchprof import progress as progress_module
-from pytest_batchprof import training
-from pytest_batchprof.progress import (
+from pytest_batchprof.engine import training
+from pytest_batchprof.engine.training import EpochRecord, RunConfig
+from pytest_batchprof.plugin import progress as progress_module
+from pytest_batchprof.plugin.progress import (
     ALL_EPOCHS_UP_TO,
     CONDENSED_EPOCHS,
     PLAIN_EVERY_SECONDS,
@@ -41,15 +42,14 @@ from pytest_batchprof.progress import (
     duration,
     shown_epochs,
 )
-from pytest_batchprof.terminal import TerminalConsole
-from pytest_batchprof.training import EpochRecord, RunConfig
+from pytest_batchprof.plugin.terminal import TerminalConsole
 
 # ---------------------------------------------------------------- fakes and helpers
 
 
 @dataclass
 class FakeConsole:
-    """A :class:`~pytest_batchprof.progress.Console` that records every call in order."""
+    """A :class:`~pytest_batchprof.plugin.progress.Console` that records every call in order."""
 
     is_terminal: bool = True
     verbose: bool = False
@@ -737,7 +737,8 @@ PROGRESS_LINE = re.compile(
     r"(\d+ s|\d+ min \d\d s|\d+ h \d\d min) left$")
 
 
-PRELOADED = ("sklearn.datasets", "fvcore.nn", "torch.utils.benchmark", "pytest_batchprof.plots")
+PRELOADED = ("sklearn.datasets", "fvcore.nn", "torch.utils.benchmark",
+             "pytest_batchprof.reports.plots")
 """What a session imports on first use (the digits loader, FLOP counting, latency timing, the
 report's plots); see :func:`preloaded`."""
 

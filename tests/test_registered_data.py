@@ -28,15 +28,15 @@ import torch
 import torchvision.datasets.cifar
 from PIL import Image
 
-from pytest_batchprof import catalog
-from pytest_batchprof.data import (
+from pytest_batchprof.data.datasets import (
     Dataset,
     DatasetUnavailable,
+    catalog,
     load_dataset,
     register_dataset,
     unregister_dataset,
 )
-from pytest_batchprof.options import _dataset_name
+from pytest_batchprof.plugin.options import _dataset_name
 
 BUILT_IN = "mnist, fashion-mnist, kmnist, cifar10, digits, synthetic"
 CIFAR_FOLDER = "cifar-10-batches-py"

@@ -18,18 +18,18 @@ import pytest
 from scipy import stats as scipy_stats
 
 from pytest_batchprof.gating import Threshold, compare
-from pytest_batchprof.plots import build_figures
-from pytest_batchprof.repeats import aggregate_seeds, fold, group_seeds
-from pytest_batchprof.report import render_table, table_columns
-from pytest_batchprof.stats import (
+from pytest_batchprof.reports.plots import build_figures
+from pytest_batchprof.reports.storage import load_report
+from pytest_batchprof.reports.summary import table_from_report
+from pytest_batchprof.reports.tables import render_table, table_columns
+from pytest_batchprof.runs.repeats import aggregate_seeds, fold, group_seeds
+from pytest_batchprof.runs.stats import (
     Interval,
     difference_interval,
     mean_interval,
     seed_label,
     t_quantile,
 )
-from pytest_batchprof.storage import load_report
-from pytest_batchprof.summary import table_from_report
 
 DIGITS = ("-p", "no:cacheprovider", "--dataset", "digits", "--epochs", "1", "--no-co2",
           "--device", "cpu")
@@ -274,8 +274,8 @@ def test_plots_draw_the_interval_as_error_bars_and_bands() -> None:
 REPEATED = """
     import pytest
 
-    from pytest_batchprof.repeats import RepeatedRun
-    from pytest_batchprof.training import Run
+    from pytest_batchprof.runs.repeats import RepeatedRun
+    from pytest_batchprof.engine.training import Run
 
     @pytest.mark.min_accuracy(0.2)
     def test_repeats(trained_mlp, batch_size):

@@ -19,8 +19,10 @@ import pytest
 import torch
 from markdown_it import MarkdownIt
 
-from pytest_batchprof import storage
-from pytest_batchprof.report import (
+from pytest_batchprof.reports import storage
+from pytest_batchprof.reports.storage import ReportError, load_report, report_json, write_atomic
+from pytest_batchprof.reports.summary import SummaryCollector, table_from_report
+from pytest_batchprof.reports.tables import (
     BYTE_UNITS,
     DEFAULT_COLUMNS,
     ENERGY_UNITS,
@@ -35,8 +37,6 @@ from pytest_batchprof.report import (
     sort_rows,
     table_columns,
 )
-from pytest_batchprof.storage import ReportError, load_report, report_json, write_atomic
-from pytest_batchprof.summary import SummaryCollector, table_from_report
 
 DIGITS = ("--dataset", "digits", "--epochs", "1", "--no-co2")
 SUMMARY_SEP = re.compile(r"^=+ batchprof summary( \(partial\))? =+$")

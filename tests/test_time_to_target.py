@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from pytest_batchprof import training
-from pytest_batchprof.data import load_dataset
-from pytest_batchprof.plots import build_figures
-from pytest_batchprof.training import train
+from pytest_batchprof.data.datasets import load_dataset
+from pytest_batchprof.engine import training
+from pytest_batchprof.engine.training import train
+from pytest_batchprof.reports.plots import build_figures
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
-from pytest_batchprof import training
-from pytest_batchprof.data import load_dataset
-from pytest_batchprof.models import build_mlp, mlp_name, normalise_hidden
-from pytest_batchprof.training import EpochRecord, evaluate, train
+from pytest_batchprof.data.datasets import load_dataset
+from pytest_batchprof.engine import training
+from pytest_batchprof.engine.training import EpochRecord, evaluate, train
+from pytest_batchprof.experiment.models import build_mlp, mlp_name, normalise_hidden
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_training_leaves_global_rng_alone(synthetic, run_config):
 
 
 class EpochObserver:
-    """A :class:`~pytest_batchprof.training.TrainingObserver` that keeps the epoch records."""
+    """A :class:`~pytest_batchprof.engine.training.TrainingObserver` keeping the epoch records."""
 
     def __init__(self) -> None:
         self.epochs: list[EpochRecord] = []

@@ -62,14 +62,14 @@ from tabulate import tabulate
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from pytest_batchprof.data import SPLIT_SEED, Dataset, load_dataset
-from pytest_batchprof.denormals import denormals_flushed
-from pytest_batchprof.metrics import benchmark_timer
-from pytest_batchprof.models import build_mlp, mlp, mlp_name
-from pytest_batchprof.options import DEFAULT_VAL_FRACTION, Settings, default_data_dir
-from pytest_batchprof.session import BatchprofSession
-from pytest_batchprof.storage import cpu_name
-from pytest_batchprof.training import Run, train
+from pytest_batchprof.data.datasets import SPLIT_SEED, Dataset, load_dataset
+from pytest_batchprof.engine.denormals import denormals_flushed
+from pytest_batchprof.engine.training import Run, train
+from pytest_batchprof.experiment.models import build_mlp, mlp, mlp_name
+from pytest_batchprof.measuring.metrics import benchmark_timer
+from pytest_batchprof.plugin.options import DEFAULT_VAL_FRACTION, Settings, default_data_dir
+from pytest_batchprof.reports.storage import cpu_name
+from pytest_batchprof.runs.session import BatchprofSession
 
 MODELS: dict[str, tuple[int, ...]] = {
     "784-1024-10": (1024,),

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from pytest_batchprof.report import Row
+from pytest_batchprof.reports.tables import Row
 
 SCHEMA = "pytest-batchprof/report"
 SCHEMA_VERSION = 1

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pytest_batchprof.carbon import Carbon, CarbonMeter
 from pytest_batchprof.errors import one_line
+from pytest_batchprof.measuring.carbon import Carbon, CarbonMeter
 
 LATENCY_MIN_RUN_TIME = 0.05
 """Seconds of timed inference per latency figure, after the warm-up."""
@@ -288,7 +288,7 @@ def predictor(model: nn.Module, inputs: torch.Tensor) -> Callable[[], torch.Tens
     It synchronises the device before returning, so wall-clock timers such as
     pytest-benchmark's measure finished work on CUDA too.
     """
-    from pytest_batchprof.devices import synchronize
+    from pytest_batchprof.engine.devices import synchronize
 
     def predict() -> torch.Tensor:
         with torch.inference_mode():

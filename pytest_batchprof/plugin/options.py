@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
-from pytest_batchprof import catalog
-from pytest_batchprof.carbon import DEFAULT_COUNTRY, known_countries
-from pytest_batchprof.catalog import DATASET_NAMES
+from pytest_batchprof.data import catalog
+from pytest_batchprof.data.catalog import DATASET_NAMES
+from pytest_batchprof.measuring.carbon import DEFAULT_COUNTRY, known_countries
 
 GROUP = "batchprof"
 GROUP_TITLE = ("batchprof: batch-size and architecture experiments (each --batchprof-NAME of "

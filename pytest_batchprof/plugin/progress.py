@@ -11,7 +11,7 @@ elsewhere (a CI log) it is a plain line after :data:`PLAIN_EVERY_SECONDS` of
 silence, so a log never goes quiet for longer than that.
 
 The engine reports progress from host-side counters at most every
-:data:`~pytest_batchprof.training.PROGRESS_POLL_SECONDS`: nothing here waits
+:data:`~pytest_batchprof.engine.training.PROGRESS_POLL_SECONDS`: nothing here waits
 for the device. This module imports neither torch nor pytest; the console it
 writes to is a :class:`Console`, which the plugin implements with pytest's
 terminal reporter and tests with a fake.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from pytest_batchprof.training import EpochRecord, RunConfig
+    from pytest_batchprof.engine.training import EpochRecord, RunConfig
 
 ALL_EPOCHS_UP_TO = 20
 """Runs of at most this many epochs print every epoch line."""
@@ -134,7 +134,7 @@ class RunProgress:
     """The live output of one run: its epoch lines, condensed, and its progress line.
 
     The engine calls :meth:`on_progress` during an epoch and :meth:`on_epoch`
-    after it (the :class:`~pytest_batchprof.training.TrainingObserver`
+    after it (the :class:`~pytest_batchprof.engine.training.TrainingObserver`
     protocol); the session calls :meth:`finish` once the run has ended.
     """
 

@@ -1,6 +1,6 @@
 """CI gates: accuracy thresholds on runs, and comparison with a saved baseline.
 
-A baseline is a session's report JSON (see :mod:`pytest_batchprof.storage`)
+A baseline is a session's report JSON (see :mod:`pytest_batchprof.reports.storage`)
 saved under a name. Each configuration of the current session is compared with
 the baseline's same configuration, the mean test accuracy of its seeds against
 the mean of the baseline's seeds. Only a drop of the mean larger than
@@ -26,10 +26,16 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from pytest_batchprof.config import EXPERIMENT_KEYS, RUN_KEYS
-from pytest_batchprof.repeats import group_seeds
-from pytest_batchprof.report import Row, human_number, run_title
-from pytest_batchprof.stats import Interval, difference_interval, finite, mean_interval, seed_label
+from pytest_batchprof.experiment.config import EXPERIMENT_KEYS, RUN_KEYS
+from pytest_batchprof.reports.tables import Row, human_number, run_title
+from pytest_batchprof.runs.repeats import group_seeds
+from pytest_batchprof.runs.stats import (
+    Interval,
+    difference_interval,
+    finite,
+    mean_interval,
+    seed_label,
+)
 
 SPLITS = ("test", "val", "train")
 MACHINE_KEYS = ("machine", "cpu", "device", "torch")

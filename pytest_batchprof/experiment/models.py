@@ -28,8 +28,8 @@ from dataclasses import dataclass, is_dataclass
 
 from torch import nn
 
-from pytest_batchprof.config import mlp_name
 from pytest_batchprof.errors import one_line
+from pytest_batchprof.experiment.config import mlp_name
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,

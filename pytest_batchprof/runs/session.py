@@ -12,15 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pytest_batchprof import noise_scale
-from pytest_batchprof.cache import RunCache
-from pytest_batchprof.carbon import Carbon, CarbonMeter
-from pytest_batchprof.data import Dataset, dataset_key, load_dataset
-from pytest_batchprof.experiment import Experiment, build_experiment
-from pytest_batchprof.metrics import PeakMemory, measure, peak_memory
-from pytest_batchprof.options import Settings, flag_of
-from pytest_batchprof.progress import Console, RunProgress
-from pytest_batchprof.training import (
+from pytest_batchprof.data.datasets import Dataset, dataset_key, load_dataset
+from pytest_batchprof.engine.training import (
     LossFunction,
     OptimizerFactory,
     Run,
@@ -29,6 +22,13 @@ from pytest_batchprof.training import (
     train,
     warm_up,
 )
+from pytest_batchprof.experiment.build import Experiment, build_experiment
+from pytest_batchprof.measuring import noise_scale
+from pytest_batchprof.measuring.carbon import Carbon, CarbonMeter
+from pytest_batchprof.measuring.metrics import PeakMemory, measure, peak_memory
+from pytest_batchprof.plugin.options import Settings, flag_of
+from pytest_batchprof.plugin.progress import Console, RunProgress
+from pytest_batchprof.runs.cache import RunCache
 
 
 @dataclass
@@ -104,7 +104,7 @@ class BatchprofSession:
         name: str | None = None,
     ) -> Run:
         """Train (or return the already trained) run of ``model`` (a factory) in this
-        configuration; see :func:`.experiment.build_experiment` for the arguments."""
+        configuration; see :func:`pytest_batchprof.experiment.build.build_experiment` for the arguments."""
         experiment = build_experiment(
             self.settings, dataset, model, batch_size, self.device, epochs=epochs, lr=lr,
             optimizer=optimizer, seed=seed, input_size=input_size, loss=loss, name=name)

@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytest_batchprof.config import RunConfig
-from pytest_batchprof.data import Dataset, Split
-from pytest_batchprof.denormals import denormals_flushed
-from pytest_batchprof.devices import synchronize
-from pytest_batchprof.metrics import Latency, Measurements, inference_inputs, predictor
-from pytest_batchprof.models import build_mlp
-from pytest_batchprof.noise_scale import NoiseScale
-from pytest_batchprof.progress import TrainingStatus
+from pytest_batchprof.data.datasets import Dataset, Split
+from pytest_batchprof.engine.denormals import denormals_flushed
+from pytest_batchprof.engine.devices import synchronize
+from pytest_batchprof.experiment.config import RunConfig
+from pytest_batchprof.experiment.models import build_mlp
+from pytest_batchprof.measuring.metrics import Latency, Measurements, inference_inputs, predictor
+from pytest_batchprof.measuring.noise_scale import NoiseScale
+from pytest_batchprof.plugin.progress import TrainingStatus
 
 DIVERGENCE_CHECK_STEPS = 200
 """How often (in optimizer steps) the running loss is checked for NaN or inf."""
@@ -136,7 +136,7 @@ class CurvePoint:
 
 
 class TrainingObserver(Protocol):
-    """What the engine tells while it trains; :class:`.progress.RunProgress` shows it."""
+    """What the engine tells while it trains; :class:`~pytest_batchprof.plugin.progress.RunProgress` shows it."""
 
     def on_progress(self, status: TrainingStatus) -> None:
         """Where the run stands, at most every :data:`PROGRESS_POLL_SECONDS` during an epoch."""
@@ -443,7 +443,7 @@ class TrainingLoop:
 
     def __init__(self, config: RunConfig, data: Dataset, device: torch.device, recipe: Recipe,
                  observer: TrainingObserver | None = None) -> None:
-        from pytest_batchprof.steps import loop_steps
+        from pytest_batchprof.engine.steps import loop_steps
 
         self.config, self.data, self.device, self.observer = config, data, device, observer
         self.model, self.optimizer = initial_model(config, device, recipe)  # lr after warm-up

@@ -29,11 +29,11 @@ import torch
 from torch import nn
 
 import pytest_batchprof
-from pytest_batchprof.carbon import Carbon
+from pytest_batchprof.engine.training import CurvePoint, EpochRecord, Run, RunConfig, TimeToTarget
 from pytest_batchprof.errors import one_line
-from pytest_batchprof.metrics import PeakMemory
-from pytest_batchprof.storage import TEMPORARY_SUFFIX, atomic_file
-from pytest_batchprof.training import CurvePoint, EpochRecord, Run, RunConfig, TimeToTarget
+from pytest_batchprof.measuring.carbon import Carbon
+from pytest_batchprof.measuring.metrics import PeakMemory
+from pytest_batchprof.reports.storage import TEMPORARY_SUFFIX, atomic_file
 
 CACHE_FORMAT = 4
 """Version of the entry layout; raise it when the layout or its meaning changes."""

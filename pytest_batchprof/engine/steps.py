@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pytest_batchprof import training
-from pytest_batchprof.devices import synchronize
-from pytest_batchprof.progress import TrainingStatus
+from pytest_batchprof.engine import training
+from pytest_batchprof.engine.devices import synchronize
+from pytest_batchprof.plugin.progress import TrainingStatus
 
 if TYPE_CHECKING:
-    from pytest_batchprof.training import EpochRecord, TrainingLoop
+    from pytest_batchprof.engine.training import EpochRecord, TrainingLoop
 
 NEVER = math.inf
 

@@ -20,17 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytest_batchprof.data import Dataset, crop_shape
-from pytest_batchprof.errors import one_line
-from pytest_batchprof.models import (
-    ModelError,
-    PreparedModel,
-    factory_identity,
-    local_identity,
-    prepare_model,
-)
-from pytest_batchprof.options import OPTIMIZERS, Settings
-from pytest_batchprof.training import (
+from pytest_batchprof.data.datasets import Dataset, crop_shape
+from pytest_batchprof.engine.training import (
     LossFunction,
     OptimizerFactory,
     Recipe,
@@ -38,6 +29,15 @@ from pytest_batchprof.training import (
     initial_model,
     scaled_lr,
 )
+from pytest_batchprof.errors import one_line
+from pytest_batchprof.experiment.models import (
+    ModelError,
+    PreparedModel,
+    factory_identity,
+    local_identity,
+    prepare_model,
+)
+from pytest_batchprof.plugin.options import OPTIMIZERS, Settings
 
 CHECK_SAMPLES = 2
 """Training samples the model, loss and optimizer are tried on before a run."""

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytest_batchprof.experiment import callable_label
-from pytest_batchprof.metrics import PeakMemory, measure
-from pytest_batchprof.models import module_fingerprint
-from pytest_batchprof.training import EpochRecord, Run, RunConfig, evaluate
+from pytest_batchprof.engine.training import EpochRecord, Run, RunConfig, evaluate
+from pytest_batchprof.experiment.build import callable_label
+from pytest_batchprof.experiment.models import module_fingerprint
+from pytest_batchprof.measuring.metrics import PeakMemory, measure
 
 OWN_LOOP = "own loop"
 """The ``optimizer`` column's note, and the peak-memory method, of a recorded run."""
@@ -59,7 +59,7 @@ def record(
     ``model`` is evaluated on the test split of ``dataset`` (default: the
     test's data set, as the ``dataset`` fixture has it: normalised, on the
     session's device; the model is moved there). ``history`` is one entry per
-    epoch, an :class:`~pytest_batchprof.training.EpochRecord` or a mapping with
+    epoch, an :class:`~pytest_batchprof.engine.training.EpochRecord` or a mapping with
     ``epoch``, ``train_loss``, ``train_accuracy``, ``val_loss``,
     ``val_accuracy`` (and optionally ``train_seconds``, ``eval_seconds``).
     ``optimizer`` (its state goes into the checkpoint size), ``lr``, ``seed``,

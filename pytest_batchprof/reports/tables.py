@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
-from pytest_batchprof.config import RUN_KEYS
-from pytest_batchprof.stats import Interval
+from pytest_batchprof.experiment.config import RUN_KEYS
+from pytest_batchprof.runs.stats import Interval
 
 Row = dict[str, object]
 
@@ -185,8 +185,8 @@ def seeds_repeat(rows: Iterable[Row]) -> bool:
 def render_table(rows: Sequence[Row], columns: Sequence[str]) -> str:
     """A GitHub-flavoured markdown table of ``rows``; ``n/a`` where a figure is missing.
 
-    A value may be an :class:`~pytest_batchprof.stats.Interval` (seeds folded
-    by :func:`pytest_batchprof.repeats.aggregate_seeds`): it shows as
+    A value may be an :class:`~pytest_batchprof.runs.stats.Interval` (seeds folded
+    by :func:`pytest_batchprof.runs.repeats.aggregate_seeds`): it shows as
     ``mean ± half-width`` in the column's unit.
     """
     headers, cells = [], []

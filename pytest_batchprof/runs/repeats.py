@@ -21,11 +21,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_batchprof.report import SERIES_KEYS, Row, merge_outcome, run_key
-from pytest_batchprof.stats import Interval, finite, mean_interval, seed_label
+from pytest_batchprof.reports.tables import SERIES_KEYS, Row, merge_outcome, run_key
+from pytest_batchprof.runs.stats import Interval, finite, mean_interval, seed_label
 
 if TYPE_CHECKING:
-    from pytest_batchprof.training import Run
+    from pytest_batchprof.engine.training import Run
 
 NOT_FOLDED = frozenset({"seed", "outcome", "tests", *SERIES_KEYS})
 """Row keys :func:`aggregate_seeds` sets itself rather than by the general rule."""
@@ -49,7 +49,7 @@ def fold(group: Sequence[Row]) -> Row:
     """The row of several seeds of one configuration.
 
     A number the seeds agree on stays as it is (parameters, FLOPs); one they
-    differ on becomes an :class:`~pytest_batchprof.stats.Interval` over the
+    differ on becomes an :class:`~pytest_batchprof.runs.stats.Interval` over the
     seeds that have it (a diverged seed has no test accuracy). A mix of text
     and numbers, as ``not reached`` beside steps to target, becomes
     ``not reached by 1 of 3``; flags that differ count the true ones
@@ -125,7 +125,7 @@ class RepeatedRun:
 
     Figures are means over the seeds (``test_accuracy``, ``train_seconds``,
     ...), so an assertion such as ``run.test_accuracy >= 0.96`` reads the same
-    as for one :class:`~pytest_batchprof.training.Run`. ``interval(name)``
+    as for one :class:`~pytest_batchprof.engine.training.Run`. ``interval(name)``
     gives the mean and 95% Student t interval of any figure of
     ``Run.summary()``; ``runs`` holds the single runs. The configuration
     (its ``seed`` the first), model, optimizer, measurements and

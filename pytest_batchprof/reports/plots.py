@@ -31,9 +31,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
-from pytest_batchprof.config import LINE_KEYS, PER_BATCH_LINE_KEYS
-from pytest_batchprof.stats import finite, mean_interval
-from pytest_batchprof.storage import atomic_file
+from pytest_batchprof.experiment.config import LINE_KEYS, PER_BATCH_LINE_KEYS
+from pytest_batchprof.reports.storage import atomic_file
+from pytest_batchprof.runs.stats import finite, mean_interval
 
 WIDTH, HEIGHT, DPI = 6.4, 4.2, 120
 """Figure size in inches and resolution: 768 x 504 pixels, readable in a markdown page."""

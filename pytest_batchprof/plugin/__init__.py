@@ -7,7 +7,7 @@ its environment, including those of projects that never use it. It therefore
 imports only pytest and its own light modules when it loads: torch and every
 other heavy dependency are imported, and the device resolved, when a test first
 asks for a batchprof fixture (:func:`batchprof_session`). Options and their
-short spellings are in :mod:`pytest_batchprof.options`; settings live in
+short spellings are in :mod:`pytest_batchprof.plugin.options`; settings live in
 ``config.stash``. Everything that can be checked before a test runs is checked
 in ``pytest_configure`` or right after collection, so a bad option or a missing
 data set ends the session once, with one line, instead of failing every test.
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_batchprof import hooks
-from pytest_batchprof.options import (
+from pytest_batchprof.plugin import hooks
+from pytest_batchprof.plugin.options import (
     SHORT_SPELLINGS_KEY,
     Settings,
     register,
@@ -31,17 +31,17 @@ from pytest_batchprof.options import (
     source_of,
     take_short_spellings,
 )
-from pytest_batchprof.terminal import TerminalConsole
+from pytest_batchprof.plugin.terminal import TerminalConsole
 
 if TYPE_CHECKING:
     import torch
 
-    from pytest_batchprof.data import Dataset
+    from pytest_batchprof.data.datasets import Dataset
+    from pytest_batchprof.engine.training import Run
     from pytest_batchprof.gating import Threshold
-    from pytest_batchprof.repeats import RepeatedRun
-    from pytest_batchprof.session import BatchprofSession
-    from pytest_batchprof.summary import SessionReport, SummaryCollector
-    from pytest_batchprof.training import Run
+    from pytest_batchprof.reports.summary import SessionReport, SummaryCollector
+    from pytest_batchprof.runs.repeats import RepeatedRun
+    from pytest_batchprof.runs.session import BatchprofSession
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SESSION_KEY = pytest.StashKey["BatchprofSession"]()
@@ -98,7 +98,7 @@ def pytest_configure(config: pytest.Config) -> None:
         batchprof_session(config)
     is_worker = hasattr(config, "workerinput")
     if settings.cache_clear and not is_worker:  # once, before workers start
-        from pytest_batchprof.cache import RunCache
+        from pytest_batchprof.runs.cache import RunCache
 
         config.stash[CLEARED_KEY] = RunCache(settings.cache_dir).clear()
     if not is_worker:  # xdist workers send their rows to the controller
@@ -115,8 +115,8 @@ def batchprof_session(config: pytest.Config) -> BatchprofSession:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         return session
-    from pytest_batchprof.devices import Accelerators, DeviceError, select_device
-    from pytest_batchprof.session import BatchprofSession
+    from pytest_batchprof.engine.devices import Accelerators, DeviceError, select_device
+    from pytest_batchprof.runs.session import BatchprofSession
 
     settings = config.stash[SETTINGS_KEY]
     worker_id = getattr(config, "workerinput", {}).get("workerid")
@@ -191,7 +191,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         wanted.setdefault((name, repr(sorted(options.items()))), (name, options))
     if not wanted:
         return
-    from pytest_batchprof.data import DatasetUnavailable
+    from pytest_batchprof.data.datasets import DatasetUnavailable
 
     state = batchprof_session(config)
     for name, options in wanted.values():
@@ -207,7 +207,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     report = yield
     runs = item.stash.get(RUNS_KEY, [])
     if runs and (call.when == "call" or (call.when == "setup" and report.outcome != "passed")):
-        from pytest_batchprof.summary import row_from_run
+        from pytest_batchprof.reports.summary import row_from_run
 
         report.batchprof_rows = [row_from_run(run) for run in runs]
     return report
@@ -233,7 +233,7 @@ class SummaryReporter:
         """The rows gathered so far (made when the first row arrives: it imports the
         report modules)."""
         if self._collector is None:
-            from pytest_batchprof.summary import SummaryCollector
+            from pytest_batchprof.reports.summary import SummaryCollector
 
             self._collector = SummaryCollector()
         return self._collector
@@ -249,8 +249,8 @@ class SummaryReporter:
         """Render the summary and write the report files (on the xdist controller only)."""
         state = self.config.stash.get(SESSION_KEY, None)
         if state is not None:
-            from pytest_batchprof.report import run_key
-            from pytest_batchprof.summary import row_from_run
+            from pytest_batchprof.reports.summary import row_from_run
+            from pytest_batchprof.reports.tables import run_key
 
             for run in state.runs.values():  # trained in a test that never reported (Ctrl-C)
                 row = row_from_run(run)
@@ -352,7 +352,7 @@ def device(pytestconfig: pytest.Config) -> torch.device:
 def batchprof_settings(pytestconfig: pytest.Config) -> Settings:
     """The session's validated options, for experiments that adapt to them.
 
-    A frozen :class:`~pytest_batchprof.options.Settings`: ``.batch_sizes``,
+    A frozen :class:`~pytest_batchprof.plugin.options.Settings`: ``.batch_sizes``,
     ``.epochs``, ``.train_subset``, ``.seed``, ``.lr`` and the rest, after the
     command line, the ini file and the defaults have been merged.
     """
@@ -374,7 +374,8 @@ def dataset(request: pytest.FixtureRequest) -> Dataset:
 
 @pytest.fixture
 def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
-    """A factory that trains any model and returns its :class:`~pytest_batchprof.training.Run`.
+    """A factory that trains any model; it returns the
+    :class:`~pytest_batchprof.engine.training.Run`.
 
     Usage::
 
@@ -384,10 +385,10 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
 
     ``model`` is an ``nn.Module`` subclass or any callable returning a fresh
     ``nn.Module``; it is called with no arguments, or, when it has one required
-    parameter, with the data's :class:`~pytest_batchprof.models.DataDescription`
+    parameter, with the data's :class:`~pytest_batchprof.experiment.models.DataDescription`
     (``.input_shape``, ``.channels``, ``.num_classes``), so that it can size its
-    layers. The shipped families are :func:`~pytest_batchprof.models.mlp` and
-    :func:`~pytest_batchprof.models.cnn` (LeNet-5 by default).
+    layers. The shipped families are :func:`~pytest_batchprof.experiment.models.mlp` and
+    :func:`~pytest_batchprof.experiment.models.cnn` (LeNet-5 by default).
 
     Keywords: ``batch_size`` (default: this test's ``batch_size`` if it has
     one, else the first of ``--batch-sizes``), ``epochs``, ``lr``, ``seed``
@@ -411,7 +412,7 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
 
     With ``repeats=N`` above 1 the configuration is trained with seeds
     ``seed`` to ``seed + N - 1`` and the factory returns a
-    :class:`~pytest_batchprof.repeats.RepeatedRun`: its figures are the means
+    :class:`~pytest_batchprof.runs.repeats.RepeatedRun`: its figures are the means
     over the seeds (so ``run.test_accuracy >= 0.96`` checks the mean),
     ``run.interval("test_accuracy")`` gives the 95% confidence interval, and
     ``run.runs`` the single runs. The report shows one row per configuration,
@@ -438,7 +439,7 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
         dataset: str | None = None,
         repeats: int | None = None,
     ) -> Run | RepeatedRun:
-        from pytest_batchprof.models import ModelError
+        from pytest_batchprof.experiment.models import ModelError
 
         repeats = state.settings.repeats if repeats is None else repeats
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
@@ -474,7 +475,7 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
             runs.append(run)
         if repeats == 1:
             return runs[0]
-        from pytest_batchprof.repeats import RepeatedRun
+        from pytest_batchprof.runs.repeats import RepeatedRun
 
         return RepeatedRun(tuple(runs))
 
@@ -498,7 +499,7 @@ def trained_mlp(trained_model: Callable[..., Run]) -> Callable[..., Run]:
 
     def factory(hidden: int | Sequence[int] = (1024,), *, activation: str = "relu",
                 **keywords: object) -> Run | RepeatedRun:
-        from pytest_batchprof.models import mlp
+        from pytest_batchprof.experiment.models import mlp
 
         return trained_model(mlp(hidden, activation), **keywords)
 
@@ -510,7 +511,7 @@ def trained_mlp(trained_model: Callable[..., Run]) -> Callable[..., Run]:
 
 def _record_in_benchmark(benchmark: object, run: Run) -> None:
     """Append the run's figures (not its series: they are long) to ``benchmark.extra_info``."""
-    from pytest_batchprof.report import SERIES_KEYS
+    from pytest_batchprof.reports.tables import SERIES_KEYS
 
     figures = {key: value for key, value in run.summary().items() if key not in SERIES_KEYS}
     runs = benchmark.extra_info.setdefault("batchprof", [])
@@ -534,7 +535,7 @@ def _baseline(config: pytest.Config, settings) -> tuple[Path, dict[str, object]]
     if settings.compare is None:
         return None
     from pytest_batchprof.gating import baseline_path
-    from pytest_batchprof.storage import ReportError, load_report
+    from pytest_batchprof.reports.storage import ReportError, load_report
 
     path = baseline_path(settings.compare, settings.baseline_dir)
     try:
@@ -557,7 +558,7 @@ def _dataset_request(item: pytest.Item) -> tuple[str | None, dict[str, object]]:
 
 
 def _load(config: pytest.Config, name: str | None, options: dict[str, object]) -> Dataset:
-    from pytest_batchprof.data import DatasetUnavailable
+    from pytest_batchprof.data.datasets import DatasetUnavailable
 
     try:
         return batchprof_session(config).dataset(name, options)

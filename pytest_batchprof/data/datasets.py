@@ -37,10 +37,10 @@ from pathlib import Path
 
 import torch
 
-from pytest_batchprof import catalog
-from pytest_batchprof.catalog import DATASET_NAMES
+from pytest_batchprof.data import catalog
+from pytest_batchprof.data.catalog import DATASET_NAMES
 from pytest_batchprof.errors import one_line
-from pytest_batchprof.models import DataDescription
+from pytest_batchprof.experiment.models import DataDescription
 
 READ_MEMORY_SHARE = 0.5
 """A ``torch.utils.data.Dataset`` given to :func:`register_dataset` is read into memory

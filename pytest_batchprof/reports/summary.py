@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_batchprof import storage
 from pytest_batchprof.errors import one_line
 from pytest_batchprof.gating import Comparison, compare
-from pytest_batchprof.options import source_of
-from pytest_batchprof.repeats import aggregate_seeds
-from pytest_batchprof.report import (
+from pytest_batchprof.plugin.options import source_of
+from pytest_batchprof.reports import storage
+from pytest_batchprof.reports.tables import (
     Row,
     merge_outcome,
     render_markdown,
@@ -31,9 +30,10 @@ from pytest_batchprof.report import (
     sort_rows,
     table_columns,
 )
+from pytest_batchprof.runs.repeats import aggregate_seeds
 
 if TYPE_CHECKING:
-    from pytest_batchprof.training import Run
+    from pytest_batchprof.engine.training import Run
 
 
 def row_from_run(run: Run) -> Row:
@@ -148,7 +148,7 @@ class SummaryCollector:
 
 
 def _plots(rows: list[Row], directory: Path, stem: str, warnings: list[str]):
-    from pytest_batchprof.plots import write_plots  # matplotlib loads only when plotting
+    from pytest_batchprof.reports.plots import write_plots  # matplotlib loads only when plotting
 
     try:
         return write_plots(rows, directory, stem)
