@@ -20,15 +20,17 @@ import torch
 from markdown_it import MarkdownIt
 
 from pytest_batchprof.reports import storage
-from pytest_batchprof.reports.storage import ReportError, load_report, report_json, write_atomic
-from pytest_batchprof.reports.summary import SummaryCollector, table_from_report
-from pytest_batchprof.reports.tables import (
+from pytest_batchprof.reports.figures import (
     BYTE_UNITS,
     DEFAULT_COLUMNS,
     ENERGY_UNITS,
     MASS_UNITS,
     OPTIONAL_COLUMNS,
     TIME_UNITS,
+)
+from pytest_batchprof.reports.storage import ReportError, load_report, report_json, write_atomic
+from pytest_batchprof.reports.summary import SummaryCollector, table_from_report
+from pytest_batchprof.reports.tables import (
     format_column,
     human_number,
     merge_outcome,
@@ -831,3 +833,18 @@ def test_the_report_device_is_the_runs_own(monkeypatch: pytest.MonkeyPatch) -> N
     env = storage.environment({}, collector.devices())
     assert (env["device"], env["gpu"]) == ("cuda:0, cuda:1", "NVIDIA H100")
     assert storage.environment({}, "cpu")["gpu"] == "none"
+
+
+def test_one_declaration_gives_the_default_columns_folding_and_compared_figures() -> None:
+    """The figures' table (reports.figures) is the one place their roles are declared."""
+    from pytest_batchprof.reports import figures
+
+    assert figures.DEFAULT_COLUMNS == (
+        "model", "dataset", "batch_size", "epochs", "train_seconds", "seconds_per_epoch",
+        "train_accuracy", "val_accuracy", "test_accuracy", "latency_median_s", "flops",
+        "params", "checkpoint_bytes", "train_co2eq_kg", "target_steps", "target_samples",
+        "target_epochs", "target_seconds", "critical_batch", "critical_batch_low",
+        "critical_batch_high", "outcome")
+    assert figures.NOT_FOLDED == {"seed", "outcome", "tests", *figures.SERIES_KEYS}
+    assert (figures.ACCURACY_KEY, figures.TIME_KEY) == ("test_accuracy", "train_seconds")
+    assert len(figures.COLUMNS) == len(figures.FIGURES)  # no key declared twice

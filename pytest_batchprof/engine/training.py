@@ -136,7 +136,8 @@ class CurvePoint:
 
 
 class TrainingObserver(Protocol):
-    """What the engine tells while it trains; :class:`~pytest_batchprof.plugin.progress.RunProgress` shows it."""
+    """What the engine tells while it trains (the plugin's
+    :class:`~pytest_batchprof.plugin.progress.RunProgress` shows it)."""
 
     def on_progress(self, status: TrainingStatus) -> None:
         """Where the run stands, at most every :data:`PROGRESS_POLL_SECONDS` during an epoch."""

@@ -63,7 +63,8 @@ class RunConfig:
     train_subset: int | None = _role("experiment", "lines")
     val_fraction: float = _role("experiment", "lines")
     flush_denormals: bool = _role(default=True)
-    """Flush denormal floats to zero on the CPU while training (see :mod:`pytest_batchprof.engine.denormals`)."""
+    """Flush denormal floats to zero on the CPU while training
+    (see :mod:`pytest_batchprof.engine.denormals`)."""
     lr_warmup_epochs: float = _role(default=0.0)
     """Epochs over which the learning rate ramps linearly from ``lr_warmup_start`` to ``lr``."""
     lr_warmup_start: float | None = _role(default=None)

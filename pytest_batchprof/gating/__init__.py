@@ -27,6 +27,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from pytest_batchprof.experiment.config import EXPERIMENT_KEYS, RUN_KEYS
+from pytest_batchprof.reports.figures import ACCURACY_KEY, TIME_KEY
 from pytest_batchprof.reports.tables import Row, human_number, run_title
 from pytest_batchprof.runs.repeats import group_seeds
 from pytest_batchprof.runs.stats import (
@@ -96,7 +97,7 @@ def figures(row: Row) -> str:
     for split in ("train", "val", "test"):
         value = row.get(f"{split}_accuracy")
         parts.append(f"{split} {'n/a' if value is None else f'{value:.2%}'}")
-    if row.get("train_seconds") is not None:
+    if row.get(TIME_KEY) is not None:
         parts.append(f"{human_number(row['train_seconds'])} s")
     if row.get("diverged"):
         parts.append(f"diverged: {row['diverged']}")
@@ -206,18 +207,18 @@ def compare(
         old = (_matching(old_groups, group[0], recipe_keys)
                or _matching(old_groups, group[0], EXPERIMENT_KEYS))
         if old is None:
-            now = _spread(group, "test_accuracy")
+            now = _spread(group, ACCURACY_KEY)
             comparison.entries.append(Entry(
-                _title(group), None, _mean(now), None, _mean(_spread(group, "train_seconds")),
+                _title(group), None, _mean(now), None, _mean(_spread(group, TIME_KEY)),
                 "new (not in baseline)", now_spread=now))
             continue
         seen.add(id(old))
         comparison.entries.append(_entry(group, old, fail_drop_pp, fail_slowdown_pct))
     for old in old_groups:
         if id(old) not in seen:
-            before = _spread(old, "test_accuracy")
+            before = _spread(old, ACCURACY_KEY)
             comparison.entries.append(Entry(
-                _title(old), _mean(before), None, _mean(_spread(old, "train_seconds")), None,
+                _title(old), _mean(before), None, _mean(_spread(old, TIME_KEY)), None,
                 "not run (only in baseline)", baseline_spread=before))
     return comparison
 
@@ -249,16 +250,16 @@ def _same(old: object, new: object) -> bool:
 
 def _entry(group: Sequence[Row], old: Sequence[Row], fail_drop_pp: float,
            fail_slowdown_pct: float | None) -> Entry:
-    now_spread, before_spread = _spread(group, "test_accuracy"), _spread(old, "test_accuracy")
+    now_spread, before_spread = _spread(group, ACCURACY_KEY), _spread(old, ACCURACY_KEY)
     now, before = _mean(now_spread), _mean(before_spread)
-    seconds = _mean(_spread(group, "train_seconds"))
-    old_seconds = _mean(_spread(old, "train_seconds"))
+    seconds = _mean(_spread(group, TIME_KEY))
+    old_seconds = _mean(_spread(old, TIME_KEY))
     noise = None
     if now_spread is not None and before_spread is not None:
-        noise = difference_interval(finite(row.get("test_accuracy") for row in old),
-                                    finite(row.get("test_accuracy") for row in group))
+        noise = difference_interval(finite(row.get(ACCURACY_KEY) for row in old),
+                                    finite(row.get(ACCURACY_KEY) for row in group))
     verdicts = []
-    diverged = sum(1 for row in group if row.get("test_accuracy") is None)
+    diverged = sum(1 for row in group if row.get(ACCURACY_KEY) is None)
     if diverged and before is not None:
         verdicts.append("REGRESSION: no test accuracy (diverged)" if now is None else
                         f"REGRESSION: {diverged} of {len(group)} seeds diverged")

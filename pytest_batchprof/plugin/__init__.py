@@ -511,7 +511,7 @@ def trained_mlp(trained_model: Callable[..., Run]) -> Callable[..., Run]:
 
 def _record_in_benchmark(benchmark: object, run: Run) -> None:
     """Append the run's figures (not its series: they are long) to ``benchmark.extra_info``."""
-    from pytest_batchprof.reports.tables import SERIES_KEYS
+    from pytest_batchprof.reports.figures import SERIES_KEYS
 
     figures = {key: value for key, value in run.summary().items() if key not in SERIES_KEYS}
     runs = benchmark.extra_info.setdefault("batchprof", [])

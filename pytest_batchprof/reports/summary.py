@@ -83,8 +83,37 @@ class SummaryCollector:
         """
         if not self.rows:
             return None
-        device = self.devices()
-        rows = sort_rows(self.rows.values())
+        tables = SummaryTables.build(config, settings, sort_rows(self.rows.values()))
+        env = storage.environment(_settings_dict(settings), self.devices())
+        comparison = None
+        if baseline is not None:
+            comparison = compare(tables.rows, baseline[1], baseline[0], settings.fail_drop,
+                                 settings.fail_slowdown, env)
+        report = SessionReport(tables.table, "", partial, warnings=tables.warnings,
+                               comparison=comparison)
+        stem = _free_stem(settings.report_dir)
+        plots = ([] if settings.no_report
+                 else _plots(tables.rows, settings.report_dir, stem, report.warnings))
+        report.markdown = _markdown(config, tables, env, plots, partial, comparison)
+        if not settings.no_report:
+            _write_files(report, settings.report_dir, stem, tables, env, plots)
+        _save_baseline(report, settings, tables, env)
+        _append_step_summary(tables.table)
+        return report
+
+
+@dataclass
+class SummaryTables:
+    """The session's rows once the hooks have had them, the columns to show, the
+    summary table (seeds folded) and what was wrong with the requested columns."""
+
+    rows: list[Row]
+    columns: list[str]
+    table: str
+    warnings: list[str]
+
+    @classmethod
+    def build(cls, config: pytest.Config, settings, rows: list[Row]) -> SummaryTables:
         standard_keys = {key for row in rows for key in row}
         config.hook.pytest_batchprof_summary(config=config, rows=rows)
         rows = [{key: _finite(value) for key, value in row.items()} for row in rows]
@@ -96,55 +125,66 @@ class SummaryCollector:
         if unknown:
             warnings.append(f"{source_of(config, 'columns')} names {', '.join(unknown)}, which "
                             f"no row has; known: {', '.join(sorted(known))}")
-        table = render_table(folded, columns)  # as summary_table(rows, columns)
-        env = storage.environment(_settings_dict(settings), device)
-        comparison = None
-        if baseline is not None:
-            comparison = compare(rows, baseline[1], baseline[0], settings.fail_drop,
-                                 settings.fail_slowdown, env)
-        stem = _free_stem(settings.report_dir)
-        plots = [] if settings.no_report else _plots(rows, settings.report_dir, stem, warnings)
-        sections = [per_seed_section(rows, columns)] if seeds_repeat(rows) else []
-        if comparison:
-            sections.append(comparison.markdown())
-        markdown = render_markdown(table, rows, env, [(title, path.name) for title, path in plots],
-                                   partial, sections)
-        replaced = config.hook.pytest_batchprof_markdown(config=config, markdown=markdown)
-        markdown = replaced if replaced is not None else markdown
-        report = SessionReport(table, markdown, partial, warnings=warnings,
-                               comparison=comparison)
-        if not settings.no_report:
-            try:
-                report.files = self._write(settings.report_dir, stem, markdown, rows, columns,
-                                           env, partial, plots)
-            except OSError as error:  # a full disk must not cost the terminal table
-                warnings.append(f"report files were not written: {error}")
-        if settings.save and partial:
-            warnings.append(f"baseline {settings.save!r} was not saved: the session had "
-                            f"failures or was interrupted, so its figures are incomplete")
-        elif settings.save and comparison and comparison.regressions:
-            warnings.append(f"baseline {settings.save!r} was not saved: the session regressed "
-                            f"against {comparison.baseline_path}")
-        elif settings.save:
-            report.saved_baseline = storage.write_atomic(
-                settings.baseline_dir / f"{settings.save}.json",
-                storage.report_json(rows, columns, env, partial))
-        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if step_summary:
-            with open(step_summary, "a", encoding="utf-8") as handle:
-                handle.write(f"## pytest-batchprof\n\n{table}\n\n")
-        return report
+        return cls(rows, columns, render_table(folded, columns), warnings)
 
-    @staticmethod
-    def _write(directory: Path, stem: str, markdown: str, rows: list[Row], columns: list[str],
-               env: dict[str, object], partial: bool, plots) -> list[Path]:
-        markdown_path = storage.write_atomic(directory / f"{stem}.md", markdown)
-        json_path = storage.write_atomic(directory / f"{stem}.json",
-                                         storage.report_json(rows, columns, env, partial))
-        csv_path = storage.write_atomic(directory / f"{stem}.csv", storage.report_csv(rows))
+
+def _markdown(config: pytest.Config, tables: SummaryTables, env: dict[str, object],
+              plots: list[tuple[str, Path]], partial: bool,
+              comparison: Comparison | None) -> str:
+    """The report's markdown, as the ``pytest_batchprof_markdown`` hook leaves it."""
+    sections = ([per_seed_section(tables.rows, tables.columns)]
+                if seeds_repeat(tables.rows) else [])
+    if comparison:
+        sections.append(comparison.markdown())
+    markdown = render_markdown(tables.table, tables.rows, env,
+                               [(title, path.name) for title, path in plots], partial, sections)
+    replaced = config.hook.pytest_batchprof_markdown(config=config, markdown=markdown)
+    return replaced if replaced is not None else markdown
+
+
+def _write_files(report: SessionReport, directory: Path, stem: str, tables: SummaryTables,
+                 env: dict[str, object], plots: list[tuple[str, Path]]) -> None:
+    """Markdown, JSON and CSV (each written atomically), and ``latest.*`` copies."""
+    try:
+        markdown_path = storage.write_atomic(directory / f"{stem}.md", report.markdown)
+        json_path = storage.write_atomic(
+            directory / f"{stem}.json",
+            storage.report_json(tables.rows, tables.columns, env, report.partial))
+        csv_path = storage.write_atomic(directory / f"{stem}.csv",
+                                        storage.report_csv(tables.rows))
         storage.copy_atomic(markdown_path, directory / "latest.md")
         storage.copy_atomic(json_path, directory / "latest.json")
-        return [markdown_path, json_path, csv_path, *(path for _, path in plots)]
+    except OSError as error:  # a full disk must not cost the terminal table
+        report.warnings.append(f"report files were not written: {error}")
+        return
+    report.files = [markdown_path, json_path, csv_path, *(path for _, path in plots)]
+
+
+def _save_baseline(report: SessionReport, settings, tables: SummaryTables,
+                   env: dict[str, object]) -> None:
+    """``--batchprof-save NAME``: only a complete session that did not regress is saved."""
+    if not settings.save:
+        return
+    comparison = report.comparison
+    if report.partial:
+        report.warnings.append(
+            f"baseline {settings.save!r} was not saved: the session had failures or was "
+            f"interrupted, so its figures are incomplete")
+    elif comparison and comparison.regressions:
+        report.warnings.append(f"baseline {settings.save!r} was not saved: the session "
+                               f"regressed against {comparison.baseline_path}")
+    else:
+        report.saved_baseline = storage.write_atomic(
+            settings.baseline_dir / f"{settings.save}.json",
+            storage.report_json(tables.rows, tables.columns, env, report.partial))
+
+
+def _append_step_summary(table: str) -> None:
+    """The table in a GitHub Actions job summary, when there is one."""
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as handle:
+            handle.write(f"## pytest-batchprof\n\n{table}\n\n")
 
 
 def _plots(rows: list[Row], directory: Path, stem: str, warnings: list[str]):

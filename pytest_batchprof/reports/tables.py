@@ -16,11 +16,17 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from tabulate import tabulate
 
 from pytest_batchprof.experiment.config import RUN_KEYS
+from pytest_batchprof.reports.figures import (
+    COLUMNS,
+    DEFAULT_COLUMNS,
+    Column,
+    _percent,
+    _text,
+)
 from pytest_batchprof.runs.stats import Interval
 
 Row = dict[str, object]
@@ -28,108 +34,12 @@ Row = dict[str, object]
 OUTCOME_RANK = {"passed": 0, "skipped": 1, "interrupted": 2, "failed": 3}
 """When several tests use one run, its row shows the worst of their outcomes."""
 
-TIME_UNITS = (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9))
-BYTE_UNITS = (("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 1.0))
-MASS_UNITS = (("kg", 1.0), ("g", 1e-3), ("mg", 1e-6), ("µg", 1e-9))  # CO2eq, from kg
-ENERGY_UNITS = (("kWh", 1.0), ("Wh", 1e-3), ("mWh", 1e-6))
-
-
-@dataclass(frozen=True)
-class Column:
-    """How one row key is shown: its header, and a unit family (or a plain formatter)."""
-
-    key: str
-    label: str
-    units: tuple[tuple[str, float], ...] | None = None
-    plain: Callable[[object], str] | None = None
-
-
-def _percent(value: object) -> str:
-    return f"{float(value) * 100:.1f}"
-
-
-def _count(value: object) -> str:
-    return f"{round(float(value)):,}"
-
-
-def _text(value: object) -> str:
-    return str(value)
-
-
-def _unless_text(value: object, number: Callable[[object], str]) -> str:
-    """``not reached`` stays as it is; a number is formatted."""
-    return value if isinstance(value, str) else number(value)
-
-
-COLUMNS: dict[str, Column] = {column.key: column for column in (
-    Column("model", "model", plain=_text),
-    Column("dataset", "data set", plain=_text),
-    Column("batch_size", "batch", plain=_count),
-    Column("epochs", "epochs", plain=_count),
-    Column("seed", "seed", plain=_text),
-    Column("seeds", "seeds", plain=_text),
-    Column("optimizer", "optimizer", plain=_text),
-    Column("lr", "lr", plain=lambda value: f"{float(value):g}"),
-    Column("train_seconds", "train time", TIME_UNITS),
-    Column("seconds_per_epoch", "time / epoch", TIME_UNITS),
-    Column("train_samples_per_second", "samples / s", plain=lambda value: f"{float(value):,.0f}"),
-    Column("train_accuracy", "train acc (%)", plain=_percent),
-    Column("val_accuracy", "val acc (%)", plain=_percent),
-    Column("test_accuracy", "test acc (%)", plain=_percent),
-    Column("latency_median_s", "latency / sample", TIME_UNITS),
-    Column("latency_single_median_s", "latency, batch 1", TIME_UNITS),
-    Column("flops", "FLOPs / sample", plain=_count),
-    Column("macs", "MACs / sample", plain=_count),
-    Column("train_flops", "train FLOPs / sample", plain=_count),
-    Column("params", "params", plain=_count),
-    Column("state_dict_bytes", "model size", BYTE_UNITS),
-    Column("checkpoint_bytes", "checkpoint size", BYTE_UNITS),
-    Column("peak_memory_bytes", "peak memory", BYTE_UNITS),
-    Column("train_energy_kwh", "energy (train)", ENERGY_UNITS),
-    Column("train_co2eq_kg", "CO2eq (train)", MASS_UNITS),
-    Column("inference_per_1000_co2eq_kg", "CO2eq / 1k inferences", MASS_UNITS),
-    Column("target_steps", "steps to target", plain=lambda value: _unless_text(value, _count)),
-    Column("target_samples", "samples to target",
-           plain=lambda value: _unless_text(value, _count)),
-    Column("target_epochs", "epochs to target",
-           plain=lambda value: _unless_text(value, lambda v: f"{float(v):.2f}")),
-    Column("target_seconds", "time to target (s)",
-           plain=lambda value: _unless_text(value, lambda v: f"{float(v):.2f}")),
-    Column("critical_batch", "critical batch", plain=lambda value: f"{float(value):,.0f}"),
-    Column("critical_batch_low", "critical batch, 95% low",
-           plain=lambda value: f"{float(value):,.0f}"),
-    Column("critical_batch_high", "critical batch, 95% high",
-           plain=lambda value: f"{float(value):,.0f}"),
-    Column("outcome", "outcome", plain=_text),
-)}
-
-DEFAULT_COLUMNS = (
-    "model", "dataset", "batch_size", "epochs", "train_seconds", "seconds_per_epoch",
-    "train_accuracy", "val_accuracy", "test_accuracy", "latency_median_s", "flops", "params",
-    "checkpoint_bytes", "train_co2eq_kg", "target_steps", "target_samples", "target_epochs",
-    "target_seconds", "critical_batch", "critical_batch_low",
-    "critical_batch_high", "outcome",
-)
-"""The table of the reference posts, plus the data set, validation accuracy and CO2eq."""
-
-OPTIONAL_COLUMNS = frozenset({
-    "target_steps", "target_samples", "target_epochs", "target_seconds", "critical_batch",
-    "critical_batch_low", "critical_batch_high",
-})
-"""Default columns that only runs with ``--target-accuracy`` or ``--noise-scale`` have."""
-
-ROW_KEYS = frozenset(COLUMNS)
-
-
 def merge_outcome(current: str | None, new: str) -> str:
     """The worse of two test outcomes."""
     if current is None:
         return new
     return max(current, new, key=lambda outcome: OUTCOME_RANK.get(outcome, 0))
 
-
-SERIES_KEYS = ("history", "curve")
-"""Row keys holding a run's series (per epoch, between epochs) rather than one figure."""
 
 def run_key(row: Row, seed: bool = True) -> str:
     """What makes two rows the same run: the configuration, not the test that asked.

@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,6 @@ CACHE_FORMAT = 4
 """Version of the entry layout; raise it when the layout or its meaning changes."""
 
 SUFFIX = ".pt"
-_FIELDS = frozenset({
-    "format", "inputs", "model", "optimizer", "history", "train_seconds", "test_loss",
-    "test_accuracy", "diverged", "samples_per_epoch", "peak_memory", "train_carbon",
-    "time_to_target", "curve",
-})
-
-
 class BatchprofCacheWarning(UserWarning):
     """A cache entry that could not be used or written; the run is trained (or kept) anyway."""
 
@@ -68,6 +61,11 @@ class CachedRun:
     peak_memory: PeakMemory | None
     train_carbon: Carbon | None
     time_to_target: TimeToTarget | None
+
+
+_FIELDS = frozenset({"format", "inputs", "model", "optimizer",
+                     *(field.name for field in fields(CachedRun))})
+"""An entry's keys: its format and key inputs, the state dicts, and a :class:`CachedRun`."""
 
 
 def torch_version() -> str:

@@ -133,7 +133,7 @@ def record(
         PeakMemory(0, f"not measured (trained by the test's {OWN_LOOP})"), None, state.carbon)
     used = item.stash.setdefault(RUNS_KEY, [])
     used.append(run)
-    state._say(
+    state.say(
         f"batchprof: recorded {config.model_name} on {data.name} (trained by the test's "
         f"{OWN_LOOP}): test acc={test_accuracy:.4f}")
     return run

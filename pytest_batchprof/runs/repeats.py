@@ -21,14 +21,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_batchprof.reports.tables import SERIES_KEYS, Row, merge_outcome, run_key
+from pytest_batchprof.reports.figures import NOT_FOLDED
+from pytest_batchprof.reports.tables import Row, merge_outcome, run_key
 from pytest_batchprof.runs.stats import Interval, finite, mean_interval, seed_label
 
 if TYPE_CHECKING:
     from pytest_batchprof.engine.training import Run
 
-NOT_FOLDED = frozenset({"seed", "outcome", "tests", *SERIES_KEYS})
-"""Row keys :func:`aggregate_seeds` sets itself rather than by the general rule."""
 
 
 def group_seeds(rows: Iterable[Row]) -> list[list[Row]]:

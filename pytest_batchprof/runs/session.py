@@ -2,7 +2,11 @@
 
 One :class:`BatchprofSession` lives in ``config.stash`` for the whole pytest
 session, so that a data set is read from disk once and a configuration asked
-for by several tests is trained once.
+for by several tests is trained once. It is made of parts with one job each:
+:class:`DataSets` (load, check, fingerprint), :class:`CachedRuns` (runs kept
+across sessions), :class:`Trainer` (the engine under the meters and the
+progress line), :class:`Measurer` (what is measured after training) and
+:class:`Say` (the console lines).
 """
 
 from __future__ import annotations
@@ -31,47 +35,50 @@ from pytest_batchprof.plugin.progress import Console, RunProgress
 from pytest_batchprof.runs.cache import RunCache
 
 
+class Say:
+    """Where a session's one-line messages go: the console, or nowhere."""
+
+    def __init__(self, console: Console | None) -> None:
+        self.console = console
+        self._once: set[str] = set()
+
+    def __call__(self, line: str) -> None:
+        if self.console is not None:
+            self.console.line(line)
+
+    def once(self, line: str) -> None:
+        """Say ``line`` the first time only."""
+        if line not in self._once:
+            self._once.add(line)
+            self(line)
+
+
 @dataclass
-class BatchprofSession:
-    """What the fixtures share within one pytest session (or one xdist worker)."""
+class DataSets:
+    """The session's data sets: each read from disk once, checked against the settings,
+    moved to the device and fingerprinted (for cache keys) on first use."""
 
     settings: Settings
     device: torch.device
-    console: Console | None = None
-    """Where training lines and the progress line go (none: silent)."""
-    datasets: dict[str, Dataset] = field(default_factory=dict)
-    runs: dict[RunConfig, Run] = field(default_factory=dict)
-    notes: set[str] = field(init=False, default_factory=set)
-    """One-line notes already printed (each once per session)."""
-    carbon: CarbonMeter | None = field(init=False, default=None)
-    cache: RunCache | None = field(init=False, default=None)
-    fingerprints: dict[str, str] = field(init=False, default_factory=dict)
-    """Data fingerprints by data set name: hashing MNIST takes 0.2-0.4 s."""
-    warmed_up: bool = field(init=False, default=False)
+    loaded: dict[str, Dataset] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    """By data set name: hashing MNIST takes 0.2-0.4 s, and data sets are frozen."""
 
-    def __post_init__(self) -> None:
-        if not self.settings.no_co2:
-            self.carbon = CarbonMeter(self.settings.co2_country)
-        if self.settings.cache_dir is not None:
-            self.cache = RunCache(self.settings.cache_dir)
-
-    def fingerprint(self, dataset: Dataset) -> str:
-        """The data set's fingerprint, computed once per session (data sets are frozen)."""
-        if dataset.name not in self.fingerprints:
-            self.fingerprints[dataset.name] = dataset.fingerprint()
-        return self.fingerprints[dataset.name]
-
-    def dataset(self, name: str | None = None, options: dict[str, object] | None = None) -> (
-            Dataset):
+    def get(self, name: str | None = None, options: dict[str, object] | None = None) -> Dataset:
         """The named data set (default: ``--dataset``), loaded on first use, on the device."""
         name = name or self.settings.dataset
         key = dataset_key(name, options)
-        if key not in self.datasets:
+        if key not in self.loaded:
             loaded = load_dataset(name, self.settings.data_dir, self.settings.val_fraction,
                                   options)
             self.check_fits(loaded)
-            self.datasets[key] = loaded.to(self.device)
-        return self.datasets[key]
+            self.loaded[key] = loaded.to(self.device)
+        return self.loaded[key]
+
+    def fingerprint(self, dataset: Dataset) -> str:
+        if dataset.name not in self.fingerprints:
+            self.fingerprints[dataset.name] = dataset.fingerprint()
+        return self.fingerprints[dataset.name]
 
     def check_fits(self, data: Dataset) -> None:
         """Raise ``ValueError`` if the train subset or a batch size exceeds the training set."""
@@ -90,40 +97,47 @@ class BatchprofSession:
                 f"training samples of {data.name}; use batch sizes of at most {usable}"
             )
 
-    def run(
-        self,
-        dataset: Dataset,
-        model: object,
-        batch_size: int,
-        epochs: int | None = None,
-        lr: float | None = None,
-        optimizer: str | OptimizerFactory | None = None,
-        seed: int | None = None,
-        input_size: int | tuple[int, int] | None = None,
-        loss: LossFunction | None = None,
-        name: str | None = None,
-    ) -> Run:
-        """Train (or return the already trained) run of ``model`` (a factory) in this
-        configuration; see :func:`pytest_batchprof.experiment.build.build_experiment` for the arguments."""
-        experiment = build_experiment(
-            self.settings, dataset, model, batch_size, self.device, epochs=epochs, lr=lr,
-            optimizer=optimizer, seed=seed, input_size=input_size, loss=loss, name=name)
-        config, data = experiment.config, experiment.data
-        key = config  # factories without a stable name differ in config.architecture
-        if key in self.runs:
-            return self.runs[key]
-        cache_key = None
-        if self.cache is not None and experiment.cache_note is not None:
-            if experiment.cache_note not in self.notes:
-                self.notes.add(experiment.cache_note)
-                self._say(f"batchprof: {experiment.cache_note}")
-        elif self.cache is not None:
-            cache_key = self.cache.key(config, self.fingerprint(dataset))
-            run = self._load_cached(experiment, cache_key)
-            if run is not None:
-                self.runs[key] = run
-                return run
-        self._say(f"batchprof: training {config.describe()}")
+
+@dataclass
+class Measurer:
+    """Measures a trained (or cached) run that did not diverge, and says how it went."""
+
+    settings: Settings
+    say: Say
+    carbon: CarbonMeter | None
+
+    def __call__(self, run: Run, experiment: Experiment, peak: PeakMemory,
+                 train_carbon: Carbon | None, origin: str = "") -> None:
+        if run.diverged:
+            self.say(f"  diverged: {run.diverged}")
+            return
+        data = experiment.data
+        run.measurements = measure(
+            run.model, run.optimizer, data.test.x,
+            self.settings.inference_batch_size or run.config.batch_size,
+            peak, train_carbon, self.carbon,
+        )
+        self.say(f"  trained in {run.train_seconds:.2f} s{origin}, "
+                 f"test acc={run.test_accuracy:.4f}, {run.measurements.latency.describe()}")
+        if self.settings.noise_scale:
+            run.noise_scale = noise_scale.estimate(
+                run.model, experiment.recipe.loss, data.train.x, data.train.y,
+                seed=run.config.seed)
+            self.say(f"  {run.noise_scale.describe()}")
+
+
+@dataclass
+class Trainer:
+    """Trains an experiment on the engine, under the session's memory and CO2 meters and
+    its progress line; pays torch's one-off costs before the first run."""
+
+    device: torch.device
+    console: Console | None
+    carbon: CarbonMeter | None
+    warmed_up: bool = False
+
+    def __call__(self, experiment: Experiment) -> tuple[Run, PeakMemory, Carbon | None]:
+        config = experiment.config
         if not self.warmed_up:  # one-off costs are not part of any run's figures
             warm_up(self.device)
             self.warmed_up = True
@@ -137,24 +151,29 @@ class BatchprofSession:
             train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None
             run = None
             try:
-                run = train(config, data, self.device, progress, experiment.recipe)
+                run = train(config, experiment.data, self.device, progress, experiment.recipe)
             finally:  # an interrupted run leaves no half-drawn progress line behind
                 if progress is not None:
                     progress.finish(run.history if run is not None else [])
-        self._measure(run, experiment, memory[0], train_carbon[0] if train_carbon else None)
-        if cache_key is not None:  # diverged runs too: see cache.py
-            self.cache.store(cache_key, run)
-        self.runs[key] = run
-        return run
+        return run, memory[0], train_carbon[0] if train_carbon else None
 
-    def _load_cached(self, experiment: Experiment, key: str) -> Run | None:
-        """The run of ``config`` from the cache, measured afresh; ``None`` on a miss.
+
+@dataclass
+class CachedRuns:
+    """The run cache as the session uses it: a hit is rebuilt and measured afresh."""
+
+    cache: RunCache
+    device: torch.device
+    carbon: CarbonMeter | None
+    say: Say
+
+    def load(self, experiment: Experiment, key: str, measure_run: Measurer) -> Run | None:
+        """The run of ``experiment`` from the cache; ``None`` on a miss.
 
         Training figures (history, times, peak memory, training CO2eq) are the
         ones measured when the run trained; latency, FLOPs, sizes and inference
         CO2eq are measured now, on this machine.
         """
-        assert self.cache is not None
         if not self.cache.path(key).is_file():
             return None  # a plain miss: no model to build
         config, data = experiment.config, experiment.data
@@ -169,7 +188,7 @@ class BatchprofSession:
                   train_seconds=cached.train_seconds,
                   test_loss=cached.test_loss, test_accuracy=cached.test_accuracy,
                   diverged=cached.diverged, time_to_target=cached.time_to_target)
-        self._say(f"batchprof: loaded {config.describe()} from the cache")
+        self.say(f"batchprof: loaded {config.describe()} from the cache")
         train_carbon = None
         if self.carbon:
             self.carbon.prepare()
@@ -177,28 +196,72 @@ class BatchprofSession:
                 None, None, None,
                 f"not measured: trained with {flag_of('no_co2')} before it was cached")
         peak = cached.peak_memory or PeakMemory(0, "not measured (cached run)")
-        self._measure(run, experiment, peak, train_carbon, " (cached)")
+        measure_run(run, experiment, peak, train_carbon, " (cached)")
         return run
 
-    def _measure(self, run: Run, experiment: Experiment, peak: PeakMemory,
-                 train_carbon: Carbon | None, origin: str = "") -> None:
-        """Measure a run that did not diverge, and say how it went."""
-        if run.diverged:
-            self._say(f"  diverged: {run.diverged}")
-            return
-        data = experiment.data
-        run.measurements = measure(
-            run.model, run.optimizer, data.test.x,
-            self.settings.inference_batch_size or run.config.batch_size,
-            peak, train_carbon, self.carbon,
-        )
-        self._say(f"  trained in {run.train_seconds:.2f} s{origin}, "
-                  f"test acc={run.test_accuracy:.4f}, {run.measurements.latency.describe()}")
-        if self.settings.noise_scale:
-            run.noise_scale = noise_scale.estimate(
-                run.model, experiment.recipe.loss, data.train.x, data.train.y, seed=run.config.seed)
-            self._say(f"  {run.noise_scale.describe()}")
 
-    def _say(self, line: str) -> None:
-        if self.console is not None:
-            self.console.line(line)
+class BatchprofSession:
+    """What the fixtures share within one pytest session (or one xdist worker): its data
+    sets, its trained runs, and the parts that make a run (build the experiment, find
+    it in the cache or train it, measure it)."""
+
+    def __init__(self, settings: Settings, device: torch.device,
+                 console: Console | None = None) -> None:
+        self.settings, self.device, self.console = settings, device, console
+        self.say = Say(console)
+        self.data = DataSets(settings, device)
+        self.runs: dict[RunConfig, Run] = {}
+        self.carbon = None if settings.no_co2 else CarbonMeter(settings.co2_country)
+        self.measure = Measurer(settings, self.say, self.carbon)
+        self.trainer = Trainer(device, console, self.carbon)
+        self.cache = (None if settings.cache_dir is None else
+                      CachedRuns(RunCache(settings.cache_dir), device, self.carbon, self.say))
+
+    @property
+    def datasets(self) -> dict[str, Dataset]:
+        """The data sets loaded so far, by name (and loader options)."""
+        return self.data.loaded
+
+    def dataset(self, name: str | None = None, options: dict[str, object] | None = None) -> (
+            Dataset):
+        """The named data set (default: ``--dataset``), loaded on first use, on the device."""
+        return self.data.get(name, options)
+
+    def run(
+        self,
+        dataset: Dataset,
+        model: object,
+        batch_size: int,
+        epochs: int | None = None,
+        lr: float | None = None,
+        optimizer: str | OptimizerFactory | None = None,
+        seed: int | None = None,
+        input_size: int | tuple[int, int] | None = None,
+        loss: LossFunction | None = None,
+        name: str | None = None,
+    ) -> Run:
+        """Train (or return the already trained) run of ``model`` (a factory) in this
+        configuration; :func:`~pytest_batchprof.experiment.build.build_experiment` says
+        what the arguments are and what fills in those left out."""
+        experiment = build_experiment(
+            self.settings, dataset, model, batch_size, self.device, epochs=epochs, lr=lr,
+            optimizer=optimizer, seed=seed, input_size=input_size, loss=loss, name=name)
+        config = experiment.config
+        if config in self.runs:  # unnamed factories differ in config.architecture
+            return self.runs[config]
+        cache_key = None
+        if self.cache is not None and experiment.cache_note is not None:
+            self.say.once(f"batchprof: {experiment.cache_note}")
+        elif self.cache is not None:
+            cache_key = self.cache.cache.key(config, self.data.fingerprint(dataset))
+            run = self.cache.load(experiment, cache_key, self.measure)
+            if run is not None:
+                self.runs[config] = run
+                return run
+        self.say(f"batchprof: training {config.describe()}")
+        run, peak, train_carbon = self.trainer(experiment)
+        self.measure(run, experiment, peak, train_carbon)
+        if cache_key is not None:  # diverged runs too: see cache.py
+            self.cache.cache.store(cache_key, run)
+        self.runs[config] = run
+        return run

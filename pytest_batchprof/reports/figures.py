@@ -1,0 +1,137 @@
+"""The figures of a report row, declared once: key, label, unit, how seeds fold, what a
+baseline compares, and which are shown by default.
+
+Tables, CSV and JSON columns, the seeds' folding (:mod:`pytest_batchprof.runs.repeats`)
+and the baseline comparison (:mod:`pytest_batchprof.gating`) read this table; a
+run's *settings* (which keys identify a run or an experiment) are declared on
+:class:`pytest_batchprof.experiment.config.RunConfig`.
+
+Each column has one unit, chosen from the magnitudes in that column and shown
+in its header (``train time (s)``, ``latency / sample (µs)``), so that the
+numbers in a column compare at a glance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+TIME_UNITS = (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9))
+BYTE_UNITS = (("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 1.0))
+MASS_UNITS = (("kg", 1.0), ("g", 1e-3), ("mg", 1e-6), ("µg", 1e-9))  # CO2eq, from kg
+ENERGY_UNITS = (("kWh", 1.0), ("Wh", 1e-3), ("mWh", 1e-6))
+
+
+@dataclass(frozen=True)
+class Column:
+    """One figure of a row: how it is shown (its header, and a unit family or a plain
+    formatter), whether the default table shows it, how a row of several seeds holds it,
+    and what a baseline comparison reads it as."""
+
+    key: str
+    label: str
+    units: tuple[tuple[str, float], ...] | None = None
+    plain: Callable[[object], str] | None = None
+    default: bool = False
+    """Shown in the table unless ``--batchprof-columns`` says otherwise."""
+    optional: bool = False
+    """A default column only some runs have (``--target-accuracy``, ``--noise-scale``)."""
+    folded: bool = True
+    """Over seeds, an interval where they differ (the general rule of
+    :func:`~pytest_batchprof.runs.repeats.fold`); ``False``: the folding sets it itself."""
+    compared: str | None = None
+    """What a baseline comparison reads it as: ``accuracy`` (a drop fails) or ``time``
+    (a slow-down fails, when asked)."""
+
+
+def _percent(value: object) -> str:
+    return f"{float(value) * 100:.1f}"
+
+
+def _count(value: object) -> str:
+    return f"{round(float(value)):,}"
+
+
+def _text(value: object) -> str:
+    return str(value)
+
+
+def _unless_text(value: object, number: Callable[[object], str]) -> str:
+    """``not reached`` stays as it is; a number is formatted."""
+    return value if isinstance(value, str) else number(value)
+
+
+def _whole(value: object) -> str:
+    return f"{float(value):,.0f}"
+
+
+def _two_decimals(value: object) -> str:
+    return _unless_text(value, lambda number: f"{float(number):.2f}")
+
+
+FIGURES: tuple[Column, ...] = (
+    Column("model", "model", plain=_text, default=True),
+    Column("dataset", "data set", plain=_text, default=True),
+    Column("batch_size", "batch", plain=_count, default=True),
+    Column("epochs", "epochs", plain=_count, default=True),
+    Column("seed", "seed", plain=_text, folded=False),
+    Column("seeds", "seeds", plain=_text),
+    Column("optimizer", "optimizer", plain=_text),
+    Column("lr", "lr", plain=lambda value: f"{float(value):g}"),
+    Column("train_seconds", "train time", TIME_UNITS, default=True, compared="time"),
+    Column("seconds_per_epoch", "time / epoch", TIME_UNITS, default=True),
+    Column("train_samples_per_second", "samples / s", plain=_whole),
+    Column("train_accuracy", "train acc (%)", plain=_percent, default=True),
+    Column("val_accuracy", "val acc (%)", plain=_percent, default=True),
+    Column("test_accuracy", "test acc (%)", plain=_percent, default=True, compared="accuracy"),
+    Column("latency_median_s", "latency / sample", TIME_UNITS, default=True),
+    Column("latency_single_median_s", "latency, batch 1", TIME_UNITS),
+    Column("flops", "FLOPs / sample", plain=_count, default=True),
+    Column("macs", "MACs / sample", plain=_count),
+    Column("train_flops", "train FLOPs / sample", plain=_count),
+    Column("params", "params", plain=_count, default=True),
+    Column("state_dict_bytes", "model size", BYTE_UNITS),
+    Column("checkpoint_bytes", "checkpoint size", BYTE_UNITS, default=True),
+    Column("peak_memory_bytes", "peak memory", BYTE_UNITS),
+    Column("train_energy_kwh", "energy (train)", ENERGY_UNITS),
+    Column("train_co2eq_kg", "CO2eq (train)", MASS_UNITS, default=True),
+    Column("inference_per_1000_co2eq_kg", "CO2eq / 1k inferences", MASS_UNITS),
+    Column("target_steps", "steps to target", plain=lambda value: _unless_text(value, _count),
+           default=True, optional=True),
+    Column("target_samples", "samples to target",
+           plain=lambda value: _unless_text(value, _count), default=True, optional=True),
+    Column("target_epochs", "epochs to target", plain=_two_decimals, default=True,
+           optional=True),
+    Column("target_seconds", "time to target (s)", plain=_two_decimals, default=True,
+           optional=True),
+    Column("critical_batch", "critical batch", plain=_whole, default=True, optional=True),
+    Column("critical_batch_low", "critical batch, 95% low", plain=_whole, default=True,
+           optional=True),
+    Column("critical_batch_high", "critical batch, 95% high", plain=_whole, default=True,
+           optional=True),
+    Column("outcome", "outcome", plain=_text, default=True, folded=False),
+    Column("tests", "tests", plain=_text, folded=False),
+    Column("history", "per-epoch history", plain=_text, folded=False),
+    Column("curve", "learning curve", plain=_text, folded=False),
+)
+"""Every figure a row may hold that has a declared label or role (a hook may add others)."""
+
+COLUMNS: dict[str, Column] = {column.key: column for column in FIGURES}
+
+DEFAULT_COLUMNS: tuple[str, ...] = tuple(column.key for column in FIGURES if column.default)
+"""The table of the reference posts, plus the data set, validation accuracy and CO2eq."""
+
+OPTIONAL_COLUMNS = frozenset(column.key for column in FIGURES if column.optional)
+"""Default columns that only runs with ``--target-accuracy`` or ``--noise-scale`` have."""
+
+SERIES_KEYS = ("history", "curve")
+"""Row keys holding a run's series (per epoch, between epochs) rather than one figure."""
+
+NOT_FOLDED = frozenset(column.key for column in FIGURES if not column.folded)
+"""Row keys :func:`~pytest_batchprof.runs.repeats.aggregate_seeds` sets itself rather than
+by the general rule."""
+
+ACCURACY_KEY = next(column.key for column in FIGURES if column.compared == "accuracy")
+"""The figure a baseline comparison gates on (a drop larger than the allowed one fails)."""
+TIME_KEY = next(column.key for column in FIGURES if column.compared == "time")
+"""The figure whose growth fails a comparison when ``--batchprof-fail-slowdown`` is set."""
