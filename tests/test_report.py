@@ -845,6 +845,6 @@ def test_one_declaration_gives_the_default_columns_folding_and_compared_figures(
         "params", "checkpoint_bytes", "train_co2eq_kg", "target_steps", "target_samples",
         "target_epochs", "target_seconds", "critical_batch", "critical_batch_low",
         "critical_batch_high", "outcome")
-    assert figures.NOT_FOLDED == {"seed", "outcome", "tests", *figures.SERIES_KEYS}
+    assert {"seed", "outcome", "tests", *figures.SERIES_KEYS} == figures.NOT_FOLDED
     assert (figures.ACCURACY_KEY, figures.TIME_KEY) == ("test_accuracy", "train_seconds")
     assert len(figures.COLUMNS) == len(figures.FIGURES)  # no key declared twice
