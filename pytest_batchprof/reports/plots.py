@@ -201,13 +201,14 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
 
 
 def _varies(rows: Sequence[Mapping[str, object]], name: str) -> bool:
-    """Whether ``name`` differs between rows (between rows of one batch size, for
-    :data:`PER_BATCH_LINE_KEYS`)."""
-    if name not in PER_BATCH_LINE_KEYS:
-        return len({repr(row.get(name)) for row in rows}) > 1
+    """Whether ``name`` differs between runs of one model on one data set (of one batch
+    size, for :data:`PER_BATCH_LINE_KEYS`): two models that differ in it anyway (an MLP's
+    activation against a CNN's none) are two lines already."""
     values: dict[tuple[object, ...], set[str]] = {}
     for row in rows:
-        point = (row.get("model"), row.get("dataset"), row.get("batch_size"))
+        point = (row.get("model"), row.get("dataset"))
+        if name in PER_BATCH_LINE_KEYS:
+            point = (*point, row.get("batch_size"))
         values.setdefault(point, set()).add(repr(row.get(name)))
     return any(len(seen) > 1 for seen in values.values())
 
@@ -451,9 +452,14 @@ def _trade_off_figure(series: list[Series], title: str) -> Figure | None:
                                         strict=True):
             by_latency.annotate(f"{size}", (latency * 1e6, value), textcoords="offset points",
                                 xytext=(4, 3), fontsize="x-small")
-    by_flops.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    for panel in (by_flops, by_latency):
+        panel.set_xscale("log")
+        panel.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        panel.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+    by_flops.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _millions(value)))
+    by_latency.xaxis.set_major_formatter(plain)
     by_flops.set_xlabel("Forward FLOPs per sample")
-    by_latency.set_xscale("log")
     by_latency.set_xlabel("Inference latency per sample (µs), by batch size")
     by_flops.set_ylabel("Test accuracy (%)")
     _percent_axis(by_flops, accuracies)
@@ -462,6 +468,13 @@ def _trade_off_figure(series: list[Series], title: str) -> Figure | None:
     by_flops.legend(loc="best", fontsize="small", framealpha=0.85)
     figure.suptitle(title)
     return figure
+
+
+def _millions(value: float) -> str:
+    """``500k``, ``2M``: a FLOP count in a tick label."""
+    if value >= 1e6:
+        return f"{value / 1e6:g}M"
+    return f"{value / 1e3:g}k" if value >= 1e3 else f"{value:g}"
 
 
 def _curve_line(panel: Axes, points: list[tuple[float, float]], halves: list[float | None],
