@@ -109,13 +109,20 @@ def build_mlp(
     (or use ``torch.random.fork_rng``) before calling for a reproducible model.
     """
     _check_activation(activation)
-    layers: list[nn.Module] = [nn.Flatten()]
-    width_in = input_size
+    return nn.Sequential(nn.Flatten(), *dense_layers(input_size, hidden, num_classes,
+                                                     activation))
+
+
+def dense_layers(width_in: int, hidden: Sequence[int], num_classes: int,
+                 activation: str) -> list[nn.Module]:
+    """``Linear`` + activation per hidden width, then a ``Linear`` head: an MLP's layers,
+    and a CNN's after its convolutions."""
+    layers: list[nn.Module] = []
     for width in hidden:
         layers += [nn.Linear(width_in, width), ACTIVATIONS[activation]()]
         width_in = width
     layers.append(nn.Linear(width_in, num_classes))
-    return nn.Sequential(*layers)
+    return layers
 
 
 @dataclass(frozen=True)
@@ -182,11 +189,7 @@ def build_cnn(
                    ACTIVATIONS[activation](), nn.MaxPool2d(2)]
         in_channels = out_channels
     layers.append(nn.Flatten())
-    width_in = in_channels * height * width
-    for width_out in hidden:
-        layers += [nn.Linear(width_in, width_out), ACTIVATIONS[activation]()]
-        width_in = width_out
-    layers.append(nn.Linear(width_in, num_classes))
+    layers += dense_layers(in_channels * height * width, hidden, num_classes, activation)
     return nn.Sequential(*layers)
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from pytest_batchprof.data.datasets import Dataset, dataset_key, load_dataset
 from pytest_batchprof.engine.training import (
-    LossFunction,
-    OptimizerFactory,
     Run,
     RunConfig,
     initial_model,
@@ -227,25 +226,12 @@ class BatchprofSession:
         """The named data set (default: ``--dataset``), loaded on first use, on the device."""
         return self.data.get(name, options)
 
-    def run(
-        self,
-        dataset: Dataset,
-        model: object,
-        batch_size: int,
-        epochs: int | None = None,
-        lr: float | None = None,
-        optimizer: str | OptimizerFactory | None = None,
-        seed: int | None = None,
-        input_size: int | tuple[int, int] | None = None,
-        loss: LossFunction | None = None,
-        name: str | None = None,
-    ) -> Run:
+    def run(self, dataset: Dataset, model: object, batch_size: int, **arguments: Any) -> Run:
         """Train (or return the already trained) run of ``model`` (a factory) in this
         configuration; :func:`~pytest_batchprof.experiment.build.build_experiment` says
-        what the arguments are and what fills in those left out."""
-        experiment = build_experiment(
-            self.settings, dataset, model, batch_size, self.device, epochs=epochs, lr=lr,
-            optimizer=optimizer, seed=seed, input_size=input_size, loss=loss, name=name)
+        what the keyword ``arguments`` are and what fills in those left out."""
+        experiment = build_experiment(self.settings, dataset, model, batch_size, self.device,
+                                      **arguments)
         config = experiment.config
         if config in self.runs:  # unnamed factories differ in config.architecture
             return self.runs[config]
