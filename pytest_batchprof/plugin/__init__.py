@@ -1,5 +1,5 @@
 """pytest glue: options, hooks and the public fixtures ``batch_size``, ``device``,
-``dataset`` and ``trained_mlp``.
+``dataset``, ``trained_model`` and ``trained_mlp``.
 
 Registered through the ``pytest11`` entry point ``batchprof``, so installing
 the package is all it takes, and so the plugin loads in every pytest session of
@@ -89,8 +89,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
-        "dataset(name, **options): the data set of this test's dataset and trained_mlp "
-        "fixtures instead of --batchprof-dataset, e.g. dataset('synthetic', size=600)",
+        "dataset(name, **options): the data set of this test's dataset, trained_model and "
+        "trained_mlp fixtures instead of --batchprof-dataset, e.g. "
+        "dataset('synthetic', size=600)",
     )
     settings = settings_from_config(config)
     config.stash[SETTINGS_KEY] = settings
