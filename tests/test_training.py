@@ -228,3 +228,22 @@ def test_observer_hears_progress_from_host_counters_without_syncing(synthetic, r
     assert done == sorted(done) and done[-1] == 2 * len(synthetic.train)
     assert all(s.run_seconds > 0 for s in observer.statuses)
     assert not any(s.stops_early for s in observer.statuses)
+
+
+def top_two_correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """A metric of the caller's: the target is among the two highest scores."""
+    return (outputs.topk(2, dim=1).indices == targets[:, None]).any(dim=1).sum()
+
+
+def test_the_loop_counts_accuracy_with_the_metric_it_is_given(synthetic, run_config) -> None:
+    """Recipe.metric replaces the arg-max accuracy everywhere: the running training
+    accuracy, validation, test; the model and its training do not change."""
+    config = run_config(synthetic, epochs=1)
+    plain = train(config, synthetic, torch.device("cpu"))
+    recipe = training.Recipe(training.Recipe.of_mlp(config).build_model, metric=top_two_correct)
+    top_two = train(config, synthetic, torch.device("cpu"), recipe=recipe)
+    assert top_two.history[0].train_loss == plain.history[0].train_loss  # same training
+    assert top_two.test_accuracy >= plain.test_accuracy
+    assert top_two.test_accuracy == evaluate(top_two.model, synthetic.test,
+                                             metric=top_two_correct)[1]
+    assert top_two.history[0].train_accuracy > plain.history[0].train_accuracy

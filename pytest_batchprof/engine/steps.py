@@ -146,7 +146,7 @@ class CurvePoints(LoopStep):
             run = loop.run_record
             synchronize(loop.device)  # the steps queued so far are training time
             started = time.perf_counter()
-            loss, accuracy = training.evaluate(loop.model, self.probe, loss=loop.loss_fn)
+            loss, accuracy = loop.evaluate(self.probe)
             run.curve.append(training.CurvePoint(loop.samples_done,
                                                  loop.samples_done / loop.count, loss, accuracy))
             run.curve_seconds += time.perf_counter() - started

@@ -66,6 +66,12 @@ PROGRESS_POLL_SECONDS = 0.25
 
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def correct_predictions(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The accuracy metric: how many arg-max classes equal the class-index targets."""
+    return (outputs.argmax(dim=1) == targets).sum()
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -80,6 +86,9 @@ class Recipe:
     optimizer: OptimizerFactory | None = None
     """``optimizer(parameters)``; ``None``: the one ``config.optimizer`` names. The
     run's learning rate is written into its parameter groups either way."""
+    metric: Metric = correct_predictions
+    """``metric(outputs, targets)``: how many of the batch's predictions are right (a 0-d
+    tensor, kept on the device); every accuracy of the run is its sum over the samples."""
 
     @classmethod
     def of_mlp(cls, config: RunConfig) -> Recipe:
@@ -328,8 +337,7 @@ def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
     """``adam`` (torch defaults) or plain ``sgd`` (no momentum), fused where torch can.
 
     The fused kernels do the same arithmetic in one pass over the weights
-    instead of a dozen: for 784-1024-10 on the CPU, Adam's step drops from
-    about 8 ms to under 2 ms, a third of a whole batch-64 training step.
+    instead of a dozen (the README's Training engine has the timings).
     """
     classes = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     if name not in classes:
@@ -385,7 +393,8 @@ def warm_up(device: torch.device) -> None:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE,
-             loss: LossFunction = F.cross_entropy) -> tuple[float, float]:
+             loss: LossFunction = F.cross_entropy,
+             metric: Metric = correct_predictions) -> tuple[float, float]:
     """Mean loss per sample (nats for cross-entropy) and accuracy of ``model`` on ``split``."""
     was_training = model.training
     model.eval()
@@ -398,7 +407,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE,
             total += F.cross_entropy(logits, labels, reduction="sum")
         else:  # a mean over the batch, weighted back to a sum
             total += loss(logits, labels).detach() * len(labels)
-        correct += (logits.argmax(dim=1) == labels).sum()
+        correct += metric(logits, labels)
     model.train(was_training)
     count = max(len(split), 1)
     return total.item() / count, correct.item() / count
@@ -448,7 +457,7 @@ class TrainingLoop:
 
         self.config, self.data, self.device, self.observer = config, data, device, observer
         self.model, self.optimizer = initial_model(config, device, recipe)  # lr after warm-up
-        self.loss_fn = recipe.loss
+        self.loss_fn, self.metric = recipe.loss, recipe.metric
         self.run_record = Run(config=config, model=self.model, optimizer=self.optimizer,
                               samples_per_epoch=len(data.train), test_images=data.test.x)
         self.count = len(data.train)
@@ -473,8 +482,8 @@ class TrainingLoop:
         return time.perf_counter() - self.started - self.run_record.curve_seconds
 
     def evaluate(self, split: Split) -> tuple[float, float]:
-        """Mean loss and accuracy of the model now on ``split`` (the run's loss)."""
-        return evaluate(self.model, split, loss=self.loss_fn)
+        """Mean loss and accuracy of the model now on ``split`` (the run's loss and metric)."""
+        return evaluate(self.model, split, loss=self.loss_fn, metric=self.metric)
 
     def fold(self) -> torch.Tensor:
         """Sum the pending steps into the epoch's running loss (per sample, times the
@@ -487,7 +496,7 @@ class TrainingLoop:
                                     + stacked[-1] * self.short_batch)
             else:
                 self.loss_total += stacked.sum() * self.config.batch_size
-            self.correct_total += (torch.cat(outputs).argmax(dim=1) == torch.cat(labels)).sum()
+            self.correct_total += self.metric(torch.cat(outputs), torch.cat(labels))
             for pending in self.pending:
                 pending.clear()
             self.short_batch = 0
@@ -583,8 +592,8 @@ class TrainingLoop:
 
 def _grad_clearer(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     """``optimizer.zero_grad(set_to_none=True)``, or, for an optimizer that does not
-    override it, the same loop without its profiler record (8 µs a step on the CPU,
-    1-2% of a small batch's step)."""
+    override it, the same loop without its profiler record, which costs a small batch's
+    step a measurable share (the README's Training engine)."""
     if type(optimizer).zero_grad is not torch.optim.Optimizer.zero_grad:
         return lambda: optimizer.zero_grad(set_to_none=True)
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
