@@ -247,3 +247,21 @@ def test_the_loop_counts_accuracy_with_the_metric_it_is_given(synthetic, run_con
     assert top_two.test_accuracy == evaluate(top_two.model, synthetic.test,
                                              metric=top_two_correct)[1]
     assert top_two.history[0].train_accuracy > plain.history[0].train_accuracy
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 30], ids=["batch-by-batch", "whole-epoch"])
+def test_chunked_gathers_train_exactly_the_same_batches(synthetic, run_config, monkeypatch,
+                                                         chunk_bytes: int) -> None:
+    """How many samples are gathered at once changes nothing but speed: the batches, and so
+    the weights and every figure, are the same bit for bit."""
+    config = run_config(synthetic, epochs=2, batch_size=24)  # 24 does not divide the split
+    reference = train(config, synthetic, torch.device("cpu"))
+    monkeypatch.setattr(training, "GATHER_CHUNK_BYTES", chunk_bytes)
+    chunked = train(config, synthetic, torch.device("cpu"))
+    assert chunked.test_accuracy == reference.test_accuracy
+    assert [r.val_loss for r in chunked.history] == [r.val_loss for r in reference.history]
+    assert [r.train_accuracy for r in chunked.history] == [
+        r.train_accuracy for r in reference.history]
+    for mine, theirs in zip(chunked.model.parameters(), reference.model.parameters(),
+                            strict=True):
+        assert torch.equal(mine, theirs)
