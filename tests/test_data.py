@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from session_output import assert_one_clean_error
 
 from pytest_batchprof.data.datasets import DATASETS, Dataset, crop_shape, load_dataset
 from pytest_batchprof.runs import session as session_module
@@ -78,19 +79,6 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest("-p", "no:hypothesispytest", "-p", "no:cacheprovider", *args)
 
 
-def error_lines(result: pytest.RunResult) -> list[str]:
-    return [line for line in result.outlines + result.errlines if line.startswith("ERROR")]
-
-
-def assert_one_clean_error(result: pytest.RunResult) -> str:
-    """Exit code 4 with a single ``ERROR:`` line and no traceback; returns the line."""
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    errors = error_lines(result)
-    assert len(errors) == 1, errors
-    output = result.stdout.str() + result.stderr.str()
-    assert "Traceback" not in output
-    assert "Error:" not in output.replace(errors[0], "")  # no exception reprs besides the line
-    return errors[0]
 
 
 def denormalised(data: Dataset, images: torch.Tensor) -> torch.Tensor:

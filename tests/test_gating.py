@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from session_output import failure_section
 
 from pytest_batchprof import plugin
 from pytest_batchprof.engine.training import Run, RunConfig
@@ -164,20 +165,6 @@ def assert_one_clean_error(result: pytest.RunResult, *fragments: str) -> str:
     assert "batchprof: training" not in output
     return errors[0]
 
-
-def failure_section(result: pytest.RunResult, test: str) -> list[str]:
-    """The lines pytest prints under ``____ test ____`` in the failures section."""
-    lines = result.outlines
-    heading = re.compile(rf"^_+ (ERROR at setup of )?{re.escape(test)} _+$")
-    start = next(index for index, line in enumerate(lines) if heading.match(line))
-    section = []
-    for line in lines[start + 1:]:
-        if re.match(r"^(_{3,} .* _{3,}|=+.*=+|-+ Captured .*)$", line):
-            break
-        section.append(line)
-    while section and not section[-1]:
-        section.pop()
-    return section
 
 
 def outcomes(result: pytest.RunResult) -> dict[str, str]:

@@ -27,6 +27,7 @@ import pytest
 import torch
 import torchvision.datasets.cifar
 from PIL import Image
+from session_output import assert_one_clean_error, summary_rows
 
 from pytest_batchprof.data.datasets import (
     Dataset,
@@ -95,32 +96,10 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
                               "--device", "cpu", *args)
 
 
-def error_lines(result: pytest.RunResult) -> list[str]:
-    return [line for line in result.outlines + result.errlines if line.startswith("ERROR")]
 
 
-def assert_one_clean_error(result: pytest.RunResult) -> str:
-    """Exit code 4 with a single ``ERROR:`` line and no traceback; returns the line."""
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    errors = error_lines(result)
-    assert len(errors) == 1, errors
-    output = result.stdout.str() + result.stderr.str()
-    assert "Traceback" not in output
-    assert "Error:" not in output.replace(errors[0], "")
-    return errors[0]
 
 
-def summary_rows(result: pytest.RunResult) -> list[dict[str, str]]:
-    """The rows of the terminal's summary table, as {header: cell}."""
-    lines = result.outlines
-    start = next(index for index, line in enumerate(lines) if "batchprof summary" in line)
-    table = []
-    for line in lines[start + 1:]:
-        if not line.startswith("|"):
-            break
-        table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
-    header, body = table[0], table[2:]  # table[1] is the |---| rule
-    return [dict(zip(header, cells, strict=True)) for cells in body]
 
 
 # ---------------------------------------------------------------- tensors, arrays and lists

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from session_output import failure_section, summary_rows
 
 import pytest_batchprof
 
@@ -60,17 +61,6 @@ def registered(pytester: pytest.Pytester) -> Iterator[pytest.Pytester]:
         pytest_batchprof.unregister_dataset(name)
 
 
-def summary_rows(result: pytest.RunResult) -> list[dict[str, str]]:
-    """The rows of the terminal's summary table, as {header: cell}."""
-    lines = result.outlines
-    start = next(index for index, line in enumerate(lines) if "batchprof summary" in line)
-    table = []
-    for line in lines[start + 1:]:
-        if not line.startswith("|"):
-            break
-        table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
-    header, body = table[0], table[2:]  # table[1] is the |---| rule
-    return [dict(zip(header, cells, strict=True)) for cells in body]
 
 
 def report_rows(pytester: pytest.Pytester, directory: str = "out") -> list[dict[str, object]]:
@@ -83,19 +73,6 @@ def training_lines(result: pytest.RunResult) -> list[str]:
     return [line for line in result.outlines if line.startswith("batchprof: training ")]
 
 
-def failure_section(result: pytest.RunResult, test: str) -> list[str]:
-    """The lines pytest prints under ``____ test ____`` in the failures section."""
-    lines = result.outlines
-    heading = re.compile(rf"^_+ {re.escape(test)} _+$")
-    start = next(index for index, line in enumerate(lines) if heading.match(line))
-    section = []
-    for line in lines[start + 1:]:
-        if re.match(r"^(_{3,} .* _{3,}|=+.*=+|-+ Captured .*)$", line):
-            break
-        section.append(line)
-    while section and not section[-1]:
-        section.pop()
-    return section
 
 
 def params_of(source: str, name: str) -> int:
