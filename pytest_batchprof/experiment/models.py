@@ -330,9 +330,8 @@ def _plain(value: object) -> bool:
 def takes_description(factory: object) -> bool:
     """Whether ``factory`` wants the :class:`DataDescription` (one required positional
     parameter) or nothing; raise ``ModelError`` when it wants more."""
-    target = factory
     try:
-        signature = inspect.signature(target)
+        signature = inspect.signature(factory)
     except (TypeError, ValueError):  # a builtin without a signature: try no arguments
         return False
     required = [parameter for parameter in signature.parameters.values()

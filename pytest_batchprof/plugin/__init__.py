@@ -188,7 +188,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:
         if not any(name in getattr(item, "fixturenames", ()) for name in DATA_FIXTURES):
             continue
-        name, options = _dataset_request(item)
+        name, options = dataset_request(item)
         wanted.setdefault((name, repr(sorted(options.items()))), (name, options))
     if not wanted:
         return
@@ -369,7 +369,7 @@ def dataset(request: pytest.FixtureRequest) -> Dataset:
     ``.val`` and ``.test`` each have ``.x`` (N, H, W) and ``.y`` (N,); also
     ``.name``, ``.image_shape``, ``.input_size`` and ``.num_classes``.
     """
-    name, options = _dataset_request(request.node)
+    name, options = dataset_request(request.node)
     return _load(request.config, name, options)
 
 
@@ -545,7 +545,7 @@ def _baseline(config: pytest.Config, settings) -> tuple[Path, dict[str, object]]
         raise pytest.UsageError(f"{source_of(config, 'compare')}: baseline {error}") from None
 
 
-def _dataset_request(item: pytest.Item) -> tuple[str | None, dict[str, object]]:
+def dataset_request(item: pytest.Item) -> tuple[str | None, dict[str, object]]:
     """The data set an item asks for through ``@pytest.mark.dataset``, if any."""
     marker = item.get_closest_marker("dataset")
     if marker is None:

@@ -68,9 +68,9 @@ def record(
     """
     from pytest_batchprof.plugin import (
         RUNS_KEY,
-        _dataset_request,
         batchprof_session,
         current_item,
+        dataset_request,
     )
 
     item = current_item()
@@ -85,7 +85,7 @@ def record(
                          f"trained at, a whole number >= 1")
     state = batchprof_session(item.config)
     if dataset is None:
-        dataset, options = _dataset_request(item)
+        dataset, options = dataset_request(item)
     else:
         options = {}
     data = state.dataset(dataset, options)

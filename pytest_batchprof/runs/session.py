@@ -166,6 +166,14 @@ class CachedRuns:
     carbon: CarbonMeter | None
     say: Say
 
+    def key(self, config: RunConfig, data_fingerprint: str) -> str:
+        """The entry name of ``config`` on data with this fingerprint."""
+        return self.cache.key(config, data_fingerprint)
+
+    def store(self, key: str, run: Run) -> None:
+        """Keep ``run`` (diverged ones too: see :mod:`pytest_batchprof.runs.cache`)."""
+        self.cache.store(key, run)
+
     def load(self, experiment: Experiment, key: str, measure_run: Measurer) -> Run | None:
         """The run of ``experiment`` from the cache; ``None`` on a miss.
 
@@ -239,7 +247,7 @@ class BatchprofSession:
         if self.cache is not None and experiment.cache_note is not None:
             self.say.once(f"batchprof: {experiment.cache_note}")
         elif self.cache is not None:
-            cache_key = self.cache.cache.key(config, self.data.fingerprint(dataset))
+            cache_key = self.cache.key(config, self.data.fingerprint(dataset))
             run = self.cache.load(experiment, cache_key, self.measure)
             if run is not None:
                 self.runs[config] = run
@@ -247,7 +255,7 @@ class BatchprofSession:
         self.say(f"batchprof: training {config.describe()}")
         run, peak, train_carbon = self.trainer(experiment)
         self.measure(run, experiment, peak, train_carbon)
-        if cache_key is not None:  # diverged runs too: see cache.py
-            self.cache.cache.store(cache_key, run)
+        if cache_key is not None:
+            self.cache.store(cache_key, run)
         self.runs[config] = run
         return run
