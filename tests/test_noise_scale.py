@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from pytest_batchprof.data.datasets import load_dataset
+from pytest_batchprof.engine.steps import NoiseScaleEstimate
+from pytest_batchprof.engine.training import Recipe, train
+from pytest_batchprof.experiment.build import Experiment
 from pytest_batchprof.measuring import noise_scale
+from pytest_batchprof.runs import session
 
 DIM, NOISE_SD, SAMPLES = 8, 2.0, 100_000
 
@@ -95,3 +103,82 @@ def test_option_measures_every_run_and_the_table_shows_it(pytester: pytest.Pytes
     assert ("critical batch" in output) is present
     if present:
         result.stdout.fnmatch_lines(["*critical batch B_simple=* samples (95% * to *)*"])
+
+
+# ---------------------------------------------------------------- the loop step
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory):
+    return load_dataset("synthetic", tmp_path_factory.mktemp("unused"), 0.1, {"size": 800})
+
+
+def test_the_loop_step_estimates_at_the_trained_weights_with_the_runs_loss_and_seed(
+        synthetic, run_config) -> None:
+    config = run_config(synthetic, epochs=1, seed=3)
+    run = train(config, synthetic, torch.device("cpu"), extra_steps=(NoiseScaleEstimate,))
+    assert run.noise_scale is not None and run.noise_scale.b_simple is not None
+    afterwards = noise_scale.estimate(run.model, F.cross_entropy, synthetic.train.x,
+                                      synthetic.train.y, seed=3)
+    assert run.noise_scale == afterwards  # same weights, same draws: the same figures
+    assert train(config, synthetic, torch.device("cpu")).noise_scale is None  # not asked
+
+
+def test_the_loop_step_leaves_a_diverged_run_alone(synthetic, run_config) -> None:
+    run = train(run_config(synthetic, lr=1e12, optimizer="sgd", epochs=1), synthetic,
+                torch.device("cpu"), extra_steps=(NoiseScaleEstimate,))
+    assert run.diverged is not None and run.noise_scale is None
+
+
+def test_the_estimate_is_outside_the_meters_of_training(synthetic, run_config,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its gradients are not the run's: the peak memory and CO2 of training must not see
+    them, nor its clock."""
+    events: list[str] = []
+
+    @contextmanager
+    def meter(device):
+        events.append("meter on")
+        yield [None]
+        events.append("meter off")
+
+    real_estimate = noise_scale.estimate
+
+    def estimate(*args, **kwargs):
+        events.append("estimate")
+        return real_estimate(*args, **kwargs)
+
+    monkeypatch.setattr(session, "peak_memory", meter)
+    monkeypatch.setattr(noise_scale, "estimate", estimate)
+    config = run_config(synthetic, epochs=1)
+    trainer = session.Trainer(torch.device("cpu"), None, None, (NoiseScaleEstimate,))
+    experiment = Experiment(config, Recipe.of_mlp(config), synthetic)
+    run, _, _ = trainer(experiment)
+    assert events == ["meter on", "meter off", "estimate"]
+    assert run.noise_scale is not None
+
+
+CACHED_NOISE_TEST = """
+import json, pathlib
+
+def test_run(trained_mlp):
+    run = trained_mlp(hidden=16)
+    pathlib.Path("estimate.json").write_text(json.dumps(
+        [run.noise_scale.b_simple, run.noise_scale.low, run.noise_scale.high]))
+"""
+
+
+def test_a_cache_hit_is_estimated_at_its_trained_weights_as_when_it_trained(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(CACHED_NOISE_TEST)
+    args = ("-p", "no:cacheprovider", "--dataset", "synthetic", "--epochs", "1",
+            "--batch-sizes", "32", "--no-co2", "--device", "cpu", "--batchprof-no-report",
+            "--noise-scale", f"--batchprof-cache={pytester.path / 'runs'}")
+    trained = pytester.runpytest(*args)
+    trained.assert_outcomes(passed=1)
+    fresh = (pytester.path / "estimate.json").read_text()
+    loaded = pytester.runpytest(*args)
+    loaded.assert_outcomes(passed=1)
+    loaded.stdout.fnmatch_lines(["*loaded * from the cache*",
+                                 "*critical batch B_simple=* samples (95% * to *)*"])
+    assert (pytester.path / "estimate.json").read_text() == fresh

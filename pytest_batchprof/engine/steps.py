@@ -2,7 +2,9 @@
 
 A step says at which optimizer step it is next due (:attr:`LoopStep.due`); the
 loop calls :meth:`LoopStep.fire` only then, so a step that waits costs the hot
-loop one integer comparison. Every step also hears of each finished epoch.
+loop one integer comparison. Every step also hears of each finished epoch, and
+of the run's end (:meth:`LoopStep.finish`), once its clock and the session's
+meters have stopped.
 
 * :class:`WarmUp`: the learning rate's linear ramp (``--lr-warmup-epochs``),
   by ``torch.optim.lr_scheduler.LinearLR``;
@@ -11,19 +13,23 @@ loop one integer comparison. Every step also hears of each finished epoch.
   training time;
 * :class:`TargetCheck`: time to ``--target-accuracy`` on the validation split;
 * :class:`ProgressReport`: tell the observer where the run stands, about every
-  :data:`~.training.PROGRESS_POLL_SECONDS`, and of every epoch.
+  :data:`~.training.PROGRESS_POLL_SECONDS`, and of every epoch;
+* :class:`NoiseScaleEstimate` (asked for, with ``--noise-scale``): the gradient
+  noise scale of the trained weights, when the run has ended.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
 
 from pytest_batchprof.engine import training
 from pytest_batchprof.engine.devices import synchronize
+from pytest_batchprof.measuring import noise_scale
 from pytest_batchprof.plugin.progress import TrainingStatus
 
 if TYPE_CHECKING:
@@ -49,6 +55,10 @@ class LoopStep:
 
     def epoch_end(self, record: EpochRecord) -> None:
         """An epoch has ended and been validated."""
+
+    def finish(self) -> None:
+        """The run has ended and been tested; its training time, memory and CO2eq are
+        measured, so what a step does here counts in none of them."""
 
 
 class WarmUp(LoopStep):
@@ -228,11 +238,28 @@ class ProgressReport(LoopStep):
             self.loop.observer.on_epoch(self.loop.config, record)
 
 
+class NoiseScaleEstimate(LoopStep):
+    """The gradient noise scale ``B_simple`` of the trained weights on the training split,
+    with the run's loss and seed (:func:`~pytest_batchprof.measuring.noise_scale.estimate`),
+    into ``run.noise_scale``; nothing for a run that diverged. Asked for by
+    ``--noise-scale``: it costs about as many gradients as an MNIST epoch."""
+
+    def finish(self) -> None:
+        loop = self.loop
+        if loop.run_record.diverged is None:
+            loop.run_record.noise_scale = noise_scale.estimate(
+                loop.model, loop.loss_fn, loop.data.train.x, loop.data.train.y,
+                seed=loop.config.seed)
+
+
 STEPS: tuple[type[LoopStep], ...] = (WarmUp, DivergenceCheck, CurvePoints, TargetCheck,
                                      ProgressReport)
 """The steps of every run, in the order they fire when due at once."""
 
+OPTIONAL_STEPS: tuple[type[LoopStep], ...] = (NoiseScaleEstimate,)
+"""The steps a run has only when asked (``train(..., extra_steps=...)``)."""
 
-def loop_steps(loop: TrainingLoop) -> list[LoopStep]:
-    """A fresh set of :data:`STEPS` for ``loop``."""
-    return [step(loop) for step in STEPS]
+
+def loop_steps(loop: TrainingLoop, extra: Iterable[type[LoopStep]] = ()) -> list[LoopStep]:
+    """A fresh set of :data:`STEPS` for ``loop``, then the ``extra`` ones asked for."""
+    return [step(loop) for step in (*STEPS, *extra)]

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ from pytest_batchprof.experiment.models import build_mlp
 from pytest_batchprof.measuring.metrics import Latency, Measurements, inference_inputs, predictor
 from pytest_batchprof.measuring.noise_scale import NoiseScale
 from pytest_batchprof.plugin.progress import TrainingStatus
+
+if TYPE_CHECKING:
+    from pytest_batchprof.engine.steps import LoopStep
 
 DIVERGENCE_CHECK_STEPS = 200
 """How often (in optimizer steps) the running loss is checked for NaN or inf."""
@@ -419,17 +422,21 @@ def train(
     device: torch.device,
     observer: TrainingObserver | None = None,
     recipe: Recipe | None = None,
+    extra_steps: Sequence[type[LoopStep]] = (),
 ) -> Run:
-    """Train ``config`` on ``data`` (already cropped, subset and on ``device``).
+    """Train ``config`` on ``data`` (already cropped, subset and on ``device``), then
+    let its steps finish (:meth:`TrainingLoop.finish`).
 
     ``recipe`` gives the model, loss and optimizer (default: the MLP of
-    ``config``). Never raises for a diverging loss: the returned run carries
-    the reason.
+    ``config``); ``extra_steps`` are optional :mod:`.steps` to hang on the loop
+    (e.g. :class:`~.steps.NoiseScaleEstimate`). Never raises for a diverging
+    loss: the returned run carries the reason.
     """
-    recipe = recipe or Recipe.of_mlp(config)
-    with denormals_flushed(config.flush_denormals and device.type == "cpu"):
-        loop = TrainingLoop(config, data, device, recipe, observer)
-        return loop.run()
+    loop = TrainingLoop(config, data, device, recipe or Recipe.of_mlp(config), observer,
+                        extra_steps)
+    run = loop.run()
+    loop.finish()
+    return run
 
 
 class TrainingLoop:
@@ -452,7 +459,8 @@ class TrainingLoop:
     """
 
     def __init__(self, config: RunConfig, data: Dataset, device: torch.device, recipe: Recipe,
-                 observer: TrainingObserver | None = None) -> None:
+                 observer: TrainingObserver | None = None,
+                 extra_steps: Sequence[type[LoopStep]] = ()) -> None:
         from pytest_batchprof.engine.steps import loop_steps
 
         self.config, self.data, self.device, self.observer = config, data, device, observer
@@ -472,7 +480,7 @@ class TrainingLoop:
         """The size of the epoch's last batch among the pending steps, when it is short."""
         self.loss_total = torch.zeros((), device=device)
         self.correct_total = torch.zeros((), dtype=torch.int64, device=device)
-        self.steps = loop_steps(self)
+        self.steps = loop_steps(self, extra_steps)
 
     # -- what steps read
 
@@ -505,6 +513,18 @@ class TrainingLoop:
     # -- the loop
 
     def run(self) -> Run:
+        """Train and test the run (denormals flushed on the CPU when the config says so)."""
+        config = self.config
+        with denormals_flushed(config.flush_denormals and self.device.type == "cpu"):
+            return self._train()
+
+    def finish(self) -> None:
+        """Call every step's :meth:`~.steps.LoopStep.finish`: after :meth:`run`, and after
+        whatever measured it (the session's memory and CO2 meters) has stopped."""
+        for loop_step in self.steps:
+            loop_step.finish()
+
+    def _train(self) -> Run:
         run, config, device = self.run_record, self.config, self.device
         shuffle = torch.Generator().manual_seed(config.seed)
         train_split = self.data.train

@@ -5,7 +5,8 @@ session, so that a data set is read from disk once and a configuration asked
 for by several tests is trained once. It is made of parts with one job each:
 :class:`DataSets` (load, check, fingerprint), :class:`CachedRuns` (runs kept
 across sessions), :class:`Trainer` (the engine under the meters and the
-progress line), :class:`Measurer` (what is measured after training) and
+progress line, with the loop steps asked for), :class:`Measurer` (what is measured
+after training) and
 :class:`Say` (the console lines).
 """
 
@@ -18,11 +19,12 @@ from typing import Any
 import torch
 
 from pytest_batchprof.data.datasets import Dataset, dataset_key, load_dataset
+from pytest_batchprof.engine.steps import LoopStep, NoiseScaleEstimate
 from pytest_batchprof.engine.training import (
     Run,
     RunConfig,
+    TrainingLoop,
     initial_model,
-    train,
     warm_up,
 )
 from pytest_batchprof.experiment.build import Experiment, build_experiment
@@ -118,21 +120,21 @@ class Measurer:
         )
         self.say(f"  trained in {run.train_seconds:.2f} s{origin}, "
                  f"test acc={run.test_accuracy:.4f}, {run.measurements.latency.describe()}")
-        if self.settings.noise_scale:
-            run.noise_scale = noise_scale.estimate(
-                run.model, experiment.recipe.loss, data.train.x, data.train.y,
-                seed=run.config.seed)
+        if run.noise_scale is not None:
             self.say(f"  {run.noise_scale.describe()}")
 
 
 @dataclass
 class Trainer:
     """Trains an experiment on the engine, under the session's memory and CO2 meters and
-    its progress line; pays torch's one-off costs before the first run."""
+    its progress line, with the optional loop steps the settings ask for; pays torch's
+    one-off costs before the first run."""
 
     device: torch.device
     console: Console | None
     carbon: CarbonMeter | None
+    extra_steps: tuple[type[LoopStep], ...] = ()
+    """Optional :mod:`~pytest_batchprof.engine.steps` (``--noise-scale``'s estimate)."""
     warmed_up: bool = False
 
     def __call__(self, experiment: Experiment) -> tuple[Run, PeakMemory, Carbon | None]:
@@ -145,15 +147,18 @@ class Trainer:
         progress = None
         if self.console is not None:
             progress = RunProgress(self.console, config.epochs, verbose=self.console.verbose)
+        loop = TrainingLoop(config, experiment.data, self.device, experiment.recipe, progress,
+                            self.extra_steps)
         with ExitStack() as stack:
             memory = stack.enter_context(peak_memory(self.device))
             train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None
             run = None
             try:
-                run = train(config, experiment.data, self.device, progress, experiment.recipe)
+                run = loop.run()
             finally:  # an interrupted run leaves no half-drawn progress line behind
                 if progress is not None:
                     progress.finish(run.history if run is not None else [])
+        loop.finish()  # measures the trained model: outside the meters of its training
         return run, memory[0], train_carbon[0] if train_carbon else None
 
 
@@ -165,6 +170,10 @@ class CachedRuns:
     device: torch.device
     carbon: CarbonMeter | None
     say: Say
+    noise_scale: bool = False
+    """Estimate a hit's gradient noise scale, as :class:`~pytest_batchprof.engine.steps.
+    NoiseScaleEstimate` does at the end of a fresh run (the entry holds the trained
+    weights, not the estimate)."""
 
     def key(self, config: RunConfig, data_fingerprint: str) -> str:
         """The entry name of ``config`` on data with this fingerprint."""
@@ -203,6 +212,9 @@ class CachedRuns:
                 None, None, None,
                 f"not measured: trained with {flag_of('no_co2')} before it was cached")
         peak = cached.peak_memory or PeakMemory(0, "not measured (cached run)")
+        if self.noise_scale and run.diverged is None:
+            run.noise_scale = noise_scale.estimate(model, experiment.recipe.loss, data.train.x,
+                                                   data.train.y, seed=config.seed)
         measure_run(run, experiment, peak, train_carbon, " (cached)")
         return run
 
@@ -220,9 +232,11 @@ class BatchprofSession:
         self.runs: dict[RunConfig, Run] = {}
         self.carbon = None if settings.no_co2 else CarbonMeter(settings.co2_country)
         self.measure = Measurer(settings, self.say, self.carbon)
-        self.trainer = Trainer(device, console, self.carbon)
+        self.trainer = Trainer(device, console, self.carbon,
+                               (NoiseScaleEstimate,) if settings.noise_scale else ())
         self.cache = (None if settings.cache_dir is None else
-                      CachedRuns(RunCache(settings.cache_dir), device, self.carbon, self.say))
+                      CachedRuns(RunCache(settings.cache_dir), device, self.carbon, self.say,
+                                 settings.noise_scale))
 
     @property
     def datasets(self) -> dict[str, Dataset]:
