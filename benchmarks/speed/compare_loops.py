@@ -17,10 +17,12 @@ from ``data.SPLIT_SEED``), for the same number of samples and optimizer steps:
   loss or accuracy, no checks, no validation). ``engine / lean`` is the
   engine's optimisation throughput (samples per second, validation left out)
   over the lean loop's: what the engine's bookkeeping costs, or saves. The two
-  sides are run ``--pairs`` times, alternated (the first engine run is the
-  fixture's ``session.run``, the others its ``train``), and each side's best
-  throughput is compared: on a shared 2-core machine one run of the same loop
-  can take twice as long as the next.
+  sides train ``--pairs`` alternated bursts of about a second each (the engine
+  through its ``train``; see :func:`alternated_rates`), and each side's best
+  throughput is compared; the median of the pairs' ratios is shown beside it.
+  On a shared 2-core machine one run of the same loop can take twice as long
+  as the next, and its speed drifts over minutes: many short alternated bursts
+  give both sides their turns in its fast spells.
 
 The engine's seconds per epoch include its per-epoch validation pass; the
 textbook's include no evaluation at all. Rows capped by ``--max-steps`` train
@@ -40,7 +42,7 @@ table of the engine's own training steps for each row, to see where the time
 between the engine and the floor goes.
 
     make speed                                       # both models, batch 1,16,64,128: long
-    make speed ARGS="--quick --data-dir=/path/to/data"   # smoke test, about a minute
+    make speed ARGS="--quick --data-dir=/path/to/data"   # smoke test, about two minutes
     make speed ARGS="--profile --max-steps 300"          # where the engine's time goes
     .venv/bin/python benchmarks/speed/compare_loops.py --models 784-1024-10 \\
         --batch-sizes 1 --max-steps 200
@@ -70,6 +72,7 @@ from pytest_batchprof.measuring.metrics import benchmark_timer
 from pytest_batchprof.plugin.options import DEFAULT_VAL_FRACTION, Settings, default_data_dir
 from pytest_batchprof.reports.storage import cpu_name
 from pytest_batchprof.runs.session import BatchprofSession
+from pytest_batchprof.runs.stats import Interval, mean_interval
 
 MODELS: dict[str, tuple[int, ...]] = {
     "784-1024-10": (1024,),
@@ -83,6 +86,8 @@ MATMUL_SIZE = 2048
 QUICK_SAMPLES = 10_000
 BATCH1_DEFAULT_CAP = 3000
 ACCURACY_TOLERANCE_PP = 1.0
+BURST_SECONDS = 1.0
+BURST_MIN_STEPS = 50
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class Row:
     engine: Side
     lean_samples_per_second: float
     engine_samples_per_second: float
+    pair_ratios: Interval
+    """The mean over the alternated pairs of the engine's samples/s over the lean loop's,
+    with its 95% Student t interval: how far apart the two are, beyond the noise."""
     engine_call_seconds: float
     engine_gflops: float
     floor_seconds_per_epoch: float
@@ -242,6 +250,30 @@ def engine_seconds_per_epoch(run: Run, scale: float) -> float:
     return seconds / len(run.history)
 
 
+def alternated_rates(run: Run, data: Dataset, hidden: tuple[int, ...], batch_size: int,
+                     used: int, pairs: int) -> tuple[list[float], list[float]]:
+    """Optimisation samples/s of the engine (its ``train``, as ``run`` was trained) and of
+    the lean loop, in ``pairs`` alternated bursts of about :data:`BURST_SECONDS` each.
+
+    A burst trains one epoch over the first samples of the row's ``used`` ones, as
+    many as the lean loop trains in :data:`BURST_SECONDS` (whole batches, at least
+    :data:`BURST_MIN_STEPS` steps). Short bursts, many of them, alternated: on a
+    shared machine whose speed drifts over minutes, each side then gets its turns in
+    the fast spells, and a pair's two bursts run seconds apart.
+    """
+    probe = min(used, batch_size * BURST_MIN_STEPS * 4)
+    rate = lean_samples_per_second(data, hidden, batch_size, probe, 1)
+    samples = min(used, max(batch_size * BURST_MIN_STEPS,
+                            round(rate * BURST_SECONDS / batch_size) * batch_size))
+    subset = data.with_train_subset(samples)
+    config = replace(run.config, train_subset=samples, epochs=1)
+    engine_rates, lean_rates = [], []
+    for _ in range(pairs):
+        engine_rates.append(train(config, subset, torch.device("cpu")).train_samples_per_second)
+        lean_rates.append(lean_samples_per_second(data, hidden, batch_size, samples, 1))
+    return engine_rates, lean_rates
+
+
 # ---------------------------------------------------------------- floor and profile
 
 
@@ -320,13 +352,7 @@ def compare(args: argparse.Namespace, settings: Settings, data: Dataset, indices
     if run.diverged or run.measurements is None or run.test_accuracy is None:
         raise RuntimeError(f"the engine's run failed: {run!r}")
     engine = Side(engine_seconds_per_epoch(run, scale), run.test_accuracy)
-    engine_rates = [run.train_samples_per_second]
-    lean_rates = [lean_samples_per_second(data, hidden, batch_size, used, args.epochs)]
-    subset = data.with_train_subset(used)
-    for _ in range(args.pairs - 1):  # alternate, so that a slow spell of the machine hits both
-        engine_rates.append(train(run.config, subset, torch.device("cpu"))
-                            .train_samples_per_second)
-        lean_rates.append(lean_samples_per_second(data, hidden, batch_size, used, args.epochs))
+    engine_rates, lean_rates = alternated_rates(run, data, hidden, batch_size, used, args.pairs)
     train_flops = run.measurements.flops.train_flops or 0
     gflops = train_flops * run.train_samples_per_second / 1e9
     eval_seconds = sum(record.eval_seconds for record in run.history) / len(run.history)
@@ -335,7 +361,9 @@ def compare(args: argparse.Namespace, settings: Settings, data: Dataset, indices
         print(f"\ntorch.profiler, engine, {model} batch {batch_size}, {used:,} samples:")
         print(profile_engine(run, data))
     return Row(model, batch_size, steps, full_steps, textbook, engine, max(lean_rates),
-               max(engine_rates), call_seconds, gflops, floor)
+               max(engine_rates), mean_interval(
+                   [e / lean for e, lean in zip(engine_rates, lean_rates, strict=True)]),
+               call_seconds, gflops, floor)
 
 
 def check_same_split(data: Dataset, train_set: torch.utils.data.Dataset,
@@ -361,10 +389,10 @@ def targets(rows: list[Row], peak: float) -> list[tuple[str, str]]:
                         f"{verdict(selected, lambda r, m=minimum: r.speedup >= m)}"
                         + (f" ({speedups})" if selected else "")))
     selected = [row for row in rows if row.batch_size in (1, 16, 128)]
-    ratios = ", ".join(f"{row.engine_over_lean:.2f}x" for row in selected)
+    ratios = ", ".join(f"{row.engine_over_lean:.2f}x (pairs {ratio_interval(row.pair_ratios)})"
+                       for row in selected)
     results.append((">= 1.0x the lean loop's samples/s at batch 1, 16 and 128",
-                    verdict(selected, lambda r: r.engine_over_lean >= 1.0)
-                    + (f" ({ratios})" if selected else "")))
+                    lean_verdict(selected) + (f": {ratios}" if selected else "")))
     selected = [row for row in rows if row.batch_size == 128 and row.model == "784-1024-10"]
     shares = ", ".join(f"{row.engine_gflops / peak:.0%}" for row in selected)
     results.append((">= 50% of matmul peak at batch 128, 784-1024-10",
@@ -381,6 +409,26 @@ def targets(rows: list[Row], peak: float) -> list[tuple[str, str]]:
     return results
 
 
+def ratio_interval(interval: Interval) -> str:
+    """``1.02 (0.98-1.06)``: a mean ratio and its 95% interval."""
+    if interval.low is None or interval.high is None:
+        return f"{interval.mean:.2f}"
+    return f"{interval.mean:.2f} ({interval.low:.2f}-{interval.high:.2f})"
+
+
+def lean_verdict(rows: list[Row]) -> str:
+    """``holds`` when each side's best puts the engine at or above the lean loop in every
+    row; ``parity within noise`` when it does not, but no row's pairs show the engine
+    slower (their interval reaches 1.0); ``MISSED`` when some row's pairs do."""
+    if not rows:
+        return "not run"
+    if all(row.engine_over_lean >= 1.0 for row in rows):
+        return "holds"
+    if all(row.pair_ratios.high is None or row.pair_ratios.high >= 1.0 for row in rows):
+        return "parity within noise"
+    return "MISSED"
+
+
 def table(rows: list[Row], peak: float) -> str:
     """The comparison as a GitHub-flavoured markdown table."""
     body = [[
@@ -388,7 +436,7 @@ def table(rows: list[Row], peak: float) -> str:
         f"{row.textbook.seconds_per_epoch:.2f}", f"{row.engine.seconds_per_epoch:.2f}",
         f"{row.speedup:.1f}",
         f"{row.lean_samples_per_second:,.0f}", f"{row.engine_samples_per_second:,.0f}",
-        f"{row.engine_over_lean:.2f}",
+        f"{row.engine_over_lean:.2f}", ratio_interval(row.pair_ratios),
         f"{row.textbook.test_accuracy:.2%}".rstrip("%"),
         f"{row.engine.test_accuracy:.2%}".rstrip("%"),
         f"{row.engine_gflops:.1f}", f"{row.engine_gflops / peak:.0%}",
@@ -399,6 +447,7 @@ def table(rows: list[Row], peak: float) -> str:
     ] for row in rows]
     headers = ["model", "batch", "textbook s/epoch", "engine s/epoch", "speed-up (x)",
                "lean samples/s", "engine samples/s", "engine / lean (x)",
+               "pairs' mean (95% CI)",
                "textbook test acc (%)", "engine test acc (%)", "engine GFLOP/s",
                "% of matmul peak", "floor s/epoch", "best speed-up (x)", "engine call s",
                "note"]
@@ -421,9 +470,10 @@ def parse_args() -> argparse.Namespace:
                              f"{QUICK_SAMPLES:,} training samples")
     parser.add_argument("--profile", action="store_true",
                         help="print torch.profiler's busiest operators of each engine run")
-    parser.add_argument("--pairs", type=int, default=3,
-                        help="engine and lean runs, alternated, per row; each side's best "
-                             "throughput is compared (default: %(default)s)")
+    parser.add_argument("--pairs", type=int, default=15,
+                        help=f"engine and lean bursts (about {BURST_SECONDS:g} s each), "
+                             "alternated, per row; each side's best throughput is compared "
+                             "(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None,
                         help=f"torch threads (default: torch's, {torch.get_num_threads()})")
     args = parser.parse_args()

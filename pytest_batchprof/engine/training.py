@@ -446,8 +446,9 @@ class TrainingLoop:
     the optimizer step, and nothing that makes the host wait:
 
     * each epoch's shuffled order is gathered in chunks of about
-      :data:`GATHER_CHUNK_BYTES` (one indexing kernel per chunk, its output still
-      in cache when its batches, slices of it, are used);
+      :data:`GATHER_CHUNK_BYTES` (one indexing kernel per chunk, into one buffer
+      reused for every chunk, still in cache when its batches, slices of it, are
+      used);
     * the step's loss, outputs and labels are kept (references, no kernel) and
       summed into the running loss and accuracy every
       :data:`DIVERGENCE_CHECK_STEPS` steps and at the epoch's end;
@@ -534,6 +535,9 @@ class TrainingLoop:
         losses, outputs, labels_seen = self.pending
         sample_bytes = max(1, train_split.x[:1].nelement() * train_split.x.element_size())
         chunk = max(1, GATHER_CHUNK_BYTES // (sample_bytes * batch_size)) * batch_size
+        # Every chunk is gathered into the same memory: a fresh chunk per gather can cost a
+        # page fault per 4 KiB on the CPU, when the allocator has handed the last one back.
+        gathered = train_split.x.new_empty((min(chunk, count), *train_split.x.shape[1:]))
         for step in self.steps:
             step.start()
         next_due = min(step.due for step in self.steps)
@@ -551,7 +555,9 @@ class TrainingLoop:
             seen = 0
             for first in range(0, count, chunk):
                 index = order[first:first + chunk]
-                chunk_images, chunk_labels = train_split.x[index], train_split.y[index]
+                chunk_images = torch.index_select(train_split.x, 0, index,
+                                                  out=gathered[:len(index)])
+                chunk_labels = train_split.y[index]  # kept by the pending steps: not reused
                 for start in range(0, len(index), batch_size):
                     labels = chunk_labels[start:start + batch_size]
                     logits = model(chunk_images[start:start + batch_size])
