@@ -32,6 +32,7 @@ from pytest_batchprof.measuring.carbon import Carbon, CarbonMeter
 from pytest_batchprof.measuring.metrics import (
     LATENCY_MIN_REPEATS,
     PeakMemory,
+    PeakMemoryMeter,
     count_flops,
     count_parameters,
     inference_carbon,
@@ -39,7 +40,6 @@ from pytest_batchprof.measuring.metrics import (
     measure,
     measure_latency,
     model_sizes,
-    peak_memory,
 )
 
 with warnings.catch_warnings():
@@ -391,13 +391,13 @@ if sys.argv[1] == "sampled":
     metrics._reset_peak_rss = lambda: False
 elif not metrics._reset_peak_rss():
     print(json.dumps(None)); sys.exit()
-with metrics.peak_memory(torch.device("cpu")) as result:
+with metrics.PeakMemoryMeter(torch.device("cpu")) as meter:
     big = torch.ones(50 * 2**20 // 4)  # written, so its pages are resident
     big[-1].item()
     if sys.argv[2] == "freed":
         time.sleep(0.1)
         del big
-print(json.dumps([result[0].bytes, result[0].method]))
+print(json.dumps([meter.result.bytes, meter.result.method]))
 """
 
 
@@ -438,10 +438,11 @@ def test_peak_memory_on_cuda_uses_the_allocator_statistics(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1_000)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 51_000)
     device = torch.device("cuda", 0)
-    with peak_memory(device) as result:
+    with PeakMemoryMeter(device) as meter:
         calls.append("block")
+        assert meter.reached() == 50_000  # what a memory budget reads during the run
     assert calls == [("reset", device), "block"]
-    assert result == [PeakMemory(50_000, "torch.cuda.max_memory_allocated growth")]
+    assert meter.result == PeakMemory(50_000, "torch.cuda.max_memory_allocated growth")
 
 
 # ---------------------------------------------------------------- CO2

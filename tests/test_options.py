@@ -401,7 +401,8 @@ SHORT_FLAGS = ["--batch-sizes", "--epochs", "--dataset", "--data-dir", "--device
 FLAGS = [flag.replace("--", "--batchprof-", 1) for flag in SHORT_FLAGS] + [
     "--batchprof-report", "--batchprof-no-report", "--batchprof-columns", "--batchprof-save",
     "--batchprof-compare", "--batchprof-fail-drop", "--batchprof-fail-slowdown",
-    "--batchprof-cache", "--batchprof-cache-clear"]
+    "--batchprof-cache", "--batchprof-cache-clear", "--batchprof-memory-budget",
+    "--batchprof-oom"]
 INI_KEYS = [flag[2:].replace("-", "_") for flag in FLAGS]
 
 

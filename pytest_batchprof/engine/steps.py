@@ -14,6 +14,8 @@ meters have stopped.
 * :class:`TargetCheck`: time to ``--target-accuracy`` on the validation split;
 * :class:`ProgressReport`: tell the observer where the run stands, about every
   :data:`~.training.PROGRESS_POLL_SECONDS`, and of every epoch;
+* :class:`MemoryCheck`: with a memory limit, end the run as out of memory when
+  its peak passes it, checked after steps 1, 2, 4, ... 64 and after every epoch;
 * :class:`NoiseScaleEstimate` (asked for, with ``--noise-scale``): the gradient
   noise scale of the trained weights, when the run has ended.
 """
@@ -29,6 +31,7 @@ import torch
 
 from pytest_batchprof.engine import training
 from pytest_batchprof.engine.devices import synchronize
+from pytest_batchprof.engine.memory import MemoryBudgetExceeded
 from pytest_batchprof.measuring import noise_scale
 from pytest_batchprof.plugin.progress import TrainingStatus
 
@@ -238,6 +241,36 @@ class ProgressReport(LoopStep):
             self.loop.observer.on_epoch(self.loop.config, record)
 
 
+MEMORY_CHECK_LAST_EARLY_STEP = 64
+"""The memory limit is checked after steps 1, 2, 4, ... up to this one, then after every
+epoch: a step's memory is known after its first few, and a check reads a counter (the
+kernel's peak RSS, or the CUDA allocator's), with no device sync."""
+
+
+class MemoryCheck(LoopStep):
+    """With a memory limit (``--batchprof-memory-budget``, or a CUDA device's memory) and
+    a meter, raise :class:`~.memory.MemoryBudgetExceeded` when the run's peak has passed
+    the limit; the loop turns it into the run's ``out_of_memory`` record."""
+
+    def start(self) -> None:
+        if self.loop.memory_limit is not None and self.loop.memory is not None:
+            self.due = 1
+
+    def fire(self) -> None:
+        self._check()
+        done = self.loop.steps_done
+        self.due = done * 2 if done * 2 <= MEMORY_CHECK_LAST_EARLY_STEP else NEVER
+
+    def epoch_end(self, record: EpochRecord) -> None:
+        if self.loop.memory_limit is not None and self.loop.memory is not None:
+            self._check()
+
+    def _check(self) -> None:
+        reached = self.loop.memory.reached()
+        if reached > self.loop.memory_limit.bytes:
+            raise MemoryBudgetExceeded(reached, self.loop.memory_limit)
+
+
 class NoiseScaleEstimate(LoopStep):
     """The gradient noise scale ``B_simple`` of the trained weights on the training split,
     with the run's loss and seed (:func:`~pytest_batchprof.measuring.noise_scale.estimate`),
@@ -245,15 +278,15 @@ class NoiseScaleEstimate(LoopStep):
     ``--noise-scale``: it costs about as many gradients as an MNIST epoch."""
 
     def finish(self) -> None:
-        loop = self.loop
-        if loop.run_record.diverged is None:
-            loop.run_record.noise_scale = noise_scale.estimate(
+        loop, run = self.loop, self.loop.run_record
+        if run.diverged is None and run.out_of_memory is None:
+            run.noise_scale = noise_scale.estimate(
                 loop.model, loop.loss_fn, loop.data.train.x, loop.data.train.y,
                 seed=loop.config.seed)
 
 
 STEPS: tuple[type[LoopStep], ...] = (WarmUp, DivergenceCheck, CurvePoints, TargetCheck,
-                                     ProgressReport)
+                                     ProgressReport, MemoryCheck)
 """The steps of every run, in the order they fire when due at once."""
 
 OPTIONAL_STEPS: tuple[type[LoopStep], ...] = (NoiseScaleEstimate,)

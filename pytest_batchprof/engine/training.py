@@ -30,9 +30,23 @@ from torch import nn
 from pytest_batchprof.data.datasets import Dataset, Split
 from pytest_batchprof.engine.denormals import denormals_flushed
 from pytest_batchprof.engine.devices import synchronize
+from pytest_batchprof.engine.memory import (
+    MemoryBudgetExceeded,
+    MemoryLimit,
+    OutOfMemory,
+    cause_of,
+    is_out_of_memory,
+    release_device_memory,
+)
 from pytest_batchprof.experiment.config import RunConfig
 from pytest_batchprof.experiment.models import build_mlp
-from pytest_batchprof.measuring.metrics import Latency, Measurements, inference_inputs, predictor
+from pytest_batchprof.measuring.metrics import (
+    Latency,
+    Measurements,
+    PeakMemoryMeter,
+    inference_inputs,
+    predictor,
+)
 from pytest_batchprof.measuring.noise_scale import NoiseScale
 from pytest_batchprof.plugin.progress import TrainingStatus
 
@@ -216,6 +230,9 @@ class Run:
     :data:`CURVE_EVERY_SAMPLES` samples: the epoch records are fine enough)."""
     curve_seconds: float = 0.0
     """Wall time spent measuring ``curve``: part of no training time."""
+    out_of_memory: OutOfMemory | None = None
+    """Set when the run ran out of memory (the device's, or the budget's); the history
+    then ends at the last whole epoch, and it is neither tested nor measured."""
 
     @property
     def name(self) -> str:
@@ -292,11 +309,19 @@ class Run:
             **(self.measurements.summary() if self.measurements else {}),
             **(self.noise_scale.summary() if self.noise_scale else {}),
             **(self.time_to_target.summary() if self.time_to_target else {}),
+            **(self.out_of_memory_summary() if self.out_of_memory else {}),
             "history": [asdict(record) for record in self.history],
             "curve": [asdict(point) for point in self.curve],
         }
         return {key: None if isinstance(value, float) and math.isnan(value) else value
                 for key, value in figures.items()}
+
+    def out_of_memory_summary(self) -> dict[str, object]:
+        """The row of a run that ran out: its outcome, and the memory it had reached."""
+        figures: dict[str, object] = {"out_of_memory": self.out_of_memory.describe()}
+        if self.out_of_memory.reached_bytes is not None and self.measurements is None:
+            figures["peak_memory_bytes"] = self.out_of_memory.reached_bytes
+        return figures
 
     def __repr__(self) -> str:
         """Names the run and its figures: what a failing ``assert run.test_accuracy`` shows."""
@@ -304,6 +329,8 @@ class Run:
             return "n/a" if value is None or math.isnan(value) else f"{value:.2%}"
 
         state = f", diverged: {self.diverged}" if self.diverged else ""
+        if self.out_of_memory:
+            state = f", {self.out_of_memory.describe()}"
         return (f"<Run {self.config.describe()}: test acc {percent(self.test_accuracy)}, "
                 f"val acc {percent(self.val_accuracy)}, train acc {percent(self.train_accuracy)}"
                 f", {self.train_seconds:.2f} s{state}>")
@@ -461,10 +488,15 @@ class TrainingLoop:
 
     def __init__(self, config: RunConfig, data: Dataset, device: torch.device, recipe: Recipe,
                  observer: TrainingObserver | None = None,
-                 extra_steps: Sequence[type[LoopStep]] = ()) -> None:
+                 extra_steps: Sequence[type[LoopStep]] = (),
+                 memory: PeakMemoryMeter | None = None,
+                 memory_limit: MemoryLimit | None = None) -> None:
         from pytest_batchprof.engine.steps import loop_steps
 
         self.config, self.data, self.device, self.observer = config, data, device, observer
+        self.memory, self.memory_limit = memory, memory_limit
+        """The meter of the run's peak memory (entered around :meth:`run`) and the limit it
+        may not pass: with both, :class:`~.steps.MemoryCheck` watches the run."""
         self.model, self.optimizer = initial_model(config, device, recipe)  # lr after warm-up
         self.loss_fn, self.metric = recipe.loss, recipe.metric
         self.run_record = Run(config=config, model=self.model, optimizer=self.optimizer,
@@ -514,10 +546,44 @@ class TrainingLoop:
     # -- the loop
 
     def run(self) -> Run:
-        """Train and test the run (denormals flushed on the CPU when the config says so)."""
+        """Train and test the run (denormals flushed on the CPU when the config says so).
+
+        A run that runs out of memory (the device's error, or its peak past
+        ``memory_limit``) returns with ``out_of_memory`` set, once what its last
+        step held has been let go and the device's cache emptied.
+        """
         config = self.config
         with denormals_flushed(config.flush_denormals and self.device.type == "cpu"):
-            return self._train()
+            try:
+                return self._train()
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                budget = isinstance(error, MemoryBudgetExceeded)  # checked after its step
+                self.run_record.out_of_memory = OutOfMemory(
+                    config.batch_size, self._reached(error), cause_of(error), self.epoch,
+                    self.step if budget else self.step + 1)
+        # Outside the except block: the failed step's frames, and their tensors, are gone.
+        self._release()
+        return self.run_record
+
+    def _reached(self, error: BaseException) -> int | None:
+        if isinstance(error, MemoryBudgetExceeded):
+            return error.reached
+        return None if self.memory is None else self.memory.reached()
+
+    def _release(self) -> None:
+        """Let go of what a run that ran out of memory still holds: the pending steps'
+        outputs, the gradients and the optimizer's state (the weights stay, as small as
+        the model)."""
+        for pending in self.pending:
+            pending.clear()
+        for group in self.optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.grad = None
+        self.optimizer.state.clear()
+        self.model.eval()
+        release_device_memory(self.device)
 
     def finish(self) -> None:
         """Call every step's :meth:`~.steps.LoopStep.finish`: after :meth:`run`, and after

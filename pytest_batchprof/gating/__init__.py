@@ -27,7 +27,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from pytest_batchprof.experiment.config import EXPERIMENT_KEYS, RUN_KEYS
-from pytest_batchprof.reports.figures import ACCURACY_KEY, TIME_KEY
+from pytest_batchprof.reports.figures import ACCURACY_KEY, OUT_OF_MEMORY_KEY, TIME_KEY
 from pytest_batchprof.reports.tables import Row, human_number, run_title
 from pytest_batchprof.runs.repeats import group_seeds
 from pytest_batchprof.runs.stats import (
@@ -259,7 +259,15 @@ def _entry(group: Sequence[Row], old: Sequence[Row], fail_drop_pp: float,
         noise = difference_interval(finite(row.get(ACCURACY_KEY) for row in old),
                                     finite(row.get(ACCURACY_KEY) for row in group))
     verdicts = []
-    diverged = sum(1 for row in group if row.get(ACCURACY_KEY) is None)
+    out_of_memory = [str(row[OUT_OF_MEMORY_KEY]) for row in group if row.get(OUT_OF_MEMORY_KEY)]
+    fitted_before = not any(row.get(OUT_OF_MEMORY_KEY) for row in old)
+    if out_of_memory:
+        verdicts.append(f"REGRESSION: {out_of_memory[0]}; it fitted in the baseline"
+                        if fitted_before else "out of memory, as in the baseline")
+    elif not fitted_before:
+        verdicts.append("fits now (out of memory in the baseline)")
+    diverged = sum(1 for row in group
+                   if row.get(ACCURACY_KEY) is None and not row.get(OUT_OF_MEMORY_KEY))
     if diverged and before is not None:
         verdicts.append("REGRESSION: no test accuracy (diverged)" if now is None else
                         f"REGRESSION: {diverged} of {len(group)} seeds diverged")

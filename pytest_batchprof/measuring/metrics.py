@@ -25,8 +25,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -339,50 +338,63 @@ def measure_latency(model: nn.Module, inputs: torch.Tensor,
     )
 
 
-@contextmanager
-def peak_memory(device: torch.device) -> Iterator[list[PeakMemory]]:
-    """Measure memory growth over the ``with`` block; the result lands in the yielded list.
+class PeakMemoryMeter:
+    """Measures memory growth over a ``with`` block; ``result`` holds it afterwards, and
+    :meth:`reached` tells the growth so far while the block runs (a memory budget reads it).
 
-    On Linux the kernel keeps the process's peak RSS (``VmHWM``), which can be
-    reset through ``/proc/self/clear_refs``: exact and free. Elsewhere a thread
+    On CUDA the allocator's own statistics (``max_memory_allocated``). On Linux
+    the kernel keeps the process's peak RSS (``VmHWM``), which can be reset
+    through ``/proc/self/clear_refs``: exact and free. Elsewhere a thread
     samples the RSS; on two cores that costs the training loop several percent.
     """
-    result: list[PeakMemory] = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        yield result
-        result.append(PeakMemory(torch.cuda.max_memory_allocated(device) - before,
-                                 "torch.cuda.max_memory_allocated growth"))
-        return
-    process = psutil.Process()
-    if _reset_peak_rss():
-        before = process.memory_info().rss
-        try:
-            yield result
-        finally:
-            peak = max(_peak_rss(), process.memory_info().rss)
-            result.append(PeakMemory(max(peak - before, 0),
-                                     "process peak RSS growth (Linux VmHWM)"))
-        return
-    before = process.memory_info().rss
-    peak = [before]
-    done = threading.Event()
 
-    def sample() -> None:
-        while not done.wait(RSS_SAMPLE_SECONDS):
-            peak[0] = max(peak[0], process.memory_info().rss)
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.result: PeakMemory | None = None
+        self._before = 0
+        self._sampled: list[int] | None = None
+        self._done = threading.Event()
+        self._sampler: threading.Thread | None = None
+        self.method = ""
 
-    sampler = threading.Thread(target=sample, name="batchprof-rss", daemon=True)
-    sampler.start()
-    try:
-        yield result
-    finally:
-        done.set()
-        sampler.join()
-        peak[0] = max(peak[0], process.memory_info().rss)
-        method = f"process RSS growth, sampled every {RSS_SAMPLE_SECONDS * 1e3:g} ms"
-        result.append(PeakMemory(peak[0] - before, method))
+    def __enter__(self) -> PeakMemoryMeter:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._before = torch.cuda.memory_allocated(self.device)
+            self.method = "torch.cuda.max_memory_allocated growth"
+            return self
+        process = psutil.Process()
+        if _reset_peak_rss():
+            self._before = process.memory_info().rss
+            self.method = "process peak RSS growth (Linux VmHWM)"
+            return self
+        self._before = process.memory_info().rss
+        self._sampled = [self._before]
+        self.method = f"process RSS growth, sampled every {RSS_SAMPLE_SECONDS * 1e3:g} ms"
+
+        def sample() -> None:
+            while not self._done.wait(RSS_SAMPLE_SECONDS):
+                self._sampled[0] = max(self._sampled[0], process.memory_info().rss)
+
+        self._sampler = threading.Thread(target=sample, name="batchprof-rss", daemon=True)
+        self._sampler.start()
+        return self
+
+    def reached(self) -> int:
+        """The growth, in bytes, from the start of the block to its highest point so far."""
+        if self.device.type == "cuda":
+            return max(torch.cuda.max_memory_allocated(self.device) - self._before, 0)
+        current = psutil.Process().memory_info().rss
+        if self._sampled is None:
+            return max(max(_peak_rss(), current) - self._before, 0)
+        self._sampled[0] = max(self._sampled[0], current)
+        return max(self._sampled[0] - self._before, 0)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._sampler is not None:
+            self._done.set()
+            self._sampler.join()
+        self.result = PeakMemory(max(self.reached(), 0), self.method)
 
 
 def _reset_peak_rss() -> bool:

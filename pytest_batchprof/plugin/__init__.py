@@ -409,7 +409,10 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
     function defined inside a test is trained but not cached). A model that
     fails to build, whose outputs are not ``(batch, classes)``, or whose loss is
     not a finite scalar fails the test with one line before training starts; a
-    run whose loss becomes NaN or inf fails it with the reason.
+    run whose loss becomes NaN or inf fails it with the reason. A run that runs
+    out of memory (the device's, or ``--batchprof-memory-budget``) skips the
+    test with ``out of memory at batch B`` (``--batchprof-oom fail`` fails it);
+    its row says so and the session goes on.
 
     With ``repeats=N`` above 1 the configuration is trained with seeds
     ``seed`` to ``seed + N - 1`` and the factory returns a
@@ -473,6 +476,11 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
                 _record_in_benchmark(request.getfixturevalue("benchmark"), run)
             if run.diverged:
                 pytest.fail(f"{run.config.describe()} diverged: {run.diverged}", pytrace=False)
+            if run.out_of_memory:  # its row reads so; the test is skipped, or fails if asked
+                message = f"{run.config.describe()}: {run.out_of_memory.describe()}"
+                if state.settings.oom == "fail":
+                    pytest.fail(message, pytrace=False)
+                pytest.skip(message)
             runs.append(run)
         if repeats == 1:
             return runs[0]

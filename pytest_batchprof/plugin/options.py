@@ -46,6 +46,12 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BASELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$")
+SIZE_UNITS = {"B": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+"""Units of a memory size: decimal (kB, MB, GB, TB) and binary (KiB ... TiB); any case."""
+_SIZE_UNITS_ANY_CASE = {unit.lower(): scale for unit, scale in SIZE_UNITS.items()}
+OOM_ACTIONS = ("skip", "fail")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,10 @@ class Settings:
     fail_slowdown: float | None = None
     cache_dir: Path | None = None
     cache_clear: bool = False
+    memory_budget: int | None = None
+    """Bytes a run's peak memory may reach before it counts as out of memory."""
+    oom: str = "skip"
+    """What an out-of-memory run does to its test: ``skip`` or ``fail``."""
 
     @property
     def baseline_dir(self) -> Path:
@@ -103,7 +113,10 @@ class Settings:
             f" target-accuracy={self.target_accuracy:g}" if self.target_accuracy else "") + (
             " noise-scale" if self.noise_scale else "") + (
             " keep-denormals" if self.keep_denormals else "") + (
-            f" cache={self.cache_dir}" if self.cache_dir is not None else "")
+            f" cache={self.cache_dir}" if self.cache_dir is not None else "") + (
+            f" memory-budget={format_size(self.memory_budget)}"
+            if self.memory_budget is not None else "") + (
+            f" oom={self.oom}" if self.oom != Settings.oom else "")
 
     def _lr_schedule(self) -> str:
         schedule = (self.lr_scaling, self.lr_base_batch, self.lr_warmup_epochs)
@@ -253,6 +266,28 @@ def _not_a_file(path: Path) -> None:
         raise OptionError(f"names an existing file ({path}), not a directory")
 
 
+def parse_size(text: str) -> int:
+    """``2GiB``, ``512MB``, ``1.5 GB`` or a number of bytes, as whole bytes above 0."""
+    match = _SIZE.match(text.strip())
+    unit = match.group(2).lower() if match else ""
+    if match is None or (unit and unit not in _SIZE_UNITS_ANY_CASE):
+        raise OptionError(f"is {text!r}, which is not a size")
+    size = int(float(match.group(1)) * _SIZE_UNITS_ANY_CASE.get(unit, 1))
+    if size < 1:
+        raise OptionError(f"is {text!r}, which is below one byte")
+    return size
+
+
+def format_size(size: int) -> str:
+    """``2 GiB``, ``512 MB``: a size in the largest unit that keeps it whole, else in MiB."""
+    whole = [(scale, unit) for unit, scale in SIZE_UNITS.items()
+             if size >= scale and size % scale == 0]
+    scale, unit = max(whole)  # bytes always divide
+    if scale == 1 and size >= 2**20:
+        return f"{size / 2**20:.4g} MiB"
+    return f"{size // scale} {unit}"
+
+
 def _device(text: str) -> str:
     spec = text.strip().lower()
     if not _DEVICE.match(spec):
@@ -388,6 +423,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("cache_clear", None, _boolean, "true or false",
            "with --batchprof-cache: delete the cached runs when the session starts",
            name="batchprof_cache_clear", switch=True),
+    Option("memory_budget", "SIZE", parse_size,
+           "a size such as 2GiB, 512MB or 1.5GB (decimal kB MB GB TB, binary KiB MiB GiB "
+           "TiB, or bytes)",
+           "a run whose peak memory passes SIZE counts as out of memory, as if the device "
+           "had run out (default: on CUDA the device's memory, on the CPU none)",
+           name="batchprof_memory_budget"),
+    Option("oom", "ACTION", _choice(OOM_ACTIONS), "skip or fail",
+           "what a run that runs out of memory does to its test; its row reads 'out of "
+           "memory at batch B' either way (default: skip)", name="batchprof_oom"),
 )
 
 

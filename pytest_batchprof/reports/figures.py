@@ -40,8 +40,9 @@ class Column:
     """Over seeds, an interval where they differ (the general rule of
     :func:`~pytest_batchprof.runs.repeats.fold`); ``False``: the folding sets it itself."""
     compared: str | None = None
-    """What a baseline comparison reads it as: ``accuracy`` (a drop fails) or ``time``
-    (a slow-down fails, when asked)."""
+    """What a baseline comparison reads it as: ``accuracy`` (a drop fails), ``time`` (a
+    slow-down fails, when asked) or ``fit`` (set when the run ran out of memory: running
+    out where the baseline fitted fails)."""
 
 
 def _percent(value: object) -> str:
@@ -110,6 +111,7 @@ FIGURES: tuple[Column, ...] = (
     Column("critical_batch_high", "critical batch, 95% high", plain=_whole, default=True,
            optional=True),
     Column("outcome", "outcome", plain=_text, default=True, folded=False),
+    Column("out_of_memory", "out of memory", plain=_text, compared="fit"),
     Column("tests", "tests", plain=_text, folded=False),
     Column("history", "per-epoch history", plain=_text, folded=False),
     Column("curve", "learning curve", plain=_text, folded=False),
@@ -134,4 +136,6 @@ by the general rule."""
 ACCURACY_KEY = next(column.key for column in FIGURES if column.compared == "accuracy")
 """The figure a baseline comparison gates on (a drop larger than the allowed one fails)."""
 TIME_KEY = next(column.key for column in FIGURES if column.compared == "time")
+OUT_OF_MEMORY_KEY = next(column.key for column in FIGURES if column.compared == "fit")
+"""Set (to the outcome's words) in the row of a run that ran out of memory."""
 """The figure whose growth fails a comparison when ``--batchprof-fail-slowdown`` is set."""

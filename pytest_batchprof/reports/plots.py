@@ -14,7 +14,9 @@ Runs trained for different numbers of epochs (a 2-epoch study beside a
 200-epoch one) get a panel each in the per-batch-size plots, with axes of their
 own: their accuracies and times are not on one scale. A diverged run
 (``test_accuracy`` None) is left out of every plot: its time and its learning
-curve stop at the divergence and would pull the averages down.
+curve stop at the divergence and would pull the averages down. A batch size
+that ran out of memory is a cross at the foot of its model's per-batch-size
+plots, in the model's colour.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from pytest_batchprof.experiment.config import LINE_KEYS, PER_BATCH_LINE_KEYS
+from pytest_batchprof.reports.figures import OUT_OF_MEMORY_KEY
 from pytest_batchprof.reports.storage import atomic_file
 from pytest_batchprof.runs.stats import finite, mean_interval
 
@@ -59,6 +62,9 @@ FINE_CURVE_NOTE = ("lines: a fixed part of the validation set, between epochs; "
 
 LEGEND_HANDLE_INCHES, LEGEND_CHAR_INCHES = 0.75, 0.075
 """Width of a legend entry's line sample and spacing, and of one character of its text."""
+
+OUT_OF_MEMORY_HEIGHT = 0.04
+"""Where a batch size that ran out of memory is crossed: this far up its panel (axes units)."""
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 """One marker per series, so lines stay apart in greyscale print."""
@@ -94,6 +100,9 @@ class Series:
     """Median inference seconds per sample, at the inference batch size of each run."""
     fine_curves: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
     fine_errors: dict[int, list[float | None]] = field(default_factory=dict)
+    out_of_memory: set[int] = field(default_factory=set)
+    """Batch sizes at which the model ran out of memory: a cross at the foot of the
+    per-batch-size plots."""
 
     def add(self, figure: str, batch_size: int, values: Iterable[object]) -> None:
         """Put the mean of the seeds' ``values`` at ``batch_size``, and its interval."""
@@ -171,9 +180,15 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
             groups[key] = {}
         groups[key].setdefault(int(row["batch_size"]), []).append(row)
 
+    out_of_memory: dict[tuple[object, ...], set[int]] = {}
+    for row in rows:
+        if row.get(OUT_OF_MEMORY_KEY):
+            key = (row["model"], row.get("dataset"), *(repr(row.get(name)) for name in varying))
+            out_of_memory.setdefault(key, set()).add(int(row["batch_size"]))
     result = []
     for key, by_batch in groups.items():
-        series = Series(labels[key], epochs=next(iter(by_batch.values()))[0].get("epochs"))
+        series = Series(labels[key], epochs=next(iter(by_batch.values()))[0].get("epochs"),
+                        out_of_memory=out_of_memory.get(key, set()))
         for batch_size in sorted(by_batch):
             runs = by_batch[batch_size]
             steps = [run.get("target_steps") for run in runs]
@@ -299,6 +314,13 @@ def _per_batch_figure(
                                         **_style(index)))
             sizes.update(points)
             plotted.extend(y)
+            if one.out_of_memory:
+                crosses = sorted(one.out_of_memory)
+                panel.plot(crosses, [OUT_OF_MEMORY_HEIGHT] * len(crosses), linestyle="none",
+                           marker="x", markersize=9, markeredgewidth=2,
+                           color=_style(index)["color"], transform=panel.get_xaxis_transform(),
+                           label=f"{one.label}: out of memory")
+                sizes.update(crosses)
         _batch_size_axis(panel, sorted(sizes), AXIS_INCHES * (1 + 0.6 * (columns - 1)) / columns)
         panel.set_ylabel(ylabel)
         if columns > 1:

@@ -20,6 +20,7 @@ from pytest_batchprof.errors import one_line
 from pytest_batchprof.gating import Comparison, compare
 from pytest_batchprof.plugin.options import source_of
 from pytest_batchprof.reports import storage
+from pytest_batchprof.reports.figures import OUT_OF_MEMORY_KEY
 from pytest_batchprof.reports.tables import (
     Row,
     merge_outcome,
@@ -66,7 +67,8 @@ class SummaryCollector:
     def add(self, rows: list[Row], nodeid: str, outcome: str) -> None:
         for row in rows:
             kept = self.rows.setdefault(run_key(row), dict(row))
-            kept["outcome"] = merge_outcome(kept.get("outcome"), outcome)
+            kept["outcome"] = row.get(OUT_OF_MEMORY_KEY) or merge_outcome(kept.get("outcome"),
+                                                                        outcome)
             if nodeid and nodeid not in kept["tests"]:
                 kept["tests"] = [*kept["tests"], nodeid]
 

@@ -12,13 +12,16 @@ after training) and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
 
 from pytest_batchprof.data.datasets import Dataset, dataset_key, load_dataset
+from pytest_batchprof.engine.memory import MemoryLimit, OutOfMemory
 from pytest_batchprof.engine.steps import LoopStep, NoiseScaleEstimate
 from pytest_batchprof.engine.training import (
     Run,
@@ -30,10 +33,22 @@ from pytest_batchprof.engine.training import (
 from pytest_batchprof.experiment.build import Experiment, build_experiment
 from pytest_batchprof.measuring import noise_scale
 from pytest_batchprof.measuring.carbon import Carbon, CarbonMeter
-from pytest_batchprof.measuring.metrics import PeakMemory, measure, peak_memory
-from pytest_batchprof.plugin.options import Settings, flag_of
+from pytest_batchprof.measuring.metrics import PeakMemory, PeakMemoryMeter, measure
+from pytest_batchprof.plugin.options import Settings, flag_of, format_size
 from pytest_batchprof.plugin.progress import Console, RunProgress
 from pytest_batchprof.runs.cache import RunCache
+
+
+def memory_limit(settings: Settings, device: torch.device) -> MemoryLimit | None:
+    """``--batchprof-memory-budget`` when given; else, on CUDA, the device's memory."""
+    if settings.memory_budget is not None:
+        return MemoryLimit(settings.memory_budget,
+                           f"the {flag_of('memory_budget')} of "
+                           f"{format_size(settings.memory_budget)}")
+    if device.type == "cuda":
+        return MemoryLimit(torch.cuda.get_device_properties(device).total_memory,
+                           f"the memory of {device}")
+    return None
 
 
 class Say:
@@ -112,6 +127,9 @@ class Measurer:
         if run.diverged:
             self.say(f"  diverged: {run.diverged}")
             return
+        if run.out_of_memory:
+            self.say(f"  {run.out_of_memory.describe()}")
+            return
         data = experiment.data
         run.measurements = measure(
             run.model, run.optimizer, data.test.x,
@@ -135,6 +153,9 @@ class Trainer:
     carbon: CarbonMeter | None
     extra_steps: tuple[type[LoopStep], ...] = ()
     """Optional :mod:`~pytest_batchprof.engine.steps` (``--noise-scale``'s estimate)."""
+    memory_limit: Callable[[], MemoryLimit | None] = lambda: None
+    """The peak a run may reach before it counts as out of memory (asked for when a run
+    starts: on CUDA, the device's memory)."""
     warmed_up: bool = False
 
     def __call__(self, experiment: Experiment) -> tuple[Run, PeakMemory, Carbon | None]:
@@ -147,10 +168,11 @@ class Trainer:
         progress = None
         if self.console is not None:
             progress = RunProgress(self.console, config.epochs, verbose=self.console.verbose)
+        memory = PeakMemoryMeter(self.device)
         loop = TrainingLoop(config, experiment.data, self.device, experiment.recipe, progress,
-                            self.extra_steps)
+                            self.extra_steps, memory, self.memory_limit())
         with ExitStack() as stack:
-            memory = stack.enter_context(peak_memory(self.device))
+            stack.enter_context(memory)
             train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None
             run = None
             try:
@@ -159,7 +181,7 @@ class Trainer:
                 if progress is not None:
                     progress.finish(run.history if run is not None else [])
         loop.finish()  # measures the trained model: outside the meters of its training
-        return run, memory[0], train_carbon[0] if train_carbon else None
+        return run, memory.result, train_carbon[0] if train_carbon else None
 
 
 @dataclass
@@ -170,6 +192,8 @@ class CachedRuns:
     device: torch.device
     carbon: CarbonMeter | None
     say: Say
+    memory_limit: Callable[[], MemoryLimit | None] = lambda: None
+    """A hit whose recorded peak passes it counts as out of memory, as a fresh run would."""
     noise_scale: bool = False
     """Estimate a hit's gradient noise scale, as :class:`~pytest_batchprof.engine.steps.
     NoiseScaleEstimate` does at the end of a fresh run (the entry holds the trained
@@ -212,7 +236,12 @@ class CachedRuns:
                 None, None, None,
                 f"not measured: trained with {flag_of('no_co2')} before it was cached")
         peak = cached.peak_memory or PeakMemory(0, "not measured (cached run)")
-        if self.noise_scale and run.diverged is None:
+        limit = self.memory_limit()
+        if cached.peak_memory is not None and limit is not None and peak.bytes > limit.bytes:
+            run.out_of_memory = OutOfMemory(config.batch_size, peak.bytes,
+                                            f"its recorded peak passes {limit.source}")
+            run.test_loss = run.test_accuracy = None  # as a run that runs out afresh has none
+        if self.noise_scale and run.diverged is None and run.out_of_memory is None:
             run.noise_scale = noise_scale.estimate(model, experiment.recipe.loss, data.train.x,
                                                    data.train.y, seed=config.seed)
         measure_run(run, experiment, peak, train_carbon, " (cached)")
@@ -233,10 +262,16 @@ class BatchprofSession:
         self.carbon = None if settings.no_co2 else CarbonMeter(settings.co2_country)
         self.measure = Measurer(settings, self.say, self.carbon)
         self.trainer = Trainer(device, console, self.carbon,
-                               (NoiseScaleEstimate,) if settings.noise_scale else ())
+                               (NoiseScaleEstimate,) if settings.noise_scale else (),
+                               lambda: self.memory_limit)
         self.cache = (None if settings.cache_dir is None else
                       CachedRuns(RunCache(settings.cache_dir), device, self.carbon, self.say,
-                                 settings.noise_scale))
+                                 lambda: self.memory_limit, settings.noise_scale))
+
+    @cached_property
+    def memory_limit(self) -> MemoryLimit | None:
+        """The peak a run may reach (:func:`memory_limit`), read when a run first needs it."""
+        return memory_limit(self.settings, self.device)
 
     @property
     def datasets(self) -> dict[str, Dataset]:
@@ -269,7 +304,7 @@ class BatchprofSession:
         self.say(f"batchprof: training {config.describe()}")
         run, peak, train_carbon = self.trainer(experiment)
         self.measure(run, experiment, peak, train_carbon)
-        if cache_key is not None:
+        if cache_key is not None and run.out_of_memory is None:  # a limit's verdict, not a run
             self.cache.store(cache_key, run)
         self.runs[config] = run
         return run
