@@ -54,6 +54,7 @@ SAMPLES: dict[str, tuple[str | None, str]] = {
     "val_fraction": ("0.25", "val-fraction=0.25"),
     "inference_batch_size": ("128", "inference-batch-size=128"),
     "noise_scale": (None, "noise-scale"),
+    "precision": ("bf16", "precision=bf16"),
     "keep_denormals": (None, "keep-denormals"),
     "no_co2": (None, "co2=off"),
     "co2_country": ("deu", "co2=DEU"),

@@ -187,6 +187,7 @@ def row(**changes: object) -> dict[str, object]:
         "val_accuracy": 0.85, "test_accuracy": 0.9, "diverged": None,
         "flush_denormals": True, "lr_warmup_epochs": 0.0, "lr_warmup_start": None,
         "target_accuracy": None, "architecture": "0123456789abcdef", "loss": "cross_entropy",
+        "precision": "fp32",
     }
     figures.update(changes)
     return figures
@@ -792,7 +793,7 @@ def test_diverged_run_is_below_any_threshold() -> None:
 
 
 @pytest.mark.parametrize("recipe", [
-    {"lr": 0.1}, {"optimizer": "sgd"}, {"device": "cuda:0"},
+    {"lr": 0.1}, {"optimizer": "sgd"}, {"device": "cuda:0"}, {"precision": "bf16"},
     {"lr": 1e-5, "optimizer": "sgd", "device": "mps"},
 ])
 def test_recipe_changes_match_the_same_baseline_entry(recipe: dict[str, object]) -> None:
@@ -818,8 +819,8 @@ def test_experiment_changes_do_not_match(key: str) -> None:
     assert comparison.regressions == []
 
 
-@pytest.mark.parametrize("missing", [("architecture",), ("loss",), ("architecture", "loss",
-                                                                     "lr_warmup_start")])
+@pytest.mark.parametrize("missing", [("architecture",), ("loss",), ("precision",),
+                                     ("architecture", "loss", "lr_warmup_start")])
 def test_a_baseline_recorded_before_a_setting_existed_still_matches(
         missing: tuple[str, ...]) -> None:
     """Baselines saved by an older version lack the settings added since (the model's

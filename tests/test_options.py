@@ -395,14 +395,15 @@ def test_without_env_data_dir_defaults_to_user_cache(pytester: pytest.Pytester,
 SHORT_FLAGS = ["--batch-sizes", "--epochs", "--dataset", "--data-dir", "--device", "--seed",
                "--repeats", "--lr", "--optimizer", "--lr-scaling", "--lr-base-batch",
                "--lr-warmup-epochs", "--target-accuracy", "--train-subset", "--val-fraction",
-               "--inference-batch-size", "--noise-scale", "--keep-denormals", "--no-co2",
-               "--co2-country"]
+               "--inference-batch-size", "--noise-scale", "--precision", "--keep-denormals",
+               "--no-co2", "--co2-country"]
 """The experiments' options: each is also ``--batchprof-NAME``."""
 FLAGS = [flag.replace("--", "--batchprof-", 1) for flag in SHORT_FLAGS] + [
     "--batchprof-report", "--batchprof-no-report", "--batchprof-columns", "--batchprof-save",
     "--batchprof-compare", "--batchprof-fail-drop", "--batchprof-fail-slowdown",
     "--batchprof-cache", "--batchprof-cache-clear", "--batchprof-memory-budget",
-    "--batchprof-oom"]
+    "--batchprof-oom", "--batchprof-find-max-batch", "--batchprof-max-batch-margin",
+    "--batchprof-max-batch-cap"]
 INI_KEYS = [flag[2:].replace("-", "_") for flag in FLAGS]
 
 

@@ -38,6 +38,12 @@ from pytest_batchprof.engine.memory import (
     is_out_of_memory,
     release_device_memory,
 )
+from pytest_batchprof.engine.precision import (
+    autocast,
+    grad_scaler,
+    in_precision,
+    matmul_precision,
+)
 from pytest_batchprof.experiment.config import RunConfig
 from pytest_batchprof.experiment.models import build_mlp
 from pytest_batchprof.measuring.metrics import (
@@ -52,6 +58,7 @@ from pytest_batchprof.plugin.progress import TrainingStatus
 
 if TYPE_CHECKING:
     from pytest_batchprof.engine.steps import LoopStep
+    from pytest_batchprof.runs.max_batch import MaxBatch
 
 DIVERGENCE_CHECK_STEPS = 200
 """How often (in optimizer steps) the running loss is checked for NaN or inf."""
@@ -230,6 +237,8 @@ class Run:
     :data:`CURVE_EVERY_SAMPLES` samples: the epoch records are fine enough)."""
     curve_seconds: float = 0.0
     """Wall time spent measuring ``curve``: part of no training time."""
+    max_batch: MaxBatch | None = None
+    """With ``--batchprof-find-max-batch``: the largest batch of this run's model that fits."""
     out_of_memory: OutOfMemory | None = None
     """Set when the run ran out of memory (the device's, or the budget's); the history
     then ends at the last whole epoch, and it is neither tested nor measured."""
@@ -290,7 +299,8 @@ class Run:
             batch_size = (self.measurements.latency.batch_size if self.measurements
                           else self.config.batch_size)
         self.model.eval()
-        return predictor(self.model, inference_inputs(self.test_images, batch_size))
+        model = in_precision(self.model, self.config.precision, self.test_images.device)
+        return predictor(model, inference_inputs(self.test_images, batch_size))
 
     def summary(self) -> dict[str, object]:
         """Plain figures (no tensors, no NaN: ``None`` where there is no figure)."""
@@ -310,6 +320,7 @@ class Run:
             **(self.noise_scale.summary() if self.noise_scale else {}),
             **(self.time_to_target.summary() if self.time_to_target else {}),
             **(self.out_of_memory_summary() if self.out_of_memory else {}),
+            **(self.max_batch.summary() if self.max_batch else {}),
             "history": [asdict(record) for record in self.history],
             "curve": [asdict(point) for point in self.curve],
         }
@@ -424,14 +435,19 @@ def warm_up(device: torch.device) -> None:
 @torch.inference_mode()
 def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE,
              loss: LossFunction = F.cross_entropy,
-             metric: Metric = correct_predictions) -> tuple[float, float]:
-    """Mean loss per sample (nats for cross-entropy) and accuracy of ``model`` on ``split``."""
+             metric: Metric = correct_predictions,
+             precision: str = "fp32") -> tuple[float, float]:
+    """Mean loss per sample (nats for cross-entropy) and accuracy of ``model`` on ``split``,
+    the forward pass in ``precision`` (the sums in fp32)."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=split.x.device)
     correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    in_precision = autocast(precision, split.x.device)
     for start in range(0, len(split), batch_size):
-        logits = model(split.x[start:start + batch_size])
+        with in_precision:
+            logits = model(split.x[start:start + batch_size])
+        logits = logits.float()
         labels = split.y[start:start + batch_size]
         if loss is F.cross_entropy:
             total += F.cross_entropy(logits, labels, reduction="sum")
@@ -523,8 +539,10 @@ class TrainingLoop:
         return time.perf_counter() - self.started - self.run_record.curve_seconds
 
     def evaluate(self, split: Split) -> tuple[float, float]:
-        """Mean loss and accuracy of the model now on ``split`` (the run's loss and metric)."""
-        return evaluate(self.model, split, loss=self.loss_fn, metric=self.metric)
+        """Mean loss and accuracy of the model now on ``split`` (the run's loss, metric and
+        precision)."""
+        return evaluate(self.model, split, loss=self.loss_fn, metric=self.metric,
+                        precision=self.config.precision)
 
     def fold(self) -> torch.Tensor:
         """Sum the pending steps into the epoch's running loss (per sample, times the
@@ -553,7 +571,8 @@ class TrainingLoop:
         step held has been let go and the device's cache emptied.
         """
         config = self.config
-        with denormals_flushed(config.flush_denormals and self.device.type == "cpu"):
+        with (denormals_flushed(config.flush_denormals and self.device.type == "cpu"),
+              matmul_precision(config.precision, self.device)):
             try:
                 return self._train()
             except Exception as error:
@@ -598,6 +617,8 @@ class TrainingLoop:
         batch_size, count = config.batch_size, self.count
         model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
         clear_grads = _grad_clearer(optimizer)
+        in_precision = autocast(config.precision, device)  # nothing for fp32 and tf32
+        scaler = grad_scaler(config.precision, device)  # fp16 only
         losses, outputs, labels_seen = self.pending
         sample_bytes = max(1, train_split.x[:1].nelement() * train_split.x.element_size())
         chunk = max(1, GATHER_CHUNK_BYTES // (sample_bytes * batch_size)) * batch_size
@@ -626,11 +647,17 @@ class TrainingLoop:
                 chunk_labels = train_split.y[index]  # kept by the pending steps: not reused
                 for start in range(0, len(index), batch_size):
                     labels = chunk_labels[start:start + batch_size]
-                    logits = model(chunk_images[start:start + batch_size])
-                    loss = loss_fn(logits, labels)
+                    with in_precision:
+                        logits = model(chunk_images[start:start + batch_size])
+                        loss = loss_fn(logits, labels)
                     clear_grads()
-                    loss.backward()
-                    optimizer.step()
+                    if scaler is None:
+                        loss.backward()
+                        optimizer.step()
+                    else:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
                     losses.append(loss.detach())
                     outputs.append(logits.detach())
                     labels_seen.append(labels)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytest_batchprof.data.datasets import Dataset, crop_shape
+from pytest_batchprof.engine.precision import unsupported
 from pytest_batchprof.engine.training import (
     LossFunction,
     OptimizerFactory,
@@ -127,6 +128,7 @@ def build_experiment(
     input_size: int | tuple[int, int] | None = None,
     loss: LossFunction | None = None,
     name: str | None = None,
+    precision: str | None = None,
 ) -> Experiment:
     """The run of ``model`` on ``dataset`` with these arguments, the session's settings
     filling in what they leave out; raise ``ValueError`` (``ModelError`` for the
@@ -142,6 +144,10 @@ def build_experiment(
                          f"nor a callable taking the parameters and returning an optimizer")
     if loss is not None and not callable(loss):
         raise ValueError(f"loss={loss!r} is not a callable loss(outputs, targets)")
+    precision = settings.precision if precision is None else precision
+    reason = unsupported(precision, device)
+    if reason is not None:
+        raise ValueError(f"precision={precision!r}: {reason}")
     seed = settings.seed if seed is None else seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed={seed!r} must be a whole number >= 0")
@@ -172,6 +178,7 @@ def build_experiment(
         architecture=prepared.architecture,
         loss="cross_entropy" if loss in (None, F.cross_entropy) else callable_label(loss),
         callables=callables,
+        precision=precision,
     )
     data = data.with_train_subset(config.train_subset)
     _check_config(config, len(data.train))

@@ -23,6 +23,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+"""Numeric precisions of training and inference (see :mod:`pytest_batchprof.engine.precision`)."""
+
 
 def _role(*roles: str, default: object = dataclass) -> object:
     """A dataclass field carrying its roles (and its default, when it has one)."""
@@ -81,6 +84,9 @@ class RunConfig:
     """Fingerprint of the user's loss and optimizer callables (their qualified names,
     sources and arguments); ``None`` when both are built in. ``loss`` and ``optimizer``
     are their readable names; this tells two versions of one function apart."""
+    precision: str = _role("lines", default="fp32")
+    """``fp32``, ``tf32`` (TF32 matmuls on CUDA), ``bf16`` or ``fp16`` (autocast mixed
+    precision, fp16 with a gradient scaler): training, evaluation and latency alike."""
     trainer: str = _role(default="batchprof")
     """Who trained the run: the plugin's engine, or ``own loop (<test id>)`` for a run
     a test trained itself and recorded (:func:`pytest_batchprof.record`)."""
@@ -102,6 +108,7 @@ class RunConfig:
             f"{self.model_name} on {self.dataset}, batch {self.batch_size}, "
             f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}, {self.optimizer} "
             f"lr={self.lr:g}, seed {self.seed}, {self.device}"
+            + ("" if self.precision == "fp32" else f", {self.precision}")
         )
 
 

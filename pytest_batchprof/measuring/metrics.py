@@ -146,9 +146,15 @@ def measure(
     peak: PeakMemory,
     train_carbon: Carbon | None,
     meter: CarbonMeter | None,
+    precision: str = "fp32",
 ) -> Measurements:
-    """Measure a trained model; ``meter`` is ``None`` when CO2 is off."""
+    """Measure a trained model; ``meter`` is ``None`` when CO2 is off. Latency and
+    inference CO2eq are measured in the run's ``precision``; FLOPs count the model's
+    operations, which precision does not change."""
+    from pytest_batchprof.engine.precision import in_precision
+
     inputs = inference_inputs(test_images, inference_batch_size)
+    timed = in_precision(model, precision, inputs.device)
     params, trainable = count_parameters(model)
     state_bytes, checkpoint_bytes = model_sizes(model, optimizer)
     return Measurements(
@@ -157,12 +163,12 @@ def measure(
         flops=count_flops(model, inputs[:1]),
         state_dict_bytes=state_bytes,
         checkpoint_bytes=checkpoint_bytes,
-        latency=measure_latency(model, inputs),
-        latency_single=measure_latency(model, inputs[:1]),
+        latency=measure_latency(timed, inputs),
+        latency_single=measure_latency(timed, inputs[:1]),
         peak_memory=peak,
         train_carbon=train_carbon,
         inference_carbon_per_1000=(None if meter is None
-                                   else inference_carbon(meter, model, inputs)),
+                                   else inference_carbon(meter, timed, inputs)),
     )
 
 

@@ -128,6 +128,16 @@ def batchprof_session(config: pytest.Config) -> BatchprofSession:
             f"{source_of(config, 'device')} {error}; expected auto, cpu or a device this "
             f"machine has (got {settings.device!r})"
         ) from None
+    from pytest_batchprof.engine.precision import unsupported
+
+    reason = unsupported(settings.precision, device)
+    if reason is not None:
+        raise pytest.UsageError(f"{source_of(config, 'precision')} is {settings.precision!r}, "
+                                f"which this session's device cannot run: {reason}")
+    if settings.find_max_batch and settings.memory_budget is None and device.type != "cuda":
+        raise pytest.UsageError(
+            f"{source_of(config, 'find_max_batch')} needs a memory limit, and {device} has "
+            f"none of its own: give --batchprof-memory-budget SIZE")
     console = TerminalConsole(config)
     session = BatchprofSession(settings, device, console)
     config.stash[SESSION_KEY] = session
@@ -400,8 +410,9 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
     ``loss(outputs, targets)`` returning the batch's mean), ``name`` (what the
     table calls the model; default the class or function name and its parameter
     count, ``LeNet5 (61,706)``), ``input_size`` (a centre crop of images, ``400``
-    or ``(h, w)``), ``dataset`` (default: this test's data set) and ``repeats``
-    (default: ``--repeats``).
+    or ``(h, w)``), ``dataset`` (default: this test's data set), ``repeats``
+    (default: ``--repeats``) and ``precision`` (``fp32``, ``tf32``, ``bf16`` or
+    ``fp16``; default: ``--batchprof-precision``).
 
     The same configuration asked for again in the session is trained once, and
     with ``--batchprof-cache`` it is kept across sessions, keyed by a
@@ -442,6 +453,7 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
         input_size: int | tuple[int, int] | None = None,
         dataset: str | None = None,
         repeats: int | None = None,
+        precision: str | None = None,
     ) -> Run | RepeatedRun:
         from pytest_batchprof.experiment.models import ModelError
 
@@ -465,7 +477,8 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
                 run = state.run(data, model, batch_size, epochs=epochs, lr=lr,
                                 optimizer=optimizer,
                                 seed=first_seed + offset if offset else first_seed,
-                                input_size=input_size, loss=loss, name=name)
+                                input_size=input_size, loss=loss, name=name,
+                                precision=precision)
             except ModelError as error:
                 failure = str(error)
             if failure is not None:  # one line, outside the except: no chained traceback

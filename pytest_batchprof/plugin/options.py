@@ -32,6 +32,7 @@ import pytest
 
 from pytest_batchprof.data import catalog
 from pytest_batchprof.data.catalog import DATASET_NAMES
+from pytest_batchprof.experiment.config import PRECISIONS
 from pytest_batchprof.measuring.carbon import DEFAULT_COUNTRY, known_countries
 
 GROUP = "batchprof"
@@ -76,6 +77,7 @@ class Settings:
     inference_batch_size: int | None = None
     keep_denormals: bool = False
     noise_scale: bool = False
+    precision: str = "fp32"
     no_co2: bool = False
     co2_country: str = DEFAULT_COUNTRY
     report_dir: Path = Path("reports")
@@ -91,6 +93,9 @@ class Settings:
     """Bytes a run's peak memory may reach before it counts as out of memory."""
     oom: str = "skip"
     """What an out-of-memory run does to its test: ``skip`` or ``fail``."""
+    find_max_batch: bool = False
+    max_batch_margin: float = 0.1
+    max_batch_cap: int | None = None
 
     @property
     def baseline_dir(self) -> Path:
@@ -112,11 +117,15 @@ class Settings:
         ) + self._lr_schedule() + (
             f" target-accuracy={self.target_accuracy:g}" if self.target_accuracy else "") + (
             " noise-scale" if self.noise_scale else "") + (
+            f" precision={self.precision}" if self.precision != Settings.precision else "") + (
             " keep-denormals" if self.keep_denormals else "") + (
             f" cache={self.cache_dir}" if self.cache_dir is not None else "") + (
             f" memory-budget={format_size(self.memory_budget)}"
             if self.memory_budget is not None else "") + (
-            f" oom={self.oom}" if self.oom != Settings.oom else "")
+            f" oom={self.oom}" if self.oom != Settings.oom else "") + (
+            f" find-max-batch (margin {self.max_batch_margin:.0%}"
+            f"{f', cap {self.max_batch_cap}' if self.max_batch_cap else ''})"
+            if self.find_max_batch else "")
 
     def _lr_schedule(self) -> str:
         schedule = (self.lr_scaling, self.lr_base_batch, self.lr_warmup_epochs)
@@ -197,6 +206,13 @@ def _non_negative_float(text: str) -> float:
 
 def _fraction(text: str) -> float:
     value = _positive_float(text)
+    if value >= 1:
+        raise OptionError(f"is {text}, which is not below 1")
+    return value
+
+
+def _margin(text: str) -> float:
+    value = _non_negative_float(text)
     if value >= 1:
         raise OptionError(f"is {text}, which is not below 1")
     return value
@@ -385,6 +401,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("noise_scale", None, _boolean, "true or false",
            "estimate each run's critical batch size (the gradient noise scale B_simple of "
            "McCandlish et al. 2018) after training", switch=True),
+    Option("precision", "NAME", _choice(PRECISIONS), "fp32, tf32, bf16 or fp16",
+           "numeric precision of training, evaluation and latency: tf32 (TF32 matmuls on "
+           "CUDA), bf16 or fp16 (torch.autocast mixed precision; fp16 with a gradient "
+           "scaler, on CUDA or MPS) (default: fp32)"),
     Option("keep_denormals", None, _boolean, "true or false",
            "compute on denormal floats instead of flushing them to zero while training "
            "on the CPU (slower; see the README)", switch=True),
@@ -432,6 +452,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("oom", "ACTION", _choice(OOM_ACTIONS), "skip or fail",
            "what a run that runs out of memory does to its test; its row reads 'out of "
            "memory at batch B' either way (default: skip)", name="batchprof_oom"),
+    Option("find_max_batch", None, _boolean, "true or false",
+           "for each model of the session, find the largest batch size whose training fits "
+           "the memory limit (--batchprof-memory-budget, or the CUDA device's memory) and "
+           "report it", name="batchprof_find_max_batch", switch=True),
+    Option("max_batch_margin", "F", _margin, "a fraction >= 0 and below 1, e.g. 0.1",
+           "with --batchprof-find-max-batch: report the largest fit less this fraction "
+           "(default: 0.1)", name="batchprof_max_batch_margin"),
+    Option("max_batch_cap", "N", _positive_int, "a whole number >= 1",
+           "with --batchprof-find-max-batch: the largest batch size to try (default: the "
+           "training samples)", name="batchprof_max_batch_cap"),
 )
 
 

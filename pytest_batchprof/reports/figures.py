@@ -35,7 +35,8 @@ class Column:
     default: bool = False
     """Shown in the table unless ``--batchprof-columns`` says otherwise."""
     optional: bool = False
-    """A default column only some runs have (``--target-accuracy``, ``--noise-scale``)."""
+    """A default column only some runs have (``--target-accuracy``, ``--noise-scale``,
+    ``--batchprof-find-max-batch``)."""
     folded: bool = True
     """Over seeds, an interval where they differ (the general rule of
     :func:`~pytest_batchprof.runs.repeats.fold`); ``False``: the folding sets it itself."""
@@ -79,6 +80,7 @@ FIGURES: tuple[Column, ...] = (
     Column("seeds", "seeds", plain=_text),
     Column("optimizer", "optimizer", plain=_text),
     Column("lr", "lr", plain=lambda value: f"{float(value):g}"),
+    Column("precision", "precision", plain=_text),
     Column("train_seconds", "train time", TIME_UNITS, default=True, compared="time"),
     Column("seconds_per_epoch", "time / epoch", TIME_UNITS, default=True),
     Column("train_samples_per_second", "samples / s", plain=_whole),
@@ -110,6 +112,10 @@ FIGURES: tuple[Column, ...] = (
            optional=True),
     Column("critical_batch_high", "critical batch, 95% high", plain=_whole, default=True,
            optional=True),
+    Column("max_batch_size", "max batch", plain=_count, default=True, optional=True),
+    Column("max_batch_fits", "largest fit", plain=_count),
+    Column("max_batch_fails", "first failure", plain=lambda value: _unless_text(value, _count)),
+    Column("max_batch_limit", "memory limit", plain=_text),
     Column("outcome", "outcome", plain=_text, default=True, folded=False),
     Column("out_of_memory", "out of memory", plain=_text, compared="fit"),
     Column("tests", "tests", plain=_text, folded=False),

@@ -76,8 +76,11 @@ def table_columns(
     columns = [key for key in DEFAULT_COLUMNS if key in present]
     if "epochs" in columns and len({row["lr"] for row in rows if row.get("lr") is not None}) > 1:
         columns.insert(columns.index("epochs") + 1, "lr")  # --lr-scaling: each run's own lr
+    if "epochs" in columns and any(row.get("precision", "fp32") != "fp32" for row in rows):
+        columns.insert(columns.index("lr" if "lr" in columns else "epochs") + 1, "precision")
     if "epochs" in columns and seeds_repeat(rows):  # --repeats: how many seeds each row folds
-        columns.insert(columns.index("lr" if "lr" in columns else "epochs") + 1, "seeds")
+        columns.insert(columns.index("epochs") + 1 + ("lr" in columns)
+                       + ("precision" in columns), "seeds")
     standard = set(standard_keys)
     for row in rows:
         for key, value in row.items():

@@ -22,6 +22,7 @@ import torch
 
 from pytest_batchprof.data.datasets import Dataset, dataset_key, load_dataset
 from pytest_batchprof.engine.memory import MemoryLimit, OutOfMemory
+from pytest_batchprof.engine.precision import matmul_precision
 from pytest_batchprof.engine.steps import LoopStep, NoiseScaleEstimate
 from pytest_batchprof.engine.training import (
     Run,
@@ -37,6 +38,7 @@ from pytest_batchprof.measuring.metrics import PeakMemory, PeakMemoryMeter, meas
 from pytest_batchprof.plugin.options import Settings, flag_of, format_size
 from pytest_batchprof.plugin.progress import Console, RunProgress
 from pytest_batchprof.runs.cache import RunCache
+from pytest_batchprof.runs.max_batch import MaxBatch, find_max_batch
 
 
 def memory_limit(settings: Settings, device: torch.device) -> MemoryLimit | None:
@@ -131,11 +133,12 @@ class Measurer:
             self.say(f"  {run.out_of_memory.describe()}")
             return
         data = experiment.data
-        run.measurements = measure(
-            run.model, run.optimizer, data.test.x,
-            self.settings.inference_batch_size or run.config.batch_size,
-            peak, train_carbon, self.carbon,
-        )
+        with matmul_precision(run.config.precision, data.test.x.device):
+            run.measurements = measure(
+                run.model, run.optimizer, data.test.x,
+                self.settings.inference_batch_size or run.config.batch_size,
+                peak, train_carbon, self.carbon, run.config.precision,
+            )
         self.say(f"  trained in {run.train_seconds:.2f} s{origin}, "
                  f"test acc={run.test_accuracy:.4f}, {run.measurements.latency.describe()}")
         if run.noise_scale is not None:
@@ -259,6 +262,7 @@ class BatchprofSession:
         self.say = Say(console)
         self.data = DataSets(settings, device)
         self.runs: dict[RunConfig, Run] = {}
+        self.max_batches: dict[tuple[object, ...], MaxBatch] = {}
         self.carbon = None if settings.no_co2 else CarbonMeter(settings.co2_country)
         self.measure = Measurer(settings, self.say, self.carbon)
         self.trainer = Trainer(device, console, self.carbon,
@@ -292,6 +296,35 @@ class BatchprofSession:
         config = experiment.config
         if config in self.runs:  # unnamed factories differ in config.architecture
             return self.runs[config]
+        max_batch = self.max_batch(experiment) if self.settings.find_max_batch else None
+        run = self._run(experiment, dataset)
+        run.max_batch = max_batch
+        return run
+
+    def max_batch(self, experiment: Experiment) -> MaxBatch | None:
+        """The largest batch of ``experiment``'s model that fits the memory limit, searched
+        once per model (:mod:`~pytest_batchprof.runs.max_batch`); ``None`` without a limit."""
+        config, limit = experiment.config, self.memory_limit
+        if limit is None:
+            return None
+        key = (config.model_name, config.architecture, config.dataset, config.input_shape,
+               config.optimizer, config.loss, config.callables, config.precision)
+        if key not in self.max_batches:
+            self.say(f"batchprof: finding the largest batch of {config.model_name} on "
+                     f"{config.dataset}")
+            if not self.trainer.warmed_up:
+                warm_up(self.device)
+                self.trainer.warmed_up = True
+            found = find_max_batch(experiment, self.device, limit,
+                                   self.settings.max_batch_margin, self.settings.max_batch_cap)
+            self.say(f"  {found.describe()}")
+            self.max_batches[key] = found
+        return self.max_batches[key]
+
+    def _run(self, experiment: Experiment, dataset: Dataset) -> Run:
+        """The run of ``experiment`` (on ``dataset``, whole), from the cache or trained now,
+        and measured."""
+        config = experiment.config
         cache_key = None
         if self.cache is not None and experiment.cache_note is not None:
             self.say.once(f"batchprof: {experiment.cache_note}")
