@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytest_batchprof.data.datasets import Dataset, Split
+from pytest_batchprof.engine.clock import HOST_CLOCK, Stopwatch
 from pytest_batchprof.engine.denormals import denormals_flushed
 from pytest_batchprof.engine.devices import synchronize
 from pytest_batchprof.engine.memory import (
@@ -237,6 +238,8 @@ class Run:
     :data:`CURVE_EVERY_SAMPLES` samples: the epoch records are fine enough)."""
     curve_seconds: float = 0.0
     """Wall time spent measuring ``curve``: part of no training time."""
+    clock: str = HOST_CLOCK
+    """What timed the epochs (:mod:`~pytest_batchprof.engine.clock`): CUDA events on CUDA."""
     max_batch: MaxBatch | None = None
     """With ``--batchprof-find-max-batch``: the largest batch of this run's model that fits."""
     out_of_memory: OutOfMemory | None = None
@@ -316,6 +319,7 @@ class Run:
             "test_loss": self.test_loss,
             "diverged": self.diverged,
             "train_samples_per_second": self.train_samples_per_second,
+            "train_clock": self.clock,
             **(self.measurements.summary() if self.measurements else {}),
             **(self.noise_scale.summary() if self.noise_scale else {}),
             **(self.time_to_target.summary() if self.time_to_target else {}),
@@ -628,12 +632,13 @@ class TrainingLoop:
         for step in self.steps:
             step.start()
         next_due = min(step.due for step in self.steps)
+        stopwatch = Stopwatch(device)
+        run.clock = stopwatch.name
         synchronize(device)
         self.started = time.perf_counter()
         for epoch in range(1, config.epochs + 1):
             self.epoch, self.stop_epoch, self.step = epoch, False, 0
-            synchronize(device)
-            epoch_started = time.perf_counter()
+            stopwatch.start()
             measured_before = run.curve_seconds
             model.train()
             order = torch.randperm(count, generator=shuffle).to(device)
@@ -676,9 +681,8 @@ class TrainingLoop:
                     break
             train_loss = self.fold().item() / seen
             train_accuracy = self.correct_total.item() / seen
-            synchronize(device)
+            train_seconds = stopwatch.stop() - (run.curve_seconds - measured_before)
             trained = time.perf_counter()
-            train_seconds = trained - epoch_started - (run.curve_seconds - measured_before)
             run.train_seconds += train_seconds
             if not math.isfinite(train_loss):
                 run.diverged = (f"training loss became {train_loss} in epoch {epoch} "

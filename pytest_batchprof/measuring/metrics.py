@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import logging
+import statistics
 import threading
 import time
 import warnings
@@ -74,6 +75,9 @@ class Latency:
     minimum: float
     repeats: int
     per_repeat: int
+    clock: str = "time.perf_counter"
+    """What timed the blocks of calls: CUDA events on CUDA (:mod:`~pytest_batchprof.engine.
+    clock`), torch.utils.benchmark's perf_counter elsewhere."""
 
     def describe(self) -> str:
         return (
@@ -127,6 +131,7 @@ class Measurements:
                 f"{prefix}_iqr_s": latency.iqr,
                 f"{prefix}_min_s": latency.minimum,
                 f"{prefix}_repeats": latency.repeats,
+                f"{prefix}_clock": latency.clock,
             })
         for prefix, carbon in (("train", self.train_carbon),
                                ("inference_per_1000", self.inference_carbon_per_1000)):
@@ -314,6 +319,8 @@ def measure_latency(model: nn.Module, inputs: torch.Tensor,
     (``Timer.blocked_autorange`` grows its blocks tenfold at a time, which
     leaves one or two blocks for a fast model: no spread to report.)
     """
+    if inputs.device.type == "cuda":
+        return _latency_by_cuda_events(model, inputs, min_run_time)
     Measurement, Timer = benchmark_timer()
     was_training = model.training
     model.eval()
@@ -342,6 +349,41 @@ def measure_latency(model: nn.Module, inputs: torch.Tensor,
         repeats=len(blocks),
         per_repeat=number,
     )
+
+
+def _latency_by_cuda_events(model: nn.Module, inputs: torch.Tensor,
+                            min_run_time: float) -> Latency:
+    """:func:`measure_latency` on CUDA: each block of calls is timed by a pair of CUDA events
+    around it, with one host wait at its end and none inside it."""
+    from pytest_batchprof.engine.clock import Stopwatch
+
+    stopwatch = Stopwatch(inputs.device)
+    was_training = model.training
+    model.eval()
+
+    def block(number: int) -> float:
+        stopwatch.start()
+        for _ in range(number):
+            model(inputs)
+        return stopwatch.stop() / number
+
+    try:
+        with torch.inference_mode():
+            per_call = block(1)
+            block(max(1, min(100, int(LATENCY_BLOCK_SECONDS / max(per_call, 1e-9)))))
+            number = max(1, round(LATENCY_BLOCK_SECONDS / max(block(10), 1e-9)))
+            times: list[float] = []
+            started = time.perf_counter()
+            while (len(times) < LATENCY_MIN_REPEATS
+                   or time.perf_counter() - started < min_run_time):
+                times.append(block(number))
+    finally:
+        model.train(was_training)
+    batch = inputs.shape[0]
+    quartiles = statistics.quantiles(times, n=4)
+    return Latency(batch_size=batch, median=statistics.median(times) / batch,
+                   iqr=(quartiles[2] - quartiles[0]) / batch, minimum=min(times) / batch,
+                   repeats=len(times), per_repeat=number, clock=stopwatch.name)
 
 
 class PeakMemoryMeter:

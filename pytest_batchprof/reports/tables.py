@@ -233,6 +233,10 @@ def _notes(rows: Sequence[Row]) -> str:
         notes.append("A row of several seeds (see seeds) shows each figure that differs "
                      "between them as mean ± the half-width of its 95% confidence interval "
                      "(Student t).")
+    for key, figure in (("train_clock", "Training times"), ("latency_clock", "Latencies")):
+        clocks = sorted({str(row[key]) for row in rows if row.get(key)})
+        if clocks:
+            notes.append(f"{figure} were read from {' and '.join(clocks)}.")
     reasons = sorted({str(row[key]) for row in rows
                       for key in ("train_co2_note",) if row.get(key)})
     notes += [f"CO2eq n/a: {reason}." for reason in reasons]
