@@ -125,7 +125,7 @@ class DivergenceCheck(LoopStep):
         self.due = self.every
 
     def fire(self) -> None:
-        if not torch.isfinite(self.loop.fold()):
+        if not self.loop.finite(self.loop.fold()):
             self.loop.stop_epoch = True
         self.due = self.loop.steps_done + self.every
 

@@ -58,6 +58,7 @@ from pytest_batchprof.measuring.noise_scale import NoiseScale
 from pytest_batchprof.plugin.progress import TrainingStatus
 
 if TYPE_CHECKING:
+    from pytest_batchprof.engine.parallel import Shard
     from pytest_batchprof.engine.steps import LoopStep
     from pytest_batchprof.runs.max_batch import MaxBatch
 
@@ -310,6 +311,7 @@ class Run:
         figures = {
             **asdict(self.config),
             "model": self.name,
+            "per_process_batch": self.config.per_process_batch,
             "samples_per_epoch": self.samples_per_epoch,
             "train_seconds": self.train_seconds,
             "seconds_per_epoch": self.seconds_per_epoch,
@@ -510,7 +512,8 @@ class TrainingLoop:
                  observer: TrainingObserver | None = None,
                  extra_steps: Sequence[type[LoopStep]] = (),
                  memory: PeakMemoryMeter | None = None,
-                 memory_limit: MemoryLimit | None = None) -> None:
+                 memory_limit: MemoryLimit | None = None,
+                 shard: Shard | None = None) -> None:
         from pytest_batchprof.engine.steps import loop_steps
 
         self.config, self.data, self.device, self.observer = config, data, device, observer
@@ -518,6 +521,16 @@ class TrainingLoop:
         """The meter of the run's peak memory (entered around :meth:`run`) and the limit it
         may not pass: with both, :class:`~.steps.MemoryCheck` watches the run."""
         self.model, self.optimizer = initial_model(config, device, recipe)  # lr after warm-up
+        self.shard = shard
+        """This process's place in a data-parallel run (:mod:`.parallel`); ``None`` alone."""
+        self.forward = self.model
+        self.local_batch = config.batch_size
+        """Samples of a full batch that this process computes (the global batch alone)."""
+        if shard is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.model)
+            self.local_batch = config.batch_size // shard.world
         self.loss_fn, self.metric = recipe.loss, recipe.metric
         self.run_record = Run(config=config, model=self.model, optimizer=self.optimizer,
                               samples_per_epoch=len(data.train), test_images=data.test.x)
@@ -544,9 +557,25 @@ class TrainingLoop:
 
     def evaluate(self, split: Split) -> tuple[float, float]:
         """Mean loss and accuracy of the model now on ``split`` (the run's loss, metric and
-        precision)."""
-        return evaluate(self.model, split, loss=self.loss_fn, metric=self.metric,
-                        precision=self.config.precision)
+        precision); in a data-parallel run, each process evaluates its shard and the sums
+        are all-reduced."""
+        if self.shard is None:
+            return evaluate(self.model, split, loss=self.loss_fn, metric=self.metric,
+                            precision=self.config.precision)
+        low, high = self.shard.bounds(len(split))
+        local = Split(split.x[low:high], split.y[low:high])
+        loss, accuracy = evaluate(self.model, local, loss=self.loss_fn, metric=self.metric,
+                                  precision=self.config.precision)
+        count = len(local)
+        total_loss, correct, samples = self.shard.sum(
+            *(torch.tensor(value, device=self.device)
+              for value in (loss * count, accuracy * count, float(count))))
+        return float(total_loss / samples), float(correct / samples)
+
+    def finite(self, loss_total: torch.Tensor) -> bool:
+        """Whether the running loss is finite (on every process, in a data-parallel run)."""
+        finite = bool(torch.isfinite(loss_total))
+        return finite if self.shard is None else self.shard.all_true(finite, self.device)
 
     def fold(self) -> torch.Tensor:
         """Sum the pending steps into the epoch's running loss (per sample, times the
@@ -555,10 +584,10 @@ class TrainingLoop:
         if losses:
             stacked = torch.stack(losses)
             if self.short_batch:  # the epoch's last batch, the last pending step
-                self.loss_total += (stacked[:-1].sum() * self.config.batch_size
+                self.loss_total += (stacked[:-1].sum() * self.local_batch
                                     + stacked[-1] * self.short_batch)
             else:
-                self.loss_total += stacked.sum() * self.config.batch_size
+                self.loss_total += stacked.sum() * self.local_batch
             self.correct_total += self.metric(torch.cat(outputs), torch.cat(labels))
             for pending in self.pending:
                 pending.clear()
@@ -620,6 +649,7 @@ class TrainingLoop:
         train_split = self.data.train
         batch_size, count = config.batch_size, self.count
         model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
+        forward, shard, local_batch = self.forward, self.shard, self.local_batch
         clear_grads = _grad_clearer(optimizer)
         in_precision = autocast(config.precision, device)  # nothing for fp32 and tf32
         scaler = grad_scaler(config.precision, device)  # fp16 only
@@ -652,24 +682,34 @@ class TrainingLoop:
                 chunk_labels = train_split.y[index]  # kept by the pending steps: not reused
                 for start in range(0, len(index), batch_size):
                     labels = chunk_labels[start:start + batch_size]
-                    with in_precision:
-                        logits = model(chunk_images[start:start + batch_size])
-                        loss = loss_fn(logits, labels)
+                    size = len(labels)  # the global batch's
+                    if shard is None:
+                        with in_precision:
+                            logits = forward(chunk_images[start:start + batch_size])
+                            loss = objective = loss_fn(logits, labels)
+                    else:  # this process's slice, its loss weighted to the global mean's
+                        low, high = shard.bounds(size)
+                        labels = labels[low:high]
+                        with in_precision:
+                            logits = forward(chunk_images[start + low:start + high])
+                            loss = loss_fn(logits, labels) if high > low else logits.sum()
+                        objective = loss * ((high - low) * shard.world / size)
                     clear_grads()
                     if scaler is None:
-                        loss.backward()
+                        objective.backward()
                         optimizer.step()
                     else:
-                        scaler.scale(loss).backward()
+                        scaler.scale(objective).backward()
                         scaler.step(optimizer)
                         scaler.update()
-                    losses.append(loss.detach())
-                    outputs.append(logits.detach())
-                    labels_seen.append(labels)
-                    size = len(labels)
-                    if size != batch_size:
-                        self.short_batch = size
-                    seen += size
+                    local = len(labels)
+                    if local:
+                        losses.append(loss.detach())
+                        outputs.append(logits.detach())
+                        labels_seen.append(labels)
+                        if local != local_batch:
+                            self.short_batch = local
+                    seen += local
                     self.step += 1
                     self.steps_done += 1
                     self.samples_done += size
@@ -679,8 +719,12 @@ class TrainingLoop:
                             break
                 if self.stop_epoch:
                     break
-            train_loss = self.fold().item() / seen
-            train_accuracy = self.correct_total.item() / seen
+            loss_total, correct_total = self.fold(), self.correct_total
+            if shard is not None:  # the global figures: every process's sums
+                loss_total, correct_total, seen = shard.sum(
+                    loss_total, correct_total, torch.tensor(float(seen), device=device))
+            train_loss = loss_total.item() / float(seen)
+            train_accuracy = correct_total.item() / float(seen)
             train_seconds = stopwatch.stop() - (run.curve_seconds - measured_before)
             trained = time.perf_counter()
             run.train_seconds += train_seconds

@@ -129,6 +129,7 @@ def build_experiment(
     loss: LossFunction | None = None,
     name: str | None = None,
     precision: str | None = None,
+    data_parallel: int | None = None,
 ) -> Experiment:
     """The run of ``model`` on ``dataset`` with these arguments, the session's settings
     filling in what they leave out; raise ``ValueError`` (``ModelError`` for the
@@ -148,6 +149,12 @@ def build_experiment(
     reason = unsupported(precision, device)
     if reason is not None:
         raise ValueError(f"precision={precision!r}: {reason}")
+    processes = settings.data_parallel if data_parallel is None else data_parallel
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"data_parallel={processes!r} must be a whole number >= 1")
+    if batch_size % processes:
+        raise ValueError(f"batch size {batch_size} does not divide by {processes} processes: "
+                         f"the batch size is the global batch; use a multiple of {processes}")
     seed = settings.seed if seed is None else seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed={seed!r} must be a whole number >= 0")
@@ -179,6 +186,7 @@ def build_experiment(
         loss="cross_entropy" if loss in (None, F.cross_entropy) else callable_label(loss),
         callables=callables,
         precision=precision,
+        processes=processes,
     )
     data = data.with_train_subset(config.train_subset)
     _check_config(config, len(data.train))

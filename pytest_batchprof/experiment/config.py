@@ -87,6 +87,9 @@ class RunConfig:
     precision: str = _role("lines", default="fp32")
     """``fp32``, ``tf32`` (TF32 matmuls on CUDA), ``bf16`` or ``fp16`` (autocast mixed
     precision, fp16 with a gradient scaler): training, evaluation and latency alike."""
+    processes: int = _role("lines", default=1)
+    """Processes of a data-parallel run (``batch_size`` is the global batch, split evenly
+    among them); 1 for a run in the test's own process."""
     trainer: str = _role(default="batchprof")
     """Who trained the run: the plugin's engine, or ``own loop (<test id>)`` for a run
     a test trained itself and recorded (:func:`pytest_batchprof.record`)."""
@@ -94,6 +97,11 @@ class RunConfig:
     @property
     def input_size(self) -> int:
         return math.prod(self.input_shape)
+
+    @property
+    def per_process_batch(self) -> int:
+        """The batch each process of a data-parallel run computes."""
+        return self.batch_size // self.processes
 
     @property
     def model_name(self) -> str:
@@ -109,6 +117,8 @@ class RunConfig:
             f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}, {self.optimizer} "
             f"lr={self.lr:g}, seed {self.seed}, {self.device}"
             + ("" if self.precision == "fp32" else f", {self.precision}")
+            + ("" if self.processes == 1 else
+               f", {self.processes} processes of batch {self.per_process_batch}")
         )
 
 

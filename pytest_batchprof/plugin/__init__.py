@@ -411,8 +411,9 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
     table calls the model; default the class or function name and its parameter
     count, ``LeNet5 (61,706)``), ``input_size`` (a centre crop of images, ``400``
     or ``(h, w)``), ``dataset`` (default: this test's data set), ``repeats``
-    (default: ``--repeats``) and ``precision`` (``fp32``, ``tf32``, ``bf16`` or
-    ``fp16``; default: ``--batchprof-precision``).
+    (default: ``--repeats``), ``precision`` (``fp32``, ``tf32``, ``bf16`` or
+    ``fp16``; default: ``--batchprof-precision``) and ``data_parallel`` (processes
+    of a DistributedDataParallel run; default: ``--batchprof-data-parallel``).
 
     The same configuration asked for again in the session is trained once, and
     with ``--batchprof-cache`` it is kept across sessions, keyed by a
@@ -454,7 +455,9 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
         dataset: str | None = None,
         repeats: int | None = None,
         precision: str | None = None,
+        data_parallel: int | None = None,
     ) -> Run | RepeatedRun:
+        from pytest_batchprof.engine.parallel import DataParallelError
         from pytest_batchprof.experiment.models import ModelError
 
         repeats = state.settings.repeats if repeats is None else repeats
@@ -478,8 +481,8 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
                                 optimizer=optimizer,
                                 seed=first_seed + offset if offset else first_seed,
                                 input_size=input_size, loss=loss, name=name,
-                                precision=precision)
-            except ModelError as error:
+                                precision=precision, data_parallel=data_parallel)
+            except (ModelError, DataParallelError) as error:
                 failure = str(error)
             if failure is not None:  # one line, outside the except: no chained traceback
                 pytest.fail(failure, pytrace=False)

@@ -94,6 +94,7 @@ class Settings:
     oom: str = "skip"
     """What an out-of-memory run does to its test: ``skip`` or ``fail``."""
     find_max_batch: bool = False
+    data_parallel: int = 1
     max_batch_margin: float = 0.1
     max_batch_cap: int | None = None
 
@@ -125,7 +126,8 @@ class Settings:
             f" oom={self.oom}" if self.oom != Settings.oom else "") + (
             f" find-max-batch (margin {self.max_batch_margin:.0%}"
             f"{f', cap {self.max_batch_cap}' if self.max_batch_cap else ''})"
-            if self.find_max_batch else "")
+            if self.find_max_batch else "") + (
+            f" data-parallel={self.data_parallel}" if self.data_parallel > 1 else "")
 
     def _lr_schedule(self) -> str:
         schedule = (self.lr_scaling, self.lr_base_batch, self.lr_warmup_epochs)
@@ -452,6 +454,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("oom", "ACTION", _choice(OOM_ACTIONS), "skip or fail",
            "what a run that runs out of memory does to its test; its row reads 'out of "
            "memory at batch B' either way (default: skip)", name="batchprof_oom"),
+    Option("data_parallel", "N", _positive_int, "a whole number >= 1",
+           "train every run in N processes with torch.distributed's DistributedDataParallel "
+           "(gloo on the CPU, NCCL on CUDA); the batch size stays the global batch and must "
+           "divide by N (default: 1)", name="batchprof_data_parallel"),
     Option("find_max_batch", None, _boolean, "true or false",
            "for each model of the session, find the largest batch size whose training fits "
            "the memory limit (--batchprof-memory-budget, or the CUDA device's memory) and "
@@ -558,6 +564,14 @@ def settings_from_config(config: pytest.Config) -> Settings:
     if "data_dir" not in values:
         values["data_dir"] = default_data_dir()
     values.setdefault("report_dir", config.rootpath / "reports")
+    processes = values.get("data_parallel", 1)
+    indivisible = [size for size in values.get("batch_sizes", Settings.batch_sizes)
+                   if size % processes]
+    if indivisible:
+        raise pytest.UsageError(
+            f"{source_of(config, 'batch_sizes')} has {indivisible[0]}, which does not divide "
+            f"by {source_of(config, 'data_parallel')} {processes}: the batch size is the "
+            f"global batch, split evenly among the processes; use multiples of {processes}")
     if values.get("cache_clear") and values.get("cache_dir") is None:
         raise pytest.UsageError(
             f"{source_of(config, 'cache_clear')} needs --batchprof-cache DIR "

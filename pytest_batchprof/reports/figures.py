@@ -36,7 +36,7 @@ class Column:
     """Shown in the table unless ``--batchprof-columns`` says otherwise."""
     optional: bool = False
     """A default column only some runs have (``--target-accuracy``, ``--noise-scale``,
-    ``--batchprof-find-max-batch``)."""
+    ``--batchprof-find-max-batch``, data-parallel runs beside a single-process one)."""
     folded: bool = True
     """Over seeds, an interval where they differ (the general rule of
     :func:`~pytest_batchprof.runs.repeats.fold`); ``False``: the folding sets it itself."""
@@ -81,9 +81,13 @@ FIGURES: tuple[Column, ...] = (
     Column("optimizer", "optimizer", plain=_text),
     Column("lr", "lr", plain=lambda value: f"{float(value):g}"),
     Column("precision", "precision", plain=_text),
+    Column("processes", "processes", plain=_count),
+    Column("per_process_batch", "batch / process", plain=_count),
     Column("train_seconds", "train time", TIME_UNITS, default=True, compared="time"),
     Column("seconds_per_epoch", "time / epoch", TIME_UNITS, default=True),
     Column("train_samples_per_second", "samples / s", plain=_whole),
+    Column("scaling_efficiency", "scaling efficiency (%)", plain=_percent, default=True,
+           optional=True),
     Column("train_accuracy", "train acc (%)", plain=_percent, default=True),
     Column("val_accuracy", "val acc (%)", plain=_percent, default=True),
     Column("test_accuracy", "test acc (%)", plain=_percent, default=True, compared="accuracy"),

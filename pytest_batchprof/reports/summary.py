@@ -23,6 +23,7 @@ from pytest_batchprof.reports import storage
 from pytest_batchprof.reports.figures import OUT_OF_MEMORY_KEY
 from pytest_batchprof.reports.tables import (
     Row,
+    add_scaling_efficiency,
     merge_outcome,
     render_markdown,
     render_table,
@@ -116,6 +117,7 @@ class SummaryTables:
 
     @classmethod
     def build(cls, config: pytest.Config, settings, rows: list[Row]) -> SummaryTables:
+        add_scaling_efficiency(rows)
         standard_keys = {key for row in rows for key in row}
         config.hook.pytest_batchprof_summary(config=config, rows=rows)
         rows = [{key: _finite(value) for key, value in row.items()} for row in rows]

@@ -60,6 +60,23 @@ def sort_rows(rows: Iterable[Row]) -> list[Row]:
                                          _number(row.get("batch_size")), _number(row.get("seed"))))
 
 
+def add_scaling_efficiency(rows: Sequence[Row]) -> None:
+    """Give each data-parallel row its scaling efficiency: its training throughput over N
+    times that of the single-process run of the same configuration, when the rows have one
+    (1.0: N processes train N times as fast)."""
+    def alone(row: Row) -> str:
+        return run_key({**row, "processes": 1})
+
+    single = {alone(row): row for row in rows if (row.get("processes") or 1) == 1}
+    for row in rows:
+        processes = row.get("processes") or 1
+        base = single.get(alone(row)) if processes > 1 else None
+        rate, base_rate = row.get("train_samples_per_second"), (base or {}).get(
+            "train_samples_per_second")
+        if isinstance(rate, int | float) and isinstance(base_rate, int | float) and base_rate:
+            row["scaling_efficiency"] = rate / (processes * base_rate)
+
+
 def table_columns(
     rows: Sequence[Row], requested: Sequence[str] | None = None,
     standard_keys: Iterable[str] = (),
@@ -78,6 +95,9 @@ def table_columns(
         columns.insert(columns.index("epochs") + 1, "lr")  # --lr-scaling: each run's own lr
     if "epochs" in columns and any(row.get("precision", "fp32") != "fp32" for row in rows):
         columns.insert(columns.index("lr" if "lr" in columns else "epochs") + 1, "precision")
+    if "batch_size" in columns and any((row.get("processes") or 1) > 1 for row in rows):
+        at = columns.index("batch_size") + 1  # data-parallel runs: processes, their batch
+        columns[at:at] = ["processes", "per_process_batch"]
     if "epochs" in columns and seeds_repeat(rows):  # --repeats: how many seeds each row folds
         columns.insert(columns.index("epochs") + 1 + ("lr" in columns)
                        + ("precision" in columns), "seeds")

@@ -22,6 +22,7 @@ import torch
 
 from pytest_batchprof.data.datasets import Dataset, dataset_key, load_dataset
 from pytest_batchprof.engine.memory import MemoryLimit, OutOfMemory
+from pytest_batchprof.engine.parallel import train_data_parallel
 from pytest_batchprof.engine.precision import matmul_precision
 from pytest_batchprof.engine.steps import LoopStep, NoiseScaleEstimate
 from pytest_batchprof.engine.training import (
@@ -172,18 +173,23 @@ class Trainer:
         if self.console is not None:
             progress = RunProgress(self.console, config.epochs, verbose=self.console.verbose)
         memory = PeakMemoryMeter(self.device)
-        loop = TrainingLoop(config, experiment.data, self.device, experiment.recipe, progress,
-                            self.extra_steps, memory, self.memory_limit())
+        loop = None  # a data-parallel run's loops are in its processes
+        if config.processes == 1:
+            loop = TrainingLoop(config, experiment.data, self.device, experiment.recipe,
+                                progress, self.extra_steps, memory, self.memory_limit())
         with ExitStack() as stack:
             stack.enter_context(memory)
             train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None
             run = None
             try:
-                run = loop.run()
+                run = (loop.run() if loop is not None else
+                       train_data_parallel(config, experiment.data, self.device,
+                                           experiment.recipe))
             finally:  # an interrupted run leaves no half-drawn progress line behind
                 if progress is not None:
                     progress.finish(run.history if run is not None else [])
-        loop.finish()  # measures the trained model: outside the meters of its training
+        if loop is not None:
+            loop.finish()  # measures the trained model: outside the meters of its training
         return run, memory.result, train_carbon[0] if train_carbon else None
 
 

@@ -1,0 +1,177 @@
+"""Data-parallel runs: real 2-process gloo runs on the CPU against 1 process, the row, the
+usage errors, and a rank that fails."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import psutil
+import pytest
+from session_output import assert_one_clean_error, failure_section, summary_rows
+
+BASE = ("-p", "no:cacheprovider", "--no-co2", "--device", "cpu", "--epochs", "2",
+        "--batchprof-no-report")
+
+PAIR = """
+import json, pathlib
+import pytest
+
+
+@pytest.mark.dataset("synthetic", size=3000)
+@pytest.mark.parametrize("processes", [1, 2])
+def test_run(trained_mlp, batch_size, processes):
+    run = trained_mlp(hidden=64, data_parallel=processes)
+    steps = {int(state["step"]) for state in run.optimizer.state_dict()["state"].values()}
+    pathlib.Path(f"p{processes}.json").write_text(json.dumps({
+        "steps": sorted(steps), "test_accuracy": run.test_accuracy,
+        "train_loss": [record.train_loss for record in run.history],
+        "val_loss": [record.val_loss for record in run.history],
+        "processes": run.config.processes, "per_process_batch": run.config.per_process_batch}))
+"""
+
+
+def test_two_processes_take_the_same_steps_as_one(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(PAIR)
+    result = pytester.runpytest(*BASE, "--batch-sizes", "30")  # 2,750 samples: a short batch
+    result.assert_outcomes(passed=2)
+    one, two = (json.loads((pytester.path / f"p{n}.json").read_text()) for n in (1, 2))
+    assert one["steps"] == two["steps"] == [2 * 92]  # ceil(2,750 / 30) steps an epoch, x2
+    assert abs(one["test_accuracy"] - two["test_accuracy"]) <= 0.01  # within the noise
+    for key in ("train_loss", "val_loss"):  # the curves track each other
+        assert two[key] == pytest.approx(one[key], rel=1e-4)
+    assert (two["processes"], two["per_process_batch"]) == (2, 15)
+    rows = {row["processes"]: row for row in summary_rows(result)}
+    assert (rows["2"]["batch"], rows["2"]["batch / process"]) == ("30", "15")
+    assert rows["1"]["batch / process"] == "30"
+    assert rows["1"]["scaling efficiency (%)"] == "n/a"
+    assert 0 < float(rows["2"]["scaling efficiency (%)"]) < 200  # against the 1-process run
+    result.stdout.fnmatch_lines(["*training 64-64-10 on *, batch 30, *, cpu, 2 processes of "
+                                 "batch 15"])
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("--batchprof-data-parallel", "0"), "--batchprof-data-parallel is 0, which is below 1"),
+    (("--batchprof-data-parallel", "2", "--batch-sizes", "16,33"),
+     "--batch-sizes has 33, which does not divide by --batchprof-data-parallel 2"),
+])
+def test_a_bad_process_count_or_batch_is_one_usage_error(pytester: pytest.Pytester,
+                                                         args: tuple[str, ...],
+                                                         words: str) -> None:
+    pytester.makepyfile(PAIR)
+    assert words in assert_one_clean_error(pytester.runpytest(*BASE, *args))
+
+
+FAILING_RANK = """
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class FailsOnRank1(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def forward(self, x):
+        if self.training and dist.is_initialized() and dist.get_rank() == 1:
+            raise RuntimeError("rank 1 ran into a wall")
+        return self.layers(x)
+
+
+@pytest.mark.dataset("synthetic", size=1000)
+def test_run(trained_model):
+    trained_model(FailsOnRank1, batch_size=32, data_parallel=2)
+
+
+@pytest.mark.dataset("synthetic", size=1000)
+def test_after(trained_model):
+    assert trained_model(FailsOnRank1, batch_size=64).test_accuracy > 0
+"""
+
+
+def test_a_failing_rank_fails_its_test_naming_it_and_leaves_no_process(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(FAILING_RANK)
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    started = time.monotonic()
+    result = pytester.runpytest(*BASE)
+    elapsed = time.monotonic() - started
+    result.assert_outcomes(passed=1, failed=1)  # the session goes on
+    (line,) = failure_section(result, "test_run")
+    assert line == "rank 1 of 2 failed: RuntimeError: rank 1 ran into a wall"
+    assert elapsed < 60  # bounded: the other rank does not wait out its collectives
+    time.sleep(0.5)
+    left = [child for child in psutil.Process().children(recursive=True)
+            if child.pid not in before and child.is_running()
+            and child.status() != psutil.STATUS_ZOMBIE]
+    assert left == []
+
+
+DYING_RANK = """
+import os, signal
+import pytest
+import torch.distributed as dist
+from torch import nn
+
+
+class KilledOnRank1(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def forward(self, x):
+        if self.training and dist.is_initialized() and dist.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.layers(x)
+
+
+@pytest.mark.dataset("synthetic", size=1000)
+def test_run(trained_model):
+    trained_model(KilledOnRank1, batch_size=32, data_parallel=2)
+"""
+
+
+def test_a_rank_that_dies_fails_its_test_naming_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(DYING_RANK)
+    started = time.monotonic()
+    result = pytester.runpytest(*BASE)
+    result.assert_outcomes(failed=1)
+    assert failure_section(result, "test_run") == ["rank 1 of 2 died with exit code -9"]
+    assert time.monotonic() - started < 60
+
+
+def test_ctrl_c_while_waiting_kills_every_process() -> None:
+    import multiprocessing
+
+    from pytest_batchprof.engine import parallel
+
+    fork = multiprocessing.get_context("fork")
+    processes = [fork.Process(target=time.sleep, args=(60,)) for _ in range(2)]
+    for process in processes:
+        process.start()
+
+    class Interrupted:
+        def __init__(self) -> None:
+            self.processes = processes
+
+        def join(self, timeout: float | None = None, grace_period: float | None = None) -> bool:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        parallel._join(Interrupted())
+    assert not any(process.is_alive() for process in processes)
+
+
+def test_scaling_efficiency_is_the_throughput_over_n_times_one_process() -> None:
+    from pytest_batchprof.reports.tables import add_scaling_efficiency
+
+    one = {"model": "m", "batch_size": 64, "seed": 0, "processes": 1,
+           "train_samples_per_second": 1000.0}
+    rows = [one, {**one, "processes": 2, "train_samples_per_second": 1500.0},
+            {**one, "processes": 4, "batch_size": 128, "train_samples_per_second": 1.0}]
+    add_scaling_efficiency(rows)
+    assert rows[1]["scaling_efficiency"] == 0.75
+    assert "scaling_efficiency" not in rows[0]
+    assert "scaling_efficiency" not in rows[2]  # no single-process run of batch 128
