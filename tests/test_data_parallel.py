@@ -175,3 +175,75 @@ def test_scaling_efficiency_is_the_throughput_over_n_times_one_process() -> None
     assert rows[1]["scaling_efficiency"] == 0.75
     assert "scaling_efficiency" not in rows[0]
     assert "scaling_efficiency" not in rows[2]  # no single-process run of batch 128
+
+
+TORCHRUN = """
+import json, os, pathlib
+import pytest
+
+
+@pytest.mark.dataset("synthetic", size=3000)
+def test_run(trained_mlp, batch_size):
+    run = trained_mlp(hidden=64)
+    steps = {int(state["step"]) for state in run.optimizer.state_dict()["state"].values()}
+    pathlib.Path(f"rank{os.environ['RANK']}.json").write_text(json.dumps({
+        "processes": run.config.processes, "test_accuracy": run.test_accuracy,
+        "steps": sorted(steps)}))
+"""
+
+
+def test_two_nodes_under_torchrun_train_each_run_together_and_write_one_report(
+        pytester: pytest.Pytester) -> None:
+    """Two "nodes" of one process each on localhost, each launched by its own torchrun, as
+    on two machines: one data-parallel run per test, one report (rank 0's)."""
+    import subprocess
+    import sys
+
+    from pytest_batchprof.engine.parallel import free_port
+
+    pytester.makepyfile(TORCHRUN)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "batchprof-test",
+               "-m", "pytest", "-p", "no:cacheprovider", "--no-co2", "--device", "cpu",
+               "--epochs", "2", "--batch-sizes", "30", "--batchprof-report", "reports"]
+    nodes = [subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    ranks = [json.loads((pytester.path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0] == ranks[1]  # one run, the same weights in both processes
+    assert ranks[0]["processes"] == 2 and ranks[0]["steps"] == [2 * 92]
+    reports = sorted(path.name for path in (pytester.path / "reports").glob("*.json"))
+    assert len(reports) == 2 and "latest.json" in reports  # one report and its latest copy
+    (row,) = json.loads((pytester.path / "reports" / "latest.json").read_text())["rows"]
+    assert (row["processes"], row["per_process_batch"]) == (2, 15)
+
+
+def test_the_launcher_is_read_from_torchruns_environment() -> None:
+    from pytest_batchprof.plugin.launch import launched_rank
+
+    environ = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node0",
+               "MASTER_PORT": "29500"}
+    assert launched_rank(environ) == (3, 4)
+    assert launched_rank({**environ, "WORLD_SIZE": "1"}) is None  # one process: plain
+    assert launched_rank({key: value for key, value in environ.items()
+                          if key != "MASTER_PORT"}) is None
+    assert launched_rank({}) is None
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("--batchprof-data-parallel", "2"), "under torchrun each of its 2 pytest processes is "
+                                         "already one rank: leave it out"),
+    (("--batch-sizes", "31"), "--batch-sizes has 31, which does not divide by torchrun's 2 "
+                              "processes"),
+])
+def test_under_torchrun_bad_settings_are_one_usage_error(pytester: pytest.Pytester,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         args: tuple[str, ...],
+                                                         words: str) -> None:
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    pytester.makepyfile(TORCHRUN)
+    assert words in assert_one_clean_error(pytester.runpytest(*BASE, *args))

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pytest_batchprof.plugin.launch import launched_rank
+
 COLLECTIVE_TIMEOUT_SECONDS = 30.0
 """How long a collective (or the rendezvous) waits for a process that has stopped: a failed
 rank ends the others within this bound instead of hanging the test."""
@@ -63,6 +65,17 @@ class Shard:
         value = torch.tensor(1.0 if flag else 0.0, device=device)
         dist.all_reduce(value, op=dist.ReduceOp.MIN)
         return bool(value.item())
+
+
+def join_launched_group(device: torch.device) -> Shard:
+    """Join the process group torchrun set up (``env://``): gloo on the CPU, NCCL on CUDA,
+    with one device per local rank; this process's shard of every run."""
+    rank, world = launched_rank()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                init_method="env://", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_SECONDS))
+    return Shard(rank, world)
 
 
 def free_port() -> int:

@@ -15,6 +15,7 @@ data set ends the session once, with one line, instead of failing every test.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_batchprof.plugin import hooks
+from pytest_batchprof.plugin.launch import launched_rank
 from pytest_batchprof.plugin.options import (
     SHORT_SPELLINGS_KEY,
     Settings,
@@ -102,7 +104,9 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_batchprof.runs.cache import RunCache
 
         config.stash[CLEARED_KEY] = RunCache(settings.cache_dir).clear()
-    if not is_worker:  # xdist workers send their rows to the controller
+    launched = launched_rank()
+    if not is_worker and (launched is None or launched[0] == 0):
+        # xdist workers send their rows to the controller; under torchrun, rank 0 reports
         config.pluginmanager.register(SummaryReporter(config, _baseline(config, settings)),
                                       "batchprof-summary")
 
@@ -138,12 +142,38 @@ def batchprof_session(config: pytest.Config) -> BatchprofSession:
         raise pytest.UsageError(
             f"{source_of(config, 'find_max_batch')} needs a memory limit, and {device} has "
             f"none of its own: give --batchprof-memory-budget SIZE")
+    launched = None
+    if launched_rank() is not None:  # torchrun started this pytest as one rank of several
+        import torch
+
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        launched = _join_launched_group(config, settings, device)
     console = TerminalConsole(config)
-    session = BatchprofSession(settings, device, console)
+    session = BatchprofSession(settings, device, console, launched)
     config.stash[SESSION_KEY] = session
     if settings.device == "auto":  # the header could not say which device that is
         console.line(f"batchprof: device {device} (auto: cuda, then mps, then cpu)")
     return session
+
+
+def _join_launched_group(config: pytest.Config, settings: Settings, device: torch.device):
+    """Under torchrun, every pytest process is one rank of each run: check the options
+    against the world size, and join the process group."""
+    from pytest_batchprof.engine.parallel import join_launched_group
+
+    _, world = launched_rank()
+    if settings.data_parallel > 1:
+        raise pytest.UsageError(
+            f"{source_of(config, 'data_parallel')} forks processes of its own; under torchrun "
+            f"each of its {world} pytest processes is already one rank: leave it out")
+    indivisible = [size for size in settings.batch_sizes if size % world]
+    if indivisible:
+        raise pytest.UsageError(
+            f"{source_of(config, 'batch_sizes')} has {indivisible[0]}, which does not divide "
+            f"by torchrun's {world} processes: the batch size is the global batch; use "
+            f"multiples of {world}")
+    return join_launched_group(device)
 
 
 def current_item() -> pytest.Item | None:

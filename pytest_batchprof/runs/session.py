@@ -22,7 +22,7 @@ import torch
 
 from pytest_batchprof.data.datasets import Dataset, dataset_key, load_dataset
 from pytest_batchprof.engine.memory import MemoryLimit, OutOfMemory
-from pytest_batchprof.engine.parallel import train_data_parallel
+from pytest_batchprof.engine.parallel import Shard, train_data_parallel
 from pytest_batchprof.engine.precision import matmul_precision
 from pytest_batchprof.engine.steps import LoopStep, NoiseScaleEstimate
 from pytest_batchprof.engine.training import (
@@ -160,6 +160,8 @@ class Trainer:
     memory_limit: Callable[[], MemoryLimit | None] = lambda: None
     """The peak a run may reach before it counts as out of memory (asked for when a run
     starts: on CUDA, the device's memory)."""
+    launched: Shard | None = None
+    """Under torchrun: this process is one rank of every run, trained in place."""
     warmed_up: bool = False
 
     def __call__(self, experiment: Experiment) -> tuple[Run, PeakMemory, Carbon | None]:
@@ -173,10 +175,11 @@ class Trainer:
         if self.console is not None:
             progress = RunProgress(self.console, config.epochs, verbose=self.console.verbose)
         memory = PeakMemoryMeter(self.device)
-        loop = None  # a data-parallel run's loops are in its processes
-        if config.processes == 1:
+        loop = None  # a data-parallel run forks processes, whose loops train it
+        if config.processes == 1 or self.launched is not None:
             loop = TrainingLoop(config, experiment.data, self.device, experiment.recipe,
-                                progress, self.extra_steps, memory, self.memory_limit())
+                                progress, self.extra_steps, memory, self.memory_limit(),
+                                shard=self.launched)
         with ExitStack() as stack:
             stack.enter_context(memory)
             train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None
@@ -263,8 +266,11 @@ class BatchprofSession:
     it in the cache or train it, measure it)."""
 
     def __init__(self, settings: Settings, device: torch.device,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None, launched: Shard | None = None) -> None:
         self.settings, self.device, self.console = settings, device, console
+        self.launched = launched
+        """This process's rank when torchrun started pytest on several processes or nodes:
+        every run then trains data-parallel across all of them."""
         self.say = Say(console)
         self.data = DataSets(settings, device)
         self.runs: dict[RunConfig, Run] = {}
@@ -273,7 +279,7 @@ class BatchprofSession:
         self.measure = Measurer(settings, self.say, self.carbon)
         self.trainer = Trainer(device, console, self.carbon,
                                (NoiseScaleEstimate,) if settings.noise_scale else (),
-                               lambda: self.memory_limit)
+                               lambda: self.memory_limit, launched)
         self.cache = (None if settings.cache_dir is None else
                       CachedRuns(RunCache(settings.cache_dir), device, self.carbon, self.say,
                                  lambda: self.memory_limit, settings.noise_scale))
@@ -297,6 +303,12 @@ class BatchprofSession:
         """Train (or return the already trained) run of ``model`` (a factory) in this
         configuration; :func:`~pytest_batchprof.experiment.build.build_experiment` says
         what the keyword ``arguments`` are and what fills in those left out."""
+        if self.launched is not None:  # every run spans torchrun's processes
+            asked = arguments.get("data_parallel")
+            if asked not in (None, 1, self.launched.world):
+                raise ValueError(f"data_parallel={asked!r}: under torchrun every run spans its "
+                                 f"{self.launched.world} processes; leave data_parallel out")
+            arguments["data_parallel"] = self.launched.world
         experiment = build_experiment(self.settings, dataset, model, batch_size, self.device,
                                       **arguments)
         config = experiment.config
@@ -337,13 +349,17 @@ class BatchprofSession:
         elif self.cache is not None:
             cache_key = self.cache.key(config, self.data.fingerprint(dataset))
             run = self.cache.load(experiment, cache_key, self.measure)
+            if self.launched is not None and not self.launched.all_true(run is not None,
+                                                                         self.device):
+                run = None  # a rank without the entry trains, so all of them do
             if run is not None:
                 self.runs[config] = run
                 return run
         self.say(f"batchprof: training {config.describe()}")
         run, peak, train_carbon = self.trainer(experiment)
         self.measure(run, experiment, peak, train_carbon)
-        if cache_key is not None and run.out_of_memory is None:  # a limit's verdict, not a run
+        stores = self.launched is None or self.launched.rank == 0
+        if cache_key is not None and run.out_of_memory is None and stores:  # not a verdict
             self.cache.store(cache_key, run)
         self.runs[config] = run
         return run
