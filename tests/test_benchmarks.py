@@ -87,11 +87,12 @@ def test_folder_defaults_to_batches_16_64_128(pytester: pytest.Pytester,
     assert result.ret == pytest.ExitCode.OK
     one_layer = [i for i in ids if "test_one_hidden_layer_1024" in i]
     assert [i.rsplit("[", 1)[1] for i in one_layer] == ["bs16]", "bs64]", "bs128]"]
-    assert len(ids) == 2 * 3 + 4 * 3 + 5 + 1 + 3 * 3  # the architecture study: 3 models
+    assert len(ids) == 2 * 3 + 4 * 3 + 5 + 1 + 3 * 3 + 5 + 1  # architecture: 3 models
 
 
 @pytest.mark.parametrize(("marker", "count"), [
     ("batch_size_study", 2 * 3), ("depth_width", 4 * 3), ("large_batch", 5 + 1),
+    ("large_batch_data_parallel", 5 + 1),
 ])
 def test_each_experiment_is_selected_by_its_marker(pytester: pytest.Pytester,
                                                    experiments: Path, marker: str,
@@ -116,6 +117,19 @@ def test_depth_and_width_pass_their_floors_on_digits(pytester: pytest.Pytester,
                                 "--batch-sizes", "128", "--no-co2", "--batchprof-no-report")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*64-1024-1024-10*digits*128*"])
+
+
+def test_the_data_parallel_study_runs_two_processes_on_the_cpu(pytester: pytest.Pytester,
+                                                               experiments: Path) -> None:
+    result = pytester.runpytest(
+        str(experiments), "-m", "large_batch or large_batch_data_parallel", "--dataset",
+        "digits", "-k", "test_linear_bottleneck and 1000]", "--no-co2",
+        "--batchprof-no-report", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    rows = [line for line in result.outlines if line.startswith("| 64-1-10")]
+    assert len(rows) == 2  # the single-process run and the 2-process one, side by side
+    header = next(line for line in result.outlines if line.startswith("| model"))
+    assert "scaling efficiency (%)" in header and "| processes " in header
 
 
 def study_args() -> list[str]:

@@ -800,7 +800,8 @@ def test_recipe_changes_match_the_same_baseline_entry(recipe: dict[str, object])
     comparison = compared([row(test_accuracy=0.92, **recipe)], [row()])
     assert len(comparison.entries) == 1
     (entry,) = comparison.entries
-    assert (entry.title, entry.baseline, entry.now) == (TITLE, 0.9, 0.92)
+    title = TITLE.replace(", seed", ", bf16, seed") if "precision" in recipe else TITLE
+    assert (entry.title, entry.baseline, entry.now) == (title, 0.9, 0.92)
     assert entry.verdict == "improved"
     assert experiment_key(row(**recipe)) == experiment_key(row())
 

@@ -206,10 +206,15 @@ def render_history(row: Row) -> str:
 
 
 def run_title(row: Row) -> str:
-    """``784-1024-10 on mnist, batch 64, seed 0`` (``seeds 0-2`` for a row of folded seeds)."""
+    """``784-1024-10 on mnist, batch 64, seed 0`` (``seeds 0-2`` for a row of folded seeds;
+    ``, 2 processes`` and ``, bf16`` for a data-parallel run and another precision)."""
     seed = row.get("seed")
-    return (f"{row.get('model')} on {row.get('dataset')}, batch {row.get('batch_size')}, "
-            f"seed{'s' if isinstance(seed, str) else ''} {seed}")
+    processes = row.get("processes") or 1
+    precision = row.get("precision") or "fp32"
+    return (f"{row.get('model')} on {row.get('dataset')}, batch {row.get('batch_size')}"
+            + (f", {processes} processes" if processes != 1 else "")
+            + (f", {precision}" if precision != "fp32" else "")
+            + f", seed{'s' if isinstance(seed, str) else ''} {seed}")
 
 
 def render_markdown(
