@@ -88,3 +88,13 @@ def test_each_precision_trains_on_cuda(pytester: pytest.Pytester, precision: str
     figures = json.loads((pytester.path / "bs256.json").read_text())
     assert figures["precision"] == precision and figures["test_accuracy"] > 0.5
     assert not torch.backends.cuda.matmul.allow_tf32 or precision != "tf32"  # restored
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_data_parallel_run_on_two_gpus_over_nccl(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(MLP_TEST)
+    result = pytester.runpytest(*BASE, "--batch-sizes", "512", "--batchprof-data-parallel", "2")
+    result.assert_outcomes(passed=1)
+    figures = json.loads((pytester.path / "bs512.json").read_text())
+    assert (figures["processes"], figures["per_process_batch"]) == (2, 256)
+    assert figures["train_clock"] == "CUDA events" and figures["test_accuracy"] > 0.5
