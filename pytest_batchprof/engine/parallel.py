@@ -21,11 +21,17 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from pytest_batchprof.plugin.launch import launched_rank
+
+if TYPE_CHECKING:
+    from pytest_batchprof.data.datasets import Dataset
+    from pytest_batchprof.engine.training import Recipe, Run
+    from pytest_batchprof.experiment.config import RunConfig
 
 COLLECTIVE_TIMEOUT_SECONDS = 30.0
 """How long a collective (or the rendezvous) waits for a process that has stopped: a failed
@@ -85,7 +91,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def train_data_parallel(config, data, device: torch.device, recipe):  # -> Run
+def train_data_parallel(config: RunConfig, data: Dataset, device: torch.device,
+                        recipe: Recipe) -> Run:
     """Train ``config`` in ``config.processes`` processes; the run as rank 0 finished it."""
     import torch.multiprocessing as mp
 
@@ -130,8 +137,8 @@ def _join(context) -> None:
         raise
 
 
-def _worker(rank: int, config, data, device: torch.device, recipe, port: int,
-            result: Path) -> None:
+def _worker(rank: int, config: RunConfig, data: Dataset, device: torch.device,
+            recipe: Recipe, port: int, result: Path) -> None:
     from pytest_batchprof.engine.training import TrainingLoop
 
     world = config.processes

@@ -28,6 +28,7 @@ from pytest_batchprof.plugin.launch import launched_rank
 from pytest_batchprof.plugin.options import (
     SHORT_SPELLINGS_KEY,
     Settings,
+    check_batches_divide,
     register,
     settings_from_config,
     source_of,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     import torch
 
     from pytest_batchprof.data.datasets import Dataset
+    from pytest_batchprof.engine.parallel import Shard
     from pytest_batchprof.engine.training import Run
     from pytest_batchprof.gating import Threshold
     from pytest_batchprof.reports.summary import SessionReport, SummaryCollector
@@ -157,7 +159,8 @@ def batchprof_session(config: pytest.Config) -> BatchprofSession:
     return session
 
 
-def _join_launched_group(config: pytest.Config, settings: Settings, device: torch.device):
+def _join_launched_group(config: pytest.Config, settings: Settings,
+                         device: torch.device) -> Shard:
     """Under torchrun, every pytest process is one rank of each run: check the options
     against the world size, and join the process group."""
     from pytest_batchprof.engine.parallel import join_launched_group
@@ -167,12 +170,7 @@ def _join_launched_group(config: pytest.Config, settings: Settings, device: torc
         raise pytest.UsageError(
             f"{source_of(config, 'data_parallel')} forks processes of its own; under torchrun "
             f"each of its {world} pytest processes is already one rank: leave it out")
-    indivisible = [size for size in settings.batch_sizes if size % world]
-    if indivisible:
-        raise pytest.UsageError(
-            f"{source_of(config, 'batch_sizes')} has {indivisible[0]}, which does not divide "
-            f"by torchrun's {world} processes: the batch size is the global batch; use "
-            f"multiples of {world}")
+    check_batches_divide(config, settings.batch_sizes, world, f"torchrun's {world} processes")
     return join_launched_group(device)
 
 

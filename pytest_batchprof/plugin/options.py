@@ -565,19 +565,26 @@ def settings_from_config(config: pytest.Config) -> Settings:
         values["data_dir"] = default_data_dir()
     values.setdefault("report_dir", config.rootpath / "reports")
     processes = values.get("data_parallel", 1)
-    indivisible = [size for size in values.get("batch_sizes", Settings.batch_sizes)
-                   if size % processes]
-    if indivisible:
-        raise pytest.UsageError(
-            f"{source_of(config, 'batch_sizes')} has {indivisible[0]}, which does not divide "
-            f"by {source_of(config, 'data_parallel')} {processes}: the batch size is the "
-            f"global batch, split evenly among the processes; use multiples of {processes}")
+    check_batches_divide(config, values.get("batch_sizes", Settings.batch_sizes), processes,
+                         f"{source_of(config, 'data_parallel')} {processes}")
     if values.get("cache_clear") and values.get("cache_dir") is None:
         raise pytest.UsageError(
             f"{source_of(config, 'cache_clear')} needs --batchprof-cache DIR "
             f"(or batchprof_cache in the ini file): there is no cache to clear"
         )
     return Settings(**values)
+
+
+def check_batches_divide(config: pytest.Config, batch_sizes: tuple[int, ...], processes: int,
+                         by: str) -> None:
+    """Raise a one-line usage error if a batch size does not split evenly among
+    ``processes`` (``by`` names what set them: ``--batchprof-data-parallel 2``)."""
+    indivisible = [size for size in batch_sizes if size % processes]
+    if indivisible:
+        raise pytest.UsageError(
+            f"{source_of(config, 'batch_sizes')} has {indivisible[0]}, which does not divide "
+            f"by {by}: the batch size is the global batch, split evenly among the processes; "
+            f"use multiples of {processes}")
 
 
 def default_data_dir() -> Path:

@@ -164,11 +164,15 @@ class Trainer:
     """Under torchrun: this process is one rank of every run, trained in place."""
     warmed_up: bool = False
 
-    def __call__(self, experiment: Experiment) -> tuple[Run, PeakMemory, Carbon | None]:
-        config = experiment.config
-        if not self.warmed_up:  # one-off costs are not part of any run's figures
+    def warm_up(self) -> None:
+        """Pay torch's one-off costs once, before anything is timed or measured."""
+        if not self.warmed_up:
             warm_up(self.device)
             self.warmed_up = True
+
+    def __call__(self, experiment: Experiment) -> tuple[Run, PeakMemory, Carbon | None]:
+        config = experiment.config
+        self.warm_up()  # one-off costs are not part of any run's figures
         if self.carbon:
             self.carbon.prepare()  # its hardware probe, once per session
         progress = None
@@ -330,9 +334,7 @@ class BatchprofSession:
         if key not in self.max_batches:
             self.say(f"batchprof: finding the largest batch of {config.model_name} on "
                      f"{config.dataset}")
-            if not self.trainer.warmed_up:
-                warm_up(self.device)
-                self.trainer.warmed_up = True
+            self.trainer.warm_up()  # the probes' first steps are not torch's one-off costs
             found = find_max_batch(experiment, self.device, limit,
                                    self.settings.max_batch_margin, self.settings.max_batch_cap)
             self.say(f"  {found.describe()}")
