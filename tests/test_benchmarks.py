@@ -149,16 +149,19 @@ def test_the_scaling_study_runs_as_the_makefile_says(pytester: pytest.Pytester,
     """``make study``'s options, on digits at two batch sizes instead of MNIST at seven."""
     args = [arg for arg in study_args() if not arg.startswith("--batchprof-report")]
     assert args[:2] == ["--batch-sizes", "16,32,64,128,256,512,1024"]
-    assert {"--batchprof-repeats", "--batchprof-lr-scaling", "--batchprof-target-accuracy",
+    assert {"--batchprof-repeats", "--batchprof-lr-grid", "--batchprof-target-accuracy",
             "--batchprof-noise-scale"} <= set(args)
     result = pytester.runpytest(  # the later of two same spellings wins
         str(experiments / "test_batch_size.py") + "::test_one_hidden_layer_1024", *args,
         "--batch-sizes", "64,256", "--dataset", "digits", "--batchprof-target-accuracy", "0.9",
         "--no-co2", "--batchprof-no-report", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
-    assert result.stdout.str().count("batchprof: training 64-1024-10") == 6
+    text = result.stdout.str()  # each batch size's 3 seeds x 4 rates: one ensemble
+    assert text.count("batchprof: training 12 runs of 64-1024-10") == 2
+    assert text.count("(ensemble member)") == 24
+    assert text.count("lr grid: chose lr=") == 2
     header = next(line for line in result.outlines if line.startswith("| model"))
-    for label in ("| lr ", "| seeds ", "steps to target", "critical batch"):
+    for label in ("| lr ", "| seeds ", "steps to target", "B_simple (noise scale)"):
         assert label in header
     rows = [line for line in result.outlines if line.startswith("| 64-1024-10")]
     assert len(rows) == 2 and all(" ± " in line for line in rows)

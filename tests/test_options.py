@@ -403,7 +403,8 @@ FLAGS = [flag.replace("--", "--batchprof-", 1) for flag in SHORT_FLAGS] + [
     "--batchprof-compare", "--batchprof-fail-drop", "--batchprof-fail-slowdown",
     "--batchprof-cache", "--batchprof-cache-clear", "--batchprof-memory-budget",
     "--batchprof-oom", "--batchprof-data-parallel", "--batchprof-find-max-batch",
-    "--batchprof-max-batch-margin", "--batchprof-max-batch-cap"]
+    "--batchprof-max-batch-margin", "--batchprof-max-batch-cap", "--batchprof-lr-grid",
+    "--batchprof-no-ensemble"]
 INI_KEYS = [flag[2:].replace("-", "_") for flag in FLAGS]
 
 

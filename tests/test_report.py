@@ -840,11 +840,13 @@ def test_one_declaration_gives_the_default_columns_folding_and_compared_figures(
     from pytest_batchprof.reports import figures
 
     assert figures.DEFAULT_COLUMNS == (
-        "model", "dataset", "batch_size", "epochs", "train_seconds", "seconds_per_epoch",
-        "scaling_efficiency", "train_accuracy", "val_accuracy", "test_accuracy",
-        "latency_median_s", "flops", "params", "checkpoint_bytes", "train_co2eq_kg",
-        "target_steps", "target_samples", "target_epochs", "target_seconds", "critical_batch",
-        "critical_batch_low", "critical_batch_high", "max_batch_size", "outcome")
+        "model", "dataset", "batch_size", "epochs", "lr_grid_note", "train_seconds",
+        "seconds_per_epoch", "scaling_efficiency", "train_accuracy", "val_accuracy",
+        "test_accuracy", "latency_median_s", "flops", "params", "checkpoint_bytes",
+        "train_co2eq_kg", "target_steps", "target_samples", "target_epochs", "target_seconds",
+        "critical_batch", "critical_batch_low", "critical_batch_high", "critical_batch_fit",
+        "critical_batch_fit_low", "critical_batch_fit_high", "critical_batch_ratio",
+        "max_batch_size", "outcome")
     assert {"seed", "outcome", "tests", *figures.SERIES_KEYS} == figures.NOT_FOLDED
     assert (figures.ACCURACY_KEY, figures.TIME_KEY, figures.OUT_OF_MEMORY_KEY) == (
         "test_accuracy", "train_seconds", "out_of_memory")

@@ -60,6 +60,7 @@ from pytest_batchprof.plugin.progress import TrainingStatus
 if TYPE_CHECKING:
     from pytest_batchprof.engine.parallel import Shard
     from pytest_batchprof.engine.steps import LoopStep
+    from pytest_batchprof.runs.lr_grid import LrChoice
     from pytest_batchprof.runs.max_batch import MaxBatch
 
 DIVERGENCE_CHECK_STEPS = 200
@@ -243,6 +244,12 @@ class Run:
     """What timed the epochs (:mod:`~pytest_batchprof.engine.clock`): CUDA events on CUDA."""
     max_batch: MaxBatch | None = None
     """With ``--batchprof-find-max-batch``: the largest batch of this run's model that fits."""
+    lr_choice: LrChoice | None = None
+    """With a learning-rate grid: the tuning this run took part in (:mod:`~pytest_batchprof.
+    runs.lr_grid`), whether or not its rate was the one chosen."""
+    ensemble: str | None = None
+    """``one of 4`` when the run was trained in an ensemble of runs that differ only in
+    seed and learning rate (:mod:`~pytest_batchprof.engine.ensemble`); ``None`` alone."""
     out_of_memory: OutOfMemory | None = None
     """Set when the run ran out of memory (the device's, or the budget's); the history
     then ends at the last whole epoch, and it is neither tested nor measured."""
@@ -250,6 +257,12 @@ class Run:
     @property
     def name(self) -> str:
         return self.config.model_name
+
+    @property
+    def lr_discarded(self) -> bool:
+        """Whether a learning-rate grid chose another rate than this run's: the run is
+        evidence in the report's grid, but no threshold or baseline reads it."""
+        return self.lr_choice is not None and self.lr_choice.chosen != self.config.lr
 
     @property
     def epochs_trained(self) -> float:
@@ -322,11 +335,13 @@ class Run:
             "diverged": self.diverged,
             "train_samples_per_second": self.train_samples_per_second,
             "train_clock": self.clock,
+            "ensemble": self.ensemble,
             **(self.measurements.summary() if self.measurements else {}),
             **(self.noise_scale.summary() if self.noise_scale else {}),
             **(self.time_to_target.summary() if self.time_to_target else {}),
             **(self.out_of_memory_summary() if self.out_of_memory else {}),
             **(self.max_batch.summary() if self.max_batch else {}),
+            **(self.lr_choice.summary(self.config.lr) if self.lr_choice else {}),
             "history": [asdict(record) for record in self.history],
             "curve": [asdict(point) for point in self.curve],
         }

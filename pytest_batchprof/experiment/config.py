@@ -135,5 +135,11 @@ EXPERIMENT_KEYS: tuple[str, ...] = _with_role("experiment")
 LINE_KEYS: tuple[str, ...] = _with_role("lines")
 """Settings that split a model's runs into separate plot lines when they differ."""
 
+STUDY_KEYS: tuple[str, ...] = tuple(key for key in RUN_KEYS if key not in (
+    "batch_size", "seed", "lr", "lr_warmup_start"))
+"""What makes one study across batch sizes: every setting but those a study varies, the
+batch size, the seed and the learning rate (with ``--lr-scaling`` or a learning-rate grid
+each batch size has its own, and the warm-up's start follows it)."""
+
 PER_BATCH_LINE_KEYS: frozenset[str] = frozenset(_with_role("per_batch"))
 """Series settings that split lines only when runs of one batch size differ in them."""

@@ -17,19 +17,25 @@ numeric precision and device are left out on purpose: changing them is the
 kind of change a baseline is there to judge (a bf16 session compared with an
 fp32 baseline reports each accuracy difference against the seeds' noise). A
 baseline entry of the very same recipe, when there is one, is preferred.
+
+Of a learning-rate grid (``--batchprof-lr-grid``), each side's chosen runs are
+compared (the other lrs of the grid are left out on both sides), and an lr that
+moved between the baseline's choice and the session's is said in the verdict
+(``ok; tuned lr 0.001 -> 0.003``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tabulate import tabulate
 
 from pytest_batchprof.experiment.config import EXPERIMENT_KEYS, RUN_KEYS
 from pytest_batchprof.reports.figures import ACCURACY_KEY, OUT_OF_MEMORY_KEY, TIME_KEY
+from pytest_batchprof.reports.lr_grid import chosen_rows, lr_moved
 from pytest_batchprof.reports.tables import Row, human_number, run_title
 from pytest_batchprof.runs.repeats import group_seeds
 from pytest_batchprof.runs.stats import (
@@ -198,13 +204,14 @@ def compare(
     fail_slowdown_pct: float | None,
     environment: dict[str, object],
 ) -> Comparison:
-    """Compare every configuration with the baseline's, mean over seeds against mean."""
-    old_groups = group_seeds(baseline["rows"])
+    """Compare every configuration with the baseline's, mean over seeds against mean
+    (of a learning-rate grid, the chosen lr's runs on either side)."""
+    old_groups = group_seeds(chosen_rows(baseline["rows"]))
     recipe_keys = tuple(key for key in RUN_KEYS if key != "seed")
     comparison = Comparison(path, machine_note=_machine_note(baseline.get("environment", {}),
                                                              environment))
     seen: set[int] = set()
-    for group in group_seeds(rows):
+    for group in group_seeds(chosen_rows(rows)):
         # the same recipe first (a learning-rate sweep keeps its pairs), else the experiment
         old = (_matching(old_groups, group[0], recipe_keys)
                or _matching(old_groups, group[0], EXPERIMENT_KEYS))
@@ -215,7 +222,10 @@ def compare(
                 "new (not in baseline)", now_spread=now))
             continue
         seen.add(id(old))
-        comparison.entries.append(_entry(group, old, fail_drop_pp, fail_slowdown_pct))
+        entry = _entry(group, old, fail_drop_pp, fail_slowdown_pct)
+        moved = lr_moved(old, group)  # a grid that chose another lr: said, not judged
+        comparison.entries.append(replace(entry, verdict=f"{entry.verdict}; {moved}")
+                                  if moved else entry)
     for old in old_groups:
         if id(old) not in seen:
             before = _spread(old, ACCURACY_KEY)

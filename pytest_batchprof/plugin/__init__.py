@@ -360,7 +360,8 @@ def pytest_runtest_call(item: pytest.Item):
             pytest.fail("@pytest.mark.min_accuracy: the test trained no run to check "
                         "(use trained_model, trained_mlp or pytest_batchprof.record)",
                         pytrace=False)
-        failures = threshold.failures([run.summary() for run in runs])
+        failures = threshold.failures([run.summary() for run in runs
+                                       if not run.lr_discarded])
         if failures:
             pytest.fail("\n".join(failures), pytrace=False)
     return result
@@ -462,6 +463,15 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
     ``run.runs`` the single runs. The report shows one row per configuration,
     mean ± interval.
 
+    With ``lr_grid=[1e-4, 3e-4, 1e-3]`` (default: ``--batchprof-lr-grid``, unless the
+    call gives its own ``lr``) the configuration is trained at every rate of the grid
+    (with each seed) and the factory returns the run (or runs) of the rate that did best
+    on the validation split: fewest steps to ``--target-accuracy`` when set, else the
+    highest final validation accuracy (:mod:`~pytest_batchprof.runs.lr_grid`). Every run
+    is in the report's grid; the table, thresholds and baselines read the chosen one.
+    Runs that differ only in seed and rate train together as one stacked ensemble
+    (:mod:`~pytest_batchprof.engine.ensemble`) unless ``--batchprof-no-ensemble``.
+
     With pytest-benchmark's ``benchmark`` fixture in the same test, every
     run's figures go into ``benchmark.extra_info["batchprof"]`` (kept by
     ``--benchmark-save``), and ``benchmark(run.predictor())`` times inference;
@@ -484,6 +494,7 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
         repeats: int | None = None,
         precision: str | None = None,
         data_parallel: int | None = None,
+        lr_grid: Sequence[float] | None = None,
     ) -> Run | RepeatedRun:
         from pytest_batchprof.engine.parallel import DataParallelError
         from pytest_batchprof.experiment.models import ModelError
@@ -491,6 +502,7 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
         repeats = state.settings.repeats if repeats is None else repeats
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ValueError(f"repeats={repeats!r} must be a whole number >= 1")
+        grid = _lr_grid(lr_grid, lr, state.settings.lr_grid)
         if dataset is None:
             data = request.getfixturevalue("dataset")
         else:
@@ -500,24 +512,26 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
                           if "batch_size" in request.fixturenames
                           else state.settings.batch_sizes[0])
         first_seed = state.settings.seed if seed is None else seed
+        seeds = [first_seed + offset if offset else first_seed for offset in range(repeats)]
+        variants = [{"seed": each, "lr": rate} for rate in (grid or (lr,)) for each in seeds]
+        failure = None
+        try:  # a bad seed reaches the session as given, for its error
+            trained = state.runs_of(data, model, batch_size, variants, epochs=epochs,
+                                    optimizer=optimizer, input_size=input_size, loss=loss,
+                                    name=name, precision=precision,
+                                    data_parallel=data_parallel)
+        except (ModelError, DataParallelError) as error:
+            failure = str(error)
+        if failure is not None:  # one line, outside the except: no chained traceback
+            pytest.fail(failure, pytrace=False)
+        runs = _tuned(trained, grid, state) if grid else trained
         used = request.node.stash.setdefault(RUNS_KEY, [])
-        runs = []
-        for offset in range(repeats):  # a bad seed reaches state.run as given, for its error
-            failure = None
-            try:
-                run = state.run(data, model, batch_size, epochs=epochs, lr=lr,
-                                optimizer=optimizer,
-                                seed=first_seed + offset if offset else first_seed,
-                                input_size=input_size, loss=loss, name=name,
-                                precision=precision, data_parallel=data_parallel)
-            except (ModelError, DataParallelError) as error:
-                failure = str(error)
-            if failure is not None:  # one line, outside the except: no chained traceback
-                pytest.fail(failure, pytrace=False)
+        for run in trained:
             if run not in used:
                 used.append(run)
             if "benchmark" in request.fixturenames:
                 _record_in_benchmark(request.getfixturevalue("benchmark"), run)
+        for run in runs:
             if run.diverged:
                 pytest.fail(f"{run.config.describe()} diverged: {run.diverged}", pytrace=False)
             if run.out_of_memory:  # its row reads so; the test is skipped, or fails if asked
@@ -525,7 +539,6 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
                 if state.settings.oom == "fail":
                     pytest.fail(message, pytrace=False)
                 pytest.skip(message)
-            runs.append(run)
         if repeats == 1:
             return runs[0]
         from pytest_batchprof.runs.repeats import RepeatedRun
@@ -570,6 +583,46 @@ def _record_in_benchmark(benchmark: object, run: Run) -> None:
     runs = benchmark.extra_info.setdefault("batchprof", [])
     if figures not in runs:
         runs.append(figures)
+
+
+def _lr_grid(asked: Sequence[float] | None, lr: float | None,
+             option: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """The grid a fixture call tunes over: its ``lr_grid=``, else ``--batchprof-lr-grid``
+    unless the call gives its own ``lr``; ``None``: no tuning."""
+    if asked is None:
+        return None if lr is not None else option
+    if lr is not None:
+        raise ValueError("lr= and lr_grid= both given: the grid tunes the learning rate; "
+                         "pass one of them")
+    from pytest_batchprof.plugin.options import OptionError, parse_lr_grid
+
+    try:
+        if isinstance(asked, str):
+            raise OptionError("is a string")
+        return parse_lr_grid(",".join(str(float(rate)) for rate in asked))
+    except (OptionError, TypeError, ValueError) as error:
+        raise ValueError(f"lr_grid={asked!r} {error}; expected two or more learning rates "
+                         f"above 0, e.g. lr_grid=[1e-4, 3e-4, 1e-3]") from None
+
+
+def _tuned(trained: list[Run], grid: tuple[float, ...], state: BatchprofSession) -> list[Run]:
+    """Choose the grid's best rate on validation (:func:`~pytest_batchprof.runs.lr_grid.
+    choose_lr`), mark every run with the choice, and return the chosen rate's runs."""
+    from pytest_batchprof.runs.lr_grid import choose_lr
+
+    by_rate: dict[float, list[Run]] = {rate: [] for rate in grid}
+    for run in trained:
+        by_rate[run.config.lr].append(run)
+    choice = choose_lr(by_rate, trained[0].config.target_accuracy)
+    for run in trained:
+        run.lr_choice = choice
+    state.say(f"  {trained[0].config.model_name}, batch {trained[0].config.batch_size}: "
+              f"{choice.describe()}")
+    if choice.chosen is None:
+        pytest.fail(f"{trained[0].config.describe().split(' lr=')[0]}: every lr of the grid "
+                    f"({', '.join(f'{rate:g}' for rate in grid)}) diverged or ran out of "
+                    f"memory; lower the grid", pytrace=False)
+    return by_rate[choice.chosen]
 
 
 def _threshold(item: pytest.Item) -> Threshold | None:

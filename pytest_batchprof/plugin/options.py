@@ -97,6 +97,10 @@ class Settings:
     data_parallel: int = 1
     max_batch_margin: float = 0.1
     max_batch_cap: int | None = None
+    lr_grid: tuple[float, ...] | None = None
+    """Learning rates every configuration is trained at; the best on validation is chosen."""
+    no_ensemble: bool = False
+    """Train runs that differ only in seed and lr one at a time, not as one ensemble."""
 
     @property
     def baseline_dir(self) -> Path:
@@ -127,7 +131,28 @@ class Settings:
             f" find-max-batch (margin {self.max_batch_margin:.0%}"
             f"{f', cap {self.max_batch_cap}' if self.max_batch_cap else ''})"
             if self.find_max_batch else "") + (
-            f" data-parallel={self.data_parallel}" if self.data_parallel > 1 else "")
+            f" data-parallel={self.data_parallel}" if self.data_parallel > 1 else "") + (
+            f" lr-grid={','.join(f'{lr:g}' for lr in self.lr_grid)}" if self.lr_grid else ""
+        ) + self._ensembles()
+
+    def _ensembles(self) -> str:
+        """Whether runs that differ only in seed and lr train together, and if not, why."""
+        if (self.repeats == 1 and not self.lr_grid) or self.no_ensemble:
+            return " ensembles=off" if self.no_ensemble else ""
+        reason = self.ensemble_obstacle()
+        return f" ensembles=off ({reason})" if reason else " ensembles=on"
+
+    def ensemble_obstacle(self) -> str | None:
+        """What in the settings keeps every run alone (the model may add a reason of its own)."""
+        if self.no_ensemble:
+            return flag_of("no_ensemble")
+        if self.data_parallel > 1:
+            return "data-parallel runs"
+        if self.memory_budget is not None:
+            return "each run's peak is checked against the memory budget alone"
+        if self.precision == "fp16":
+            return "fp16's gradient scaler steps all members together"
+        return None
 
     def _lr_schedule(self) -> str:
         schedule = (self.lr_scaling, self.lr_base_batch, self.lr_warmup_epochs)
@@ -196,6 +221,31 @@ def _finite_float(text: str, zero_allowed: bool) -> float:
         bound = ">= 0" if zero_allowed else "above 0"
         raise OptionError(f"is {text}, which is not a finite number {bound}")
     return value
+
+
+def parse_lr_grid(text: str) -> tuple[float, ...]:
+    """Parse ``"1e-4,3e-4,1e-3"`` into the learning rates, smallest first.
+
+    At least two, each a finite number above 0, none repeated: a grid of one rate
+    tunes nothing.
+    """
+    rates: list[float] = []
+    for item in text.split(","):
+        token = item.strip()
+        if not token:
+            raise OptionError("has an empty item")
+        try:
+            rate = float(token)
+        except ValueError:
+            raise OptionError(f"has {token!r}, which is not a number") from None
+        if not math.isfinite(rate) or rate <= 0:
+            raise OptionError(f"has {token}, which is not a finite number above 0")
+        if rate in rates:
+            raise OptionError(f"repeats {token}")
+        rates.append(rate)
+    if len(rates) < 2:
+        raise OptionError("has one rate; a grid needs two or more to choose from")
+    return tuple(sorted(rates))
 
 
 def _positive_float(text: str) -> float:
@@ -468,6 +518,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_batch_cap", "N", _positive_int, "a whole number >= 1",
            "with --batchprof-find-max-batch: the largest batch size to try (default: the "
            "training samples)", name="batchprof_max_batch_cap"),
+    Option("lr_grid", "LIST", parse_lr_grid,
+           "two or more learning rates, comma-separated, e.g. 1e-4,3e-4,1e-3,3e-3",
+           "train every configuration at each of these learning rates and keep, per batch "
+           "size, the one best on the validation split (fewest steps to "
+           "--batchprof-target-accuracy when set, else the highest final val accuracy); the "
+           "report shows the whole grid (default: off)", name="batchprof_lr_grid"),
+    Option("no_ensemble", None, _boolean, "true or false",
+           "train the runs that differ only in seed and learning rate (--batchprof-repeats, "
+           "--batchprof-lr-grid) one at a time instead of as one stacked ensemble",
+           name="batchprof_no_ensemble", switch=True),
 )
 
 
@@ -567,6 +627,11 @@ def settings_from_config(config: pytest.Config) -> Settings:
     processes = values.get("data_parallel", 1)
     check_batches_divide(config, values.get("batch_sizes", Settings.batch_sizes), processes,
                          f"{source_of(config, 'data_parallel')} {processes}")
+    if values.get("lr_grid") and values.get("lr_scaling", "none") != "none":
+        raise pytest.UsageError(
+            f"{source_of(config, 'lr_grid')} tunes the learning rate at every batch size, and "
+            f"{source_of(config, 'lr_scaling')} {values['lr_scaling']} would scale it too: "
+            f"leave one of them out")
     if values.get("cache_clear") and values.get("cache_dir") is None:
         raise pytest.UsageError(
             f"{source_of(config, 'cache_clear')} needs --batchprof-cache DIR "

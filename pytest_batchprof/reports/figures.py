@@ -36,10 +36,13 @@ class Column:
     """Shown in the table unless ``--batchprof-columns`` says otherwise."""
     optional: bool = False
     """A default column only some runs have (``--target-accuracy``, ``--noise-scale``,
-    ``--batchprof-find-max-batch``, data-parallel runs beside a single-process one)."""
+    ``--batchprof-find-max-batch``, ``--batchprof-lr-grid``, data-parallel runs beside a
+    single-process one)."""
     folded: bool = True
     """Over seeds, an interval where they differ (the general rule of
     :func:`~pytest_batchprof.runs.repeats.fold`); ``False``: the folding sets it itself."""
+    missing: str = "n/a"
+    """The cell of a row without the figure (an lr note is simply empty)."""
     compared: str | None = None
     """What a baseline comparison reads it as: ``accuracy`` (a drop fails), ``time`` (a
     slow-down fails, when asked) or ``fit`` (set when the run ran out of memory: running
@@ -80,6 +83,11 @@ FIGURES: tuple[Column, ...] = (
     Column("seeds", "seeds", plain=_text),
     Column("optimizer", "optimizer", plain=_text),
     Column("lr", "lr", plain=lambda value: f"{float(value):g}"),
+    Column("lr_grid_note", "lr note", plain=_text, default=True, optional=True, missing=""),
+    Column("lr_chosen", "lr chosen", plain=_text),
+    Column("lr_grid", "lr grid", plain=_text),
+    Column("lr_grid_criterion", "lr chosen by", plain=_text),
+    Column("lr_grid_score", "lr grid score", plain=lambda value: f"{float(value):g}"),
     Column("precision", "precision", plain=_text),
     Column("processes", "processes", plain=_count),
     Column("per_process_batch", "batch / process", plain=_count),
@@ -111,11 +119,20 @@ FIGURES: tuple[Column, ...] = (
            optional=True),
     Column("target_seconds", "time to target (s)", plain=_two_decimals, default=True,
            optional=True),
-    Column("critical_batch", "critical batch", plain=_whole, default=True, optional=True),
-    Column("critical_batch_low", "critical batch, 95% low", plain=_whole, default=True,
+    Column("critical_batch", "B_simple (noise scale)", plain=_whole, default=True,
            optional=True),
-    Column("critical_batch_high", "critical batch, 95% high", plain=_whole, default=True,
+    Column("critical_batch_low", "B_simple 95% low", plain=_whole, default=True,
            optional=True),
+    Column("critical_batch_high", "B_simple 95% high", plain=_whole, default=True,
+           optional=True),
+    Column("critical_batch_fit", "B_crit (fit)", plain=_whole, default=True, optional=True),
+    Column("critical_batch_fit_low", "B_crit 95% low", plain=_whole, default=True,
+           optional=True),
+    Column("critical_batch_fit_high", "B_crit 95% high", plain=_whole, default=True,
+           optional=True),
+    Column("critical_batch_ratio", "B_crit / B_simple", plain=_two_decimals, default=True,
+           optional=True),
+    Column("critical_batch_fit_s_min", "S_min (fit)", plain=_whole),
     Column("max_batch_size", "max batch", plain=_count, default=True, optional=True),
     Column("max_batch_fits", "largest fit", plain=_count),
     Column("max_batch_fails", "first failure", plain=lambda value: _unless_text(value, _count)),

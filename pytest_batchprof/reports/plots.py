@@ -16,7 +16,8 @@ own: their accuracies and times are not on one scale. A diverged run
 (``test_accuracy`` None) is left out of every plot: its time and its learning
 curve stop at the divergence and would pull the averages down. A batch size
 that ran out of memory is a cross at the foot of its model's per-batch-size
-plots, in the model's colour.
+plots, in the model's colour. Of a learning-rate grid (``--batchprof-lr-grid``), those
+plots show each batch size at its chosen lr; the ``lr-grid`` plot shows every lr.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 
 from pytest_batchprof.experiment.config import LINE_KEYS, PER_BATCH_LINE_KEYS
 from pytest_batchprof.reports.figures import OUT_OF_MEMORY_KEY
+from pytest_batchprof.reports.lr_grid import Study, chosen_rows, grid_studies
 from pytest_batchprof.reports.storage import atomic_file
 from pytest_batchprof.runs.stats import finite, mean_interval
 
@@ -68,6 +70,9 @@ OUT_OF_MEMORY_HEIGHT = 0.04
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 """One marker per series, so lines stay apart in greyscale print."""
+
+FIT_CURVE_POINTS = 100
+"""Segments of the fitted steps-to-target curve over its batch sizes' range."""
 
 PNG_METADATA = {"Software": None}
 """No matplotlib version in the file: the same rows give the same bytes."""
@@ -103,6 +108,9 @@ class Series:
     out_of_memory: set[int] = field(default_factory=set)
     """Batch sizes at which the model ran out of memory: a cross at the foot of the
     per-batch-size plots."""
+    critical_batch_fit: tuple[float, float] | None = None
+    """``(S_min, B_crit)`` fitted to the study's steps to target (its rows'
+    ``critical_batch_fit_s_min`` and ``critical_batch_fit``), drawn on the steps plot."""
 
     def add(self, figure: str, batch_size: int, values: Iterable[object]) -> None:
         """Put the mean of the seeds' ``values`` at ``batch_size``, and its interval."""
@@ -142,7 +150,7 @@ def build_figures(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, str, 
     Kept apart from :func:`write_plots` so tests can read the plotted data
     instead of pixels.
     """
-    series = group_series(rows)
+    series = group_series(chosen_rows(rows))  # a learning-rate grid: its chosen lrs
     datasets = {str(row.get("dataset")) for row in rows if _finished(row)}
     note = f" ({datasets.pop()})" if len(datasets) == 1 else ""
     figures = []
@@ -152,6 +160,8 @@ def build_figures(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, str, 
         ("steps-to-target", "Steps to target accuracy vs batch size", _steps_figure),
         ("learning-curves", "Learning curves", _curves_figure),
         ("trade-off", "Accuracy, FLOPs and latency of the models", _trade_off_figure),
+        ("lr-grid", "Validation figure vs learning rate",
+         lambda _, title: _lr_grid_figure(grid_studies(rows), title)),
     ):
         figure = draw(series, title + note)
         if figure is not None:
@@ -211,8 +221,23 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
                 series.fine_curves[batch_size] = [(samples / per_epoch, mean)
                                                   for samples, mean, _ in fine]
                 series.fine_errors[batch_size] = [half for _, _, half in fine]
+        series.critical_batch_fit = _critical_batch_fit(
+            run for runs in by_batch.values() for run in runs)
         result.append(series)
     return result
+
+
+def _critical_batch_fit(rows: Iterable[Mapping[str, object]]) -> tuple[float, float] | None:
+    """The ``(S_min, B_crit)`` the rows carry (:mod:`pytest_batchprof.runs.critical_batch`
+    fitted them, once per study), if they all carry the same one: a series that joins
+    runs of several studies (another target, another device) gets no curve."""
+    fits = {(row.get("critical_batch_fit_s_min"), row.get("critical_batch_fit"))
+            for row in rows}
+    if len(fits) != 1:
+        return None
+    s_min, b_crit = fits.pop()
+    numbers = finite((s_min, b_crit))
+    return (numbers[0], numbers[1]) if len(numbers) == 2 and min(numbers) > 0 else None
 
 
 def _varies(rows: Sequence[Mapping[str, object]], name: str) -> bool:
@@ -273,12 +298,12 @@ def _style(index: int) -> dict[str, object]:
 
 def _per_batch_figure(
     series: list[Series], values: str, title: str, ylabel: str
-) -> tuple[Figure, list[tuple[Axes, list[float], list[Line2D]]]] | None:
+) -> tuple[Figure, list[tuple[Axes, list[float], list[tuple[Line2D, Series]]]]] | None:
     """Lines over a log-2 batch-size axis, a panel per training budget (epochs), with
     error bars where seeds were averaged.
 
     Returns the figure and each panel with the values drawn in it (error bar
-    ends included) and its data lines, or None when no series has data.
+    ends included) and its data lines with their series, or None when no series has data.
     """
     drawn = [(index, one) for index, one in enumerate(series) if getattr(one, values)]
     if not drawn:
@@ -292,7 +317,7 @@ def _per_batch_figure(
     for panel, members in zip(panels, budgets.values(), strict=True):
         sizes: set[int] = set()
         plotted: list[float] = []
-        lines: list[Line2D] = []
+        lines: list[tuple[Line2D, Series]] = []
         for index, one in members:
             points = getattr(one, values)
             x, y = list(points), list(points.values())
@@ -305,13 +330,14 @@ def _per_batch_figure(
                 drawn = panel.errorbar(x, y, yerr=[lower, upper], label=one.label,
                                        linewidth=1.6, markersize=6, capsize=3, elinewidth=1,
                                        **_style(index))
-                lines.append(drawn.lines[0])
+                lines.append((drawn.lines[0], one))
                 plotted.extend(mean + sign * bar for mean, low, high in zip(y, lower, upper,
                                                                             strict=True)
                                for sign, bar in ((-1, low), (1, high)) if not math.isnan(bar))
             else:
-                lines.extend(panel.plot(x, y, label=one.label, linewidth=1.6, markersize=6,
-                                        **_style(index)))
+                (line,) = panel.plot(x, y, label=one.label, linewidth=1.6, markersize=6,
+                                     **_style(index))
+                lines.append((line, one))
             sizes.update(points)
             plotted.extend(y)
             if one.out_of_memory:
@@ -371,7 +397,9 @@ def _steps_figure(series: list[Series], title: str) -> Figure | None:
     The dashed line of each series is perfect scaling from its smallest batch:
     doubling the batch halves the steps. Where the points leave it, a bigger
     batch gives diminishing returns; where they flatten, the maximal useful
-    batch size is passed.
+    batch size is passed. Where the study's critical batch size was fitted, the
+    dash-dotted curve is ``S_min (1 + B_crit / B)`` (McCandlish et al. 2018) over the
+    batch sizes drawn, and a dotted vertical line marks ``B_crit``.
     """
     drawn = _per_batch_figure(series, "steps_to_target", title, "Steps to target (log scale)")
     if drawn is None:
@@ -380,14 +408,29 @@ def _steps_figure(series: list[Series], title: str) -> Figure | None:
     for axes, _, lines in panels:
         axes.set_yscale("log")
         axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        for line in lines:
+        for line, one in lines:
             sizes, steps = list(line.get_xdata()), list(line.get_ydata())
             if len(sizes) > 1:
                 axes.plot(sizes, [steps[0] * sizes[0] / size for size in sizes],
                           linestyle="--", linewidth=1, color=line.get_color(), alpha=0.6)
+            if one.critical_batch_fit is not None and len(sizes) > 1:
+                _fitted_steps_curve(axes, one.critical_batch_fit, sizes, line.get_color())
         axes.plot([], [], linestyle="--", color="grey", label="perfect scaling")
         axes.legend(loc="best", fontsize="small", framealpha=0.85)
     return figure
+
+
+def _fitted_steps_curve(axes: Axes, fit: tuple[float, float], sizes: Sequence[float],
+                        colour: object) -> None:
+    """``S_min (1 + B_crit / B)`` as a smooth line over ``sizes``' range, and a vertical
+    dotted line at ``B_crit``; the legend names ``B_crit``."""
+    s_min, b_crit = fit
+    low, high = math.log(min(sizes)), math.log(max(sizes))
+    x = [math.exp(low + (high - low) * step / FIT_CURVE_POINTS)
+         for step in range(FIT_CURVE_POINTS + 1)]
+    axes.plot(x, [s_min * (1 + b_crit / size) for size in x], linestyle="-.", linewidth=1.3,
+              color=colour, label=f"fit: B_crit = {b_crit:,.0f}")
+    axes.axvline(b_crit, linestyle=":", linewidth=1.2, color=colour, alpha=0.8)
 
 
 def _curves_figure(series: list[Series], title: str) -> Figure | None:
@@ -489,6 +532,71 @@ def _trade_off_figure(series: list[Series], title: str) -> Figure | None:
         panel.grid(True, which="major", alpha=0.35)
     by_flops.legend(loc="best", fontsize="small", framealpha=0.85)
     figure.suptitle(title)
+    return figure
+
+
+def _lr_grid_figure(studies: list[Study], title: str) -> Figure | None:
+    """The validation figure the lr choice read against the learning rate (log axis), a
+    panel per tuned study, a line per batch size coloured as in the learning curves, a
+    star on each batch size's chosen lr. Steps to target are on a log axis too, like the
+    steps plot; a cell without a figure (not reached, diverged) has no point."""
+    panels = [study for study in studies
+              if any(study.points(size) for size in study.batch_sizes)]
+    if not panels:
+        return None
+    columns = 1 if len(panels) == 1 else 2
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = _new_figure(rows, columns, layout="constrained")
+    for extra in axes[len(panels):]:
+        figure.delaxes(extra)
+    sizes = sorted({size for study in panels for size in study.batch_sizes})
+    colormap = colormaps["viridis"]
+    handles: dict[int, Line2D] = {}
+    for index, (study, panel) in enumerate(zip(panels, axes, strict=False)):
+        drawn: list[float] = []
+        for size in study.batch_sizes:
+            points = study.points(size)
+            if not points:
+                continue
+            colour = colormap(0.85 * sizes.index(size) / max(len(sizes) - 1, 1))
+            scale = 1 if study.by_steps else 100
+            lrs, values = [lr for lr, _ in points], [scale * value for _, value in points]
+            (line,) = panel.plot(lrs, values, color=colour, marker="o", markersize=4,
+                                 linewidth=1.5, label=f"batch {size}")
+            handles.setdefault(size, line)
+            drawn += values
+            chosen = study.chosen(size)
+            value = study.cell(chosen, size).value if chosen is not None else None
+            if value is not None:
+                panel.plot([chosen], [scale * value], linestyle="none", marker="*",
+                           markersize=15, color=colour, markeredgecolor="black",
+                           markeredgewidth=0.8, zorder=3, label=f"batch {size}: chosen lr")
+        panel.set_xscale("log")
+        panel.set_xticks(study.lrs, [f"{lr:g}" for lr in study.lrs])
+        panel.xaxis.set_minor_locator(NullLocator())
+        panel.set_xlim(study.lrs[0] / 1.6, study.lrs[-1] * 1.6)
+        if study.by_steps:
+            panel.set_yscale("log")
+            panel.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            target = "target" if study.target is None else f"{100 * study.target:g}%"
+            ylabel = f"Steps to {target} val acc (log scale)"
+        else:
+            _percent_axis(panel, drawn)
+            ylabel = "Validation accuracy (%)"
+        panel.set_ylabel(ylabel)
+        if index >= len(panels) - columns:
+            panel.set_xlabel("Learning rate (log scale)")
+        panel.set_title(study.title.replace(", ", "\n", 1) if columns > 1 else study.title,
+                        fontsize="medium")
+        panel.grid(True, which="major", alpha=0.35)
+    figure.suptitle(title)
+    star = Line2D([], [], linestyle="none", marker="*", markersize=12, color="grey",
+                  markeredgecolor="black", markeredgewidth=0.8)
+    labels = [*(f"batch {size}" for size in sizes if size in handles),
+              "chosen lr (on the validation split)"]
+    figure.legend([*(handles[size] for size in sizes if size in handles), star], labels,
+                  loc="outside lower center", ncols=_legend_columns(labels, WIDTH),
+                  fontsize="small", frameon=False)
     return figure
 
 

@@ -21,6 +21,7 @@ from pytest_batchprof.gating import Comparison, compare
 from pytest_batchprof.plugin.options import source_of
 from pytest_batchprof.reports import storage
 from pytest_batchprof.reports.figures import OUT_OF_MEMORY_KEY
+from pytest_batchprof.reports.lr_grid import chosen_rows, grid_section
 from pytest_batchprof.reports.tables import (
     Row,
     add_scaling_efficiency,
@@ -31,6 +32,11 @@ from pytest_batchprof.reports.tables import (
     seeds_repeat,
     sort_rows,
     table_columns,
+)
+from pytest_batchprof.runs.critical_batch import (
+    StudyFit,
+    add_critical_batch_fit,
+    critical_batch_section,
 )
 from pytest_batchprof.runs.repeats import aggregate_seeds
 
@@ -108,39 +114,54 @@ class SummaryCollector:
 @dataclass
 class SummaryTables:
     """The session's rows once the hooks have had them, the columns to show, the
-    summary table (seeds folded) and what was wrong with the requested columns."""
+    summary table (seeds folded), what was wrong with the requested columns, and the
+    critical batch size fitted to each time-to-accuracy study."""
 
     rows: list[Row]
     columns: list[str]
     table: str
     warnings: list[str]
+    critical_batch: list[StudyFit] = field(default_factory=list)
 
     @classmethod
     def build(cls, config: pytest.Config, settings, rows: list[Row]) -> SummaryTables:
         add_scaling_efficiency(rows)
+        studies = add_critical_batch_fit(rows)
         standard_keys = {key for row in rows for key in row}
         config.hook.pytest_batchprof_summary(config=config, rows=rows)
         rows = [{key: _finite(value) for key, value in row.items()} for row in rows]
-        columns = table_columns(rows, settings.columns, standard_keys)
-        folded = aggregate_seeds(rows)
+        shown = chosen_rows(rows)  # a learning-rate grid's other lrs: JSON and CSV only
+        columns = table_columns(shown, settings.columns, standard_keys)
+        folded = aggregate_seeds(shown)
         known = {key for row in [*rows, *folded] for key in row}
         warnings = []
         unknown = [column for column in columns if column not in known]
         if unknown:
             warnings.append(f"{source_of(config, 'columns')} names {', '.join(unknown)}, which "
                             f"no row has; known: {', '.join(sorted(known))}")
-        return cls(rows, columns, render_table(folded, columns), warnings)
+        return cls(rows, columns, render_table(folded, columns), warnings, studies)
+
+    @property
+    def shown(self) -> list[Row]:
+        """The rows the table, per-seed section and histories show: of a learning-rate
+        grid, the chosen lr's (``rows`` keeps every run, for JSON, CSV and baselines)."""
+        return chosen_rows(self.rows)
 
 
 def _markdown(config: pytest.Config, tables: SummaryTables, env: dict[str, object],
               plots: list[tuple[str, Path]], partial: bool,
               comparison: Comparison | None) -> str:
     """The report's markdown, as the ``pytest_batchprof_markdown`` hook leaves it."""
-    sections = ([per_seed_section(tables.rows, tables.columns)]
-                if seeds_repeat(tables.rows) else [])
+    shown = tables.shown
+    sections = [section for section in [grid_section(tables.rows)] if section]
+    if seeds_repeat(shown):
+        sections.append(per_seed_section(shown, tables.columns))
+    fitted = critical_batch_section(tables.critical_batch)
+    if fitted:
+        sections.append(fitted)
     if comparison:
         sections.append(comparison.markdown())
-    markdown = render_markdown(tables.table, tables.rows, env,
+    markdown = render_markdown(tables.table, shown, env,
                                [(title, path.name) for title, path in plots], partial, sections)
     replaced = config.hook.pytest_batchprof_markdown(config=config, markdown=markdown)
     return replaced if replaced is not None else markdown
@@ -217,8 +238,9 @@ def _settings_dict(settings) -> dict[str, object]:
 
 
 def summary_table(rows: list[Row], columns: list[str]) -> str:
-    """The summary table: one row per configuration, its seeds folded into mean ± 95% CI."""
-    return render_table(aggregate_seeds(rows), columns)
+    """The summary table: one row per configuration, its seeds folded into mean ± 95% CI
+    (of a learning-rate grid, the chosen lr's only)."""
+    return render_table(aggregate_seeds(chosen_rows(rows)), columns)
 
 
 def per_seed_section(rows: list[Row], columns: list[str]) -> str:

@@ -27,6 +27,7 @@ from pytest_batchprof.reports.figures import (
     _percent,
     _text,
 )
+from pytest_batchprof.reports.lr_grid import tuned
 from pytest_batchprof.runs.stats import Interval
 
 Row = dict[str, object]
@@ -91,8 +92,9 @@ def table_columns(
         return list(requested)
     present = {key for row in rows for key in row}
     columns = [key for key in DEFAULT_COLUMNS if key in present]
-    if "epochs" in columns and len({row["lr"] for row in rows if row.get("lr") is not None}) > 1:
-        columns.insert(columns.index("epochs") + 1, "lr")  # --lr-scaling: each run's own lr
+    if "epochs" in columns and (tuned(rows) or len(
+            {row["lr"] for row in rows if row.get("lr") is not None}) > 1):
+        columns.insert(columns.index("epochs") + 1, "lr")  # --lr-scaling, --lr-grid: own lr
     if "epochs" in columns and any(row.get("precision", "fp32") != "fp32" for row in rows):
         columns.insert(columns.index("lr" if "lr" in columns else "epochs") + 1, "precision")
     if "batch_size" in columns and any((row.get("processes") or 1) > 1 for row in rows):
@@ -138,8 +140,8 @@ def format_column(key: str, values: Sequence[object]) -> tuple[str, list[str]]:
         plain = column.plain or _text
         number = human_number if plain is _text else plain  # a hook's column of floats
         return column.label, [
-            _missing(value) or (_interval(value, number) if isinstance(value, Interval)
-                                else plain(value))
+            column.missing if _missing(value) else (
+                _interval(value, number) if isinstance(value, Interval) else plain(value))
             for value in values]
     numbers = [value.mean if isinstance(value, Interval) else float(value)
                for value in values if _missing(value) is None]

@@ -21,6 +21,12 @@ from typing import Any
 import torch
 
 from pytest_batchprof.data.datasets import Dataset, dataset_key, load_dataset
+from pytest_batchprof.engine.ensemble import (
+    Ensemble,
+    EnsembleOutOfMemory,
+    MemberLoop,
+    ensemble_obstacle,
+)
 from pytest_batchprof.engine.memory import MemoryLimit, OutOfMemory
 from pytest_batchprof.engine.parallel import Shard, train_data_parallel
 from pytest_batchprof.engine.precision import matmul_precision
@@ -199,6 +205,53 @@ class Trainer:
             loop.finish()  # measures the trained model: outside the meters of its training
         return run, memory.result, train_carbon[0] if train_carbon else None
 
+    def ensemble(self, experiments: list[Experiment]) -> (
+            list[tuple[Run, PeakMemory, Carbon | None]] | str):
+        """Train ``experiments`` (differing only in seed and lr) as one
+        :class:`~pytest_batchprof.engine.ensemble.Ensemble`; or say why they cannot be.
+
+        Each member's training CO2eq is the ensemble's split as its time is (its share of
+        the ensemble's training seconds); its peak memory is the whole ensemble's.
+        """
+        self.warm_up()
+        if self.carbon:
+            self.carbon.prepare()
+        first = experiments[0]
+        progress: list[RunProgress | None] = [None] * len(experiments)
+        if self.console is not None:  # each member's epoch lines, named by seed and lr
+            progress = [RunProgress(self.console, experiment.config.epochs,
+                                    verbose=self.console.verbose,
+                                    indent=f"  seed {experiment.config.seed}, "
+                                           f"lr {experiment.config.lr:g}: ")
+                        for experiment in experiments]
+        loops = [MemberLoop(experiment.config, experiment.data, self.device, experiment.recipe,
+                            observer, self.extra_steps)
+                 for experiment, observer in zip(experiments, progress, strict=True)]
+        reason = ensemble_obstacle(loops, first.recipe)
+        if reason is not None:
+            return reason
+        memory = PeakMemoryMeter(self.device)
+        with ExitStack() as stack:
+            stack.enter_context(memory)
+            train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None
+            runs = None
+            try:
+                runs = Ensemble(loops, first.recipe).run()
+            except EnsembleOutOfMemory as error:
+                return str(error)
+            finally:
+                for observer, loop in zip(progress, loops, strict=True):
+                    if observer is not None:
+                        observer.finish(loop.run_record.history)
+        for loop in loops:
+            loop.finish()
+        carbon = train_carbon[0] if train_carbon else None
+        total = sum(run.train_seconds for run in runs) or 1.0
+        peak = PeakMemory(memory.result.bytes,
+                          f"{memory.result.method}, of the whole ensemble of {len(runs)}")
+        return [(run, peak, carbon.scaled(run.train_seconds / total) if carbon else None)
+                for run in runs]
+
 
 @dataclass
 class CachedRuns:
@@ -307,21 +360,36 @@ class BatchprofSession:
         """Train (or return the already trained) run of ``model`` (a factory) in this
         configuration; :func:`~pytest_batchprof.experiment.build.build_experiment` says
         what the keyword ``arguments`` are and what fills in those left out."""
+        return self.runs_of(dataset, model, batch_size, [{}], **arguments)[0]
+
+    def runs_of(self, dataset: Dataset, model: object, batch_size: int,
+                variants: list[dict[str, Any]], **arguments: Any) -> list[Run]:
+        """The runs of ``model`` in each of ``variants`` (``seed`` and ``lr`` keywords over
+        ``arguments``), in their order. Those not trained yet nor cached train together
+        as one ensemble (:mod:`~pytest_batchprof.engine.ensemble`) when they can, else one
+        at a time; the console says why not."""
         if self.launched is not None:  # every run spans torchrun's processes
             asked = arguments.get("data_parallel")
             if asked not in (None, 1, self.launched.world):
                 raise ValueError(f"data_parallel={asked!r}: under torchrun every run spans its "
                                  f"{self.launched.world} processes; leave data_parallel out")
             arguments["data_parallel"] = self.launched.world
-        experiment = build_experiment(self.settings, dataset, model, batch_size, self.device,
-                                      **arguments)
-        config = experiment.config
-        if config in self.runs:  # unnamed factories differ in config.architecture
-            return self.runs[config]
-        max_batch = self.max_batch(experiment) if self.settings.find_max_batch else None
-        run = self._run(experiment, dataset)
-        run.max_batch = max_batch
-        return run
+        experiments = [build_experiment(self.settings, dataset, model, batch_size, self.device,
+                                        **{**arguments, **variant}) for variant in variants]
+        max_batch = (self.max_batch(experiments[0]) if self.settings.find_max_batch else None)
+        untrained: dict[RunConfig, Experiment] = {}
+        for experiment in experiments:
+            config = experiment.config  # unnamed factories differ in config.architecture
+            if config not in self.runs and config not in untrained:
+                cached = self._cached(experiment, dataset)
+                if cached is None:
+                    untrained[config] = experiment
+        self._train(list(untrained.values()), dataset)
+        runs = [self.runs[experiment.config] for experiment in experiments]
+        for run in runs:
+            if run.max_batch is None:
+                run.max_batch = max_batch
+        return runs
 
     def max_batch(self, experiment: Experiment) -> MaxBatch | None:
         """The largest batch of ``experiment``'s model that fits the memory limit, searched
@@ -341,27 +409,61 @@ class BatchprofSession:
             self.max_batches[key] = found
         return self.max_batches[key]
 
-    def _run(self, experiment: Experiment, dataset: Dataset) -> Run:
-        """The run of ``experiment`` (on ``dataset``, whole), from the cache or trained now,
-        and measured."""
-        config = experiment.config
-        cache_key = None
-        if self.cache is not None and experiment.cache_note is not None:
+    def _cached(self, experiment: Experiment, dataset: Dataset) -> Run | None:
+        """The run of ``experiment`` from the cache (kept in :attr:`runs`), or ``None``."""
+        if self.cache is None:
+            return None
+        if experiment.cache_note is not None:
             self.say.once(f"batchprof: {experiment.cache_note}")
-        elif self.cache is not None:
-            cache_key = self.cache.key(config, self.data.fingerprint(dataset))
-            run = self.cache.load(experiment, cache_key, self.measure)
-            if self.launched is not None and not self.launched.all_true(run is not None,
-                                                                         self.device):
-                run = None  # a rank without the entry trains, so all of them do
-            if run is not None:
-                self.runs[config] = run
-                return run
-        self.say(f"batchprof: training {config.describe()}")
-        run, peak, train_carbon = self.trainer(experiment)
+            return None
+        key = self.cache.key(experiment.config, self.data.fingerprint(dataset))
+        run = self.cache.load(experiment, key, self.measure)
+        if self.launched is not None and not self.launched.all_true(run is not None,
+                                                                     self.device):
+            run = None  # a rank without the entry trains, so all of them do
+        if run is not None:
+            self.runs[experiment.config] = run
+        return run
+
+    def _train(self, experiments: list[Experiment], dataset: Dataset) -> None:
+        """Train ``experiments`` (as one ensemble when there are several and they can be),
+        measure them, cache them and keep them in :attr:`runs`."""
+        trained = None
+        if len(experiments) > 1:
+            reason = self.settings.ensemble_obstacle()
+            if reason is None:
+                described = experiments[0].config.describe().split(" lr=")[0]
+                self.say(f"batchprof: training {len(experiments)} runs of {described} as one "
+                         f"ensemble ({self._variants(experiments)})")
+                trained = self.trainer.ensemble(experiments)
+                if isinstance(trained, str):
+                    reason, trained = trained, None
+            if reason is not None:
+                self.say.once(f"batchprof: {experiments[0].config.model_name}'s runs that "
+                              f"differ only in seed and lr train one at a time: {reason}")
+        if trained is None:
+            for experiment in experiments:
+                self.say(f"batchprof: training {experiment.config.describe()}")
+                self._keep(experiment, dataset, *self.trainer(experiment))
+            return
+        for experiment, (run, peak, carbon) in zip(experiments, trained, strict=True):
+            self.say(f"batchprof: {run.config.describe()} (ensemble member)")
+            self._keep(experiment, dataset, run, peak, carbon)
+
+    @staticmethod
+    def _variants(experiments: list[Experiment]) -> str:
+        seeds = sorted({experiment.config.seed for experiment in experiments})
+        rates = sorted({experiment.config.lr for experiment in experiments})
+        return (f"seeds {', '.join(map(str, seeds))}"
+                + (f"; lr {', '.join(f'{rate:g}' for rate in rates)}" if len(rates) > 1 else ""))
+
+    def _keep(self, experiment: Experiment, dataset: Dataset, run: Run, peak: PeakMemory,
+              train_carbon: Carbon | None) -> None:
+        """Measure a trained run, store it in the cache (rank 0 only) and keep it."""
         self.measure(run, experiment, peak, train_carbon)
         stores = self.launched is None or self.launched.rank == 0
-        if cache_key is not None and run.out_of_memory is None and stores:  # not a verdict
-            self.cache.store(cache_key, run)
-        self.runs[config] = run
-        return run
+        if (self.cache is not None and experiment.cache_note is None
+                and run.out_of_memory is None and stores):  # out of memory is not a verdict
+            self.cache.store(self.cache.key(experiment.config, self.data.fingerprint(dataset)),
+                             run)
+        self.runs[experiment.config] = run
