@@ -251,6 +251,9 @@ def test_repeats_train_as_one_ensemble_in_a_session(pytester: pytest.Pytester):
                                    "batch 16, 1 epoch, adam as one ensemble (seeds 0, 1, 2)*"])
     rows = report_rows(pytester.path / "reports")
     assert [row["ensemble"] for row in rows] == ["one of 3"] * 3
+    markdown = (pytester.path / "reports" / "latest.md").read_text()
+    assert "trained together as one stacked ensemble (one of 3;" in markdown
+    assert "each run's training time is its share" in markdown
     apart = run_session(pytester, "--batchprof-no-ensemble")
     apart.assert_outcomes(passed=1)
     apart.stdout.fnmatch_lines(["*ensembles=off*"])
@@ -281,3 +284,45 @@ def test_settings_that_keep_runs_apart_are_in_the_header(pytester: pytest.Pytest
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*ensembles=off (each run's peak is checked against the "
                                  "memory budget alone)*"])
+
+
+def test_one_status_line_for_the_ensemble_and_every_members_epoch_lines(synthetic,
+                                                                         monkeypatch):
+    """The members advance together: only the first still training draws the status
+    line; every member prints its own epoch lines, named by seed and lr."""
+    from pytest_batchprof.experiment.build import build_experiment
+    from pytest_batchprof.plugin.options import Settings
+    from pytest_batchprof.runs.session import Trainer
+    from tests.test_progress import FakeConsole
+
+    monkeypatch.setattr(training, "PROGRESS_POLL_SECONDS", 0.0)
+    monkeypatch.setattr("pytest_batchprof.plugin.progress.SHOW_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr("pytest_batchprof.plugin.progress.REDRAW_SECONDS", 0.0)
+    console = FakeConsole(is_terminal=True, verbose=True)
+    settings = Settings(epochs=2, no_co2=True)
+    experiments = [build_experiment(settings, synthetic, lambda: build_mlp(64, (8,), 10), 16,
+                                    CPU, seed=seed, lr=lr, name="tiny")
+                   for seed, lr in ((0, 1e-3), (1, 1e-2))]
+    trained = Trainer(CPU, console, None, ()).ensemble(experiments)
+    assert not isinstance(trained, str) and len(trained) == 2
+    assert console.statuses and all(status.startswith("  seed 0, lr 0.001: ")
+                                    for status in console.statuses)
+    epoch_lines = [line for line in console.lines if "Epoch" in line]
+    assert len(epoch_lines) == 4
+    assert {line.split(": Epoch")[0] for line in epoch_lines} == {"  seed 0, lr 0.001",
+                                                                   "  seed 1, lr 0.01"}
+
+
+def test_cached_members_keep_their_ensemble_and_figures(pytester: pytest.Pytester):
+    first = run_session(pytester, "--batchprof-cache", "cache")
+    first.assert_outcomes(passed=1)
+    trained = report_rows(pytester.path / "reports")
+    again = run_session(pytester, "--batchprof-cache", "cache")
+    again.assert_outcomes(passed=1)
+    assert again.stdout.str().count("from the cache") == 3
+    assert "as one ensemble" not in again.stdout.str()
+    loaded = report_rows(pytester.path / "reports")
+    for before, after in zip(trained, loaded, strict=True):
+        assert after["ensemble"] == before["ensemble"] == "one of 3"
+        for key in ("test_accuracy", "train_seconds", "val_accuracy"):
+            assert after[key] == before[key]

@@ -17,7 +17,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from markdown_it import MarkdownIt
 
 from pytest_batchprof.gating import compare
 from pytest_batchprof.reports import figures as declared
@@ -36,6 +35,7 @@ from pytest_batchprof.reports.summary import (
     table_from_report,
 )
 from pytest_batchprof.reports.tables import table_columns
+from tests.test_report import markdown_tables
 
 GRID = "0.0001,0.0003,0.001,0.003"
 LRS = (1e-4, 3e-4, 1e-3, 3e-3)
@@ -118,21 +118,6 @@ def settings(tmp_path: Path, **changes: object) -> SimpleNamespace:
     return SimpleNamespace(**values)
 
 
-def markdown_tables(text: str) -> list[tuple[str, list[list[str]]]]:
-    """Every table of ``text`` with the heading above it, cells as markdown source."""
-    tokens = MarkdownIt("commonmark").enable("table").parse(text)
-    tables: list[tuple[str, list[list[str]]]] = []
-    heading = ""
-    for previous, token in zip([None, *tokens], tokens, strict=False):
-        if token.type == "inline" and previous.type == "heading_open":
-            heading = token.content
-        elif token.type == "table_open":
-            tables.append((heading, []))
-        elif token.type == "tr_open":
-            tables[-1][1].append([])
-        elif token.type == "inline" and previous.type in ("th_open", "td_open"):
-            tables[-1][1][-1].append(token.content)
-    return tables
 
 
 def column(table: list[list[str]], label: str) -> list[str]:

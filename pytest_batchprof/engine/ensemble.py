@@ -44,7 +44,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, stack_module_state, vmap
 
 from pytest_batchprof.data.datasets import Dataset, Split
 from pytest_batchprof.engine.denormals import denormals_flushed
@@ -323,13 +323,11 @@ class Ensemble:
     def _stack(self, members: list[MemberLoop]) -> None:
         """Stack ``members`` (ordered by lr) and make one optimizer per learning rate."""
         self.members = members
-        self.stacked = {}
+        self.stacked, _ = stack_module_state([member.model for member in members])
         member_params = [dict(member.model.named_parameters()) for member in members]
-        for name in self.names:
-            self.stacked[name] = torch.stack(
-                [params[name].detach() for params in member_params]).requires_grad_()
-            if self.forward.persistent_grads:  # written in place by every step's backward
-                self.stacked[name].grad = torch.zeros_like(self.stacked[name])
+        if self.forward.persistent_grads:  # written in place by every step's backward
+            for stacked in self.stacked.values():
+                stacked.grad = torch.zeros_like(stacked)
         for index, (member, params) in enumerate(zip(members, member_params, strict=True)):
             member.index = index
             for name in self.names:  # the member's model now reads the stacked weights

@@ -89,6 +89,7 @@ FIGURES: tuple[Column, ...] = (
     Column("lr_grid_criterion", "lr chosen by", plain=_text),
     Column("lr_grid_score", "lr grid score", plain=lambda value: f"{float(value):g}"),
     Column("precision", "precision", plain=_text),
+    Column("ensemble", "ensemble", plain=_text),
     Column("processes", "processes", plain=_count),
     Column("per_process_batch", "batch / process", plain=_count),
     Column("train_seconds", "train time", TIME_UNITS, default=True, compared="time"),

@@ -291,6 +291,16 @@ def _new_figure(rows: int = 1, columns: int = 1, layout: str = "tight", width: f
     return figure, list(axes.flat)
 
 
+def _panel_grid(count: int) -> tuple[Figure, list[Axes], int]:
+    """A figure of ``count`` panels, two to a row (one alone), its empty cells removed;
+    the figure, its panels and the number of columns."""
+    columns = 1 if count == 1 else 2
+    figure, axes = _new_figure(math.ceil(count / columns), columns, layout="constrained")
+    for extra in axes[count:]:
+        figure.delaxes(extra)
+    return figure, axes, columns
+
+
 def _style(index: int) -> dict[str, object]:
     """Colour and marker of the ``index``-th series, the same in every plot."""
     return {"color": f"C{index % 10}", "marker": MARKERS[index % len(MARKERS)]}
@@ -445,11 +455,7 @@ def _curves_figure(series: list[Series], title: str) -> Figure | None:
     panels = [one for one in series if one.curves or one.fine_curves]
     if not panels:
         return None
-    columns = 1 if len(panels) == 1 else 2
-    rows = math.ceil(len(panels) / columns)
-    figure, axes = _new_figure(rows, columns, layout="constrained")
-    for extra in axes[len(panels):]:
-        figure.delaxes(extra)
+    figure, axes, columns = _panel_grid(len(panels))
     sizes = sorted({size for one in panels for size in (*one.curves, *one.fine_curves)})
     colormap = colormaps["viridis"]
     handles = {}
@@ -544,11 +550,7 @@ def _lr_grid_figure(studies: list[Study], title: str) -> Figure | None:
               if any(study.points(size) for size in study.batch_sizes)]
     if not panels:
         return None
-    columns = 1 if len(panels) == 1 else 2
-    rows = math.ceil(len(panels) / columns)
-    figure, axes = _new_figure(rows, columns, layout="constrained")
-    for extra in axes[len(panels):]:
-        figure.delaxes(extra)
+    figure, axes, columns = _panel_grid(len(panels))
     sizes = sorted({size for study in panels for size in study.batch_sizes})
     colormap = colormaps["viridis"]
     handles: dict[int, Line2D] = {}

@@ -260,6 +260,15 @@ def _notes(rows: Sequence[Row]) -> str:
         notes.append("A row of several seeds (see seeds) shows each figure that differs "
                      "between them as mean ± the half-width of its 95% confidence interval "
                      "(Student t).")
+    ensembles = sorted({str(row["ensemble"]) for row in rows if row.get("ensemble")})
+    if ensembles:
+        notes.append(
+            f"Runs that differ only in seed and learning rate were trained together as one "
+            f"stacked ensemble ({', '.join(ensembles)}; the rows' ensemble key says which): "
+            f"each run's training time is its share, the time of every stretch of shared "
+            f"steps divided equally among the runs training in it plus its own validation "
+            f"passes, and its training CO2eq is the ensemble's in proportion; its peak memory "
+            f"is the whole ensemble's.")
     for key, figure in (("train_clock", "Training times"), ("latency_clock", "Latencies")):
         clocks = sorted({str(row[key]) for row in rows if row.get(key)})
         if clocks:

@@ -35,7 +35,7 @@ from pytest_batchprof.measuring.carbon import Carbon
 from pytest_batchprof.measuring.metrics import PeakMemory
 from pytest_batchprof.reports.storage import TEMPORARY_SUFFIX, atomic_file
 
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 """Version of the entry layout; raise it when the layout or its meaning changes."""
 
 SUFFIX = ".pt"
@@ -61,6 +61,8 @@ class CachedRun:
     peak_memory: PeakMemory | None
     train_carbon: Carbon | None
     time_to_target: TimeToTarget | None
+    ensemble: str | None
+    """``one of 12`` for a run trained in an ensemble: its times are its share."""
 
 
 _FIELDS = frozenset({"format", "inputs", "model", "optimizer",
@@ -156,6 +158,7 @@ class RunCache:
             "train_carbon": None,
             "time_to_target": (None if run.time_to_target is None
                                else asdict(run.time_to_target)),
+            "ensemble": run.ensemble,
         }
         if run.measurements is not None:
             entry["peak_memory"] = asdict(run.measurements.peak_memory)
@@ -227,6 +230,7 @@ def _restore(entry: Any, inputs: str, model: nn.Module, optimizer: torch.optim.O
             **_typed(entry, "train_carbon", dict)),
         time_to_target=None if entry["time_to_target"] is None else TimeToTarget(
             **_typed(entry, "time_to_target", dict)),
+        ensemble=None if entry["ensemble"] is None else _typed(entry, "ensemble", str),
     )
 
 

@@ -224,9 +224,12 @@ class Trainer:
                                     indent=f"  seed {experiment.config.seed}, "
                                            f"lr {experiment.config.lr:g}: ")
                         for experiment in experiments]
-        loops = [MemberLoop(experiment.config, experiment.data, self.device, experiment.recipe,
-                            observer, self.extra_steps)
-                 for experiment, observer in zip(experiments, progress, strict=True)]
+        loops: list[MemberLoop] = []
+        for experiment, observer in zip(experiments, progress, strict=True):
+            loops.append(MemberLoop(
+                experiment.config, experiment.data, self.device, experiment.recipe,
+                None if observer is None else _LeaderOnly(observer, loops),
+                self.extra_steps))
         reason = ensemble_obstacle(loops, first.recipe)
         if reason is not None:
             return reason
@@ -251,6 +254,25 @@ class Trainer:
                           f"{memory.result.method}, of the whole ensemble of {len(runs)}")
         return [(run, peak, carbon.scaled(run.train_seconds / total) if carbon else None)
                 for run in runs]
+
+
+class _LeaderOnly:
+    """A member's progress line in an ensemble: all of its epoch lines, but the status
+    line only while it is the first member still training (the members advance
+    together, so one status line tells where all of them stand)."""
+
+    def __init__(self, progress: RunProgress, loops: list[MemberLoop]) -> None:
+        self.progress, self.loops = progress, loops
+
+    def on_progress(self, status) -> None:
+        loop = self.loops[0]
+        members = loop.ensemble.members if getattr(loop, "ensemble", None) else self.loops
+        if members and self.progress is next(
+                (member.observer.progress for member in members if member.observer), None):
+            self.progress.on_progress(status)
+
+    def on_epoch(self, config: RunConfig, record) -> None:
+        self.progress.on_epoch(config, record)
 
 
 @dataclass
@@ -296,7 +318,8 @@ class CachedRuns:
                   history=cached.history, curve=cached.curve,
                   train_seconds=cached.train_seconds,
                   test_loss=cached.test_loss, test_accuracy=cached.test_accuracy,
-                  diverged=cached.diverged, time_to_target=cached.time_to_target)
+                  diverged=cached.diverged, time_to_target=cached.time_to_target,
+                  ensemble=cached.ensemble)
         self.say(f"batchprof: loaded {config.describe()} from the cache")
         train_carbon = None
         if self.carbon:
