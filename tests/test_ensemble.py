@@ -259,7 +259,8 @@ def test_repeats_train_as_one_ensemble_in_a_session(pytester: pytest.Pytester):
     apart.stdout.fnmatch_lines(["*ensembles=off*"])
     assert "as one ensemble" not in apart.stdout.str()
     alone = report_rows(pytester.path / "reports")
-    assert [row["ensemble"] for row in alone] == [None] * 3
+    assert [row["ensemble"] for row in alone] == [
+        "trained alone: --batchprof-no-ensemble"] * 3
     for member, lone in zip(rows, alone, strict=True):
         assert abs(member["test_accuracy"] - lone["test_accuracy"]) <= ACCURACY_TOLERANCE
         assert math.isclose(member["test_loss"], lone["test_loss"], rel_tol=LOSS_TOLERANCE)
@@ -276,7 +277,8 @@ def test_an_ensemble_that_runs_out_of_memory_trains_one_at_a_time(pytester: pyte
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*64-32-10's runs that differ only in seed and lr train one "
                                  "at a time: the 3 stacked runs ran out of memory (injected)*"])
-    assert [row["ensemble"] for row in report_rows(pytester.path / "reports")] == [None] * 3
+    assert [row["ensemble"] for row in report_rows(pytester.path / "reports")] == [
+        "trained alone: the 3 stacked runs ran out of memory (injected)"] * 3
 
 
 def test_settings_that_keep_runs_apart_are_in_the_header(pytester: pytest.Pytester):
@@ -326,3 +328,30 @@ def test_cached_members_keep_their_ensemble_and_figures(pytester: pytest.Pyteste
         assert after["ensemble"] == before["ensemble"] == "one of 3"
         for key in ("test_accuracy", "train_seconds", "val_accuracy"):
             assert after[key] == before[key]
+
+
+def test_a_model_with_buffers_trains_alone_and_the_report_says_why(pytester: pytest.Pytester):
+    pytester.makepyfile("""
+        import pytest
+        from torch import nn
+
+        def normed(data):
+            return nn.Sequential(nn.Flatten(), nn.Linear(data.input_size, 16),
+                                 nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, data.num_classes))
+
+        @pytest.mark.dataset("synthetic", size=400)
+        def test_normed(trained_model):
+            trained_model(normed, batch_size=32, epochs=1, repeats=2)
+    """)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--batchprof-no-co2",
+                                          "--batchprof-report=reports")
+    result.assert_outcomes(passed=1)
+    reason = ("the model has buffers (such as batch-norm running statistics), which the "
+              "stacked members cannot keep apart")
+    result.stdout.fnmatch_lines([f"*runs that differ only in seed and lr train one at a time: "
+                                 f"{reason}*"])
+    rows = report_rows(pytester.path / "reports")
+    assert [row["ensemble"] for row in rows] == [f"trained alone: {reason}"] * 2
+    markdown = (pytester.path / "reports" / "latest.md").read_text()
+    assert (f"Runs that differ only in seed and learning rate were trained one at a time: "
+            f"{reason}." in markdown)

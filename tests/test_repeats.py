@@ -310,7 +310,9 @@ def test_repeats_session_folds_seeds_in_the_table_and_keeps_them_in_the_files(
     result.assert_outcomes(passed=4)
     output = result.stdout.str()
     assert " seed=0 repeats=3 device=" in output
-    assert output.count("batchprof: training 64-16-10") == 6  # seeds 1-2 at 16: trained once
+    # each batch size's 3 seeds train as one ensemble; seeds 1-2 at 16 again: trained once
+    assert output.count("batchprof: training 3 runs of 64-16-10") == 2
+    assert output.count("(ensemble member)") == 6
     table = [line for line in result.outlines if line.startswith("|")]
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
     assert header[header.index("epochs") + 1] == "seeds"

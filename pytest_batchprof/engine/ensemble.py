@@ -43,6 +43,7 @@ import time
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -54,6 +55,7 @@ from pytest_batchprof.engine.precision import autocast, matmul_precision
 from pytest_batchprof.engine.training import (
     GATHER_CHUNK_BYTES,
     EpochRecord,
+    LossFunction,
     Recipe,
     Run,
     RunConfig,
@@ -151,6 +153,20 @@ class VmappedModel:
 def stacked_forward(model: nn.Module) -> StackedMLP | VmappedModel:
     """The fastest forward pass that computes stacked copies of ``model``."""
     return StackedMLP(model) if StackedMLP.handles(model) else VmappedModel(model)
+
+
+def _stacked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each member's mean cross-entropy, in one call over all members' samples."""
+    members, batch = labels.shape
+    return F.cross_entropy(logits.reshape(members * batch, -1), labels.reshape(-1),
+                           reduction="none").view(members, batch).mean(1)
+
+
+def stacked_loss(loss: LossFunction) -> LossFunction:
+    """Each member's loss (members x batch x classes in, one loss per member out): one
+    call of cross-entropy over every sample, or the user's loss under ``torch.vmap``
+    (whose batching rule for cross-entropy costs a small batch's step a fifth of its time)."""
+    return _stacked_cross_entropy if loss is F.cross_entropy else vmap(loss)
 
 
 class EnsembleOutOfMemory(RuntimeError):
@@ -305,7 +321,7 @@ class Ensemble:
         self.loss_fn, self.metric = recipe.loss, recipe.metric
         self.names = [name for name, _ in self.loops[0].model.named_parameters()]
         self.forward = stacked_forward(self.loops[0].model)
-        self.losses = vmap(recipe.loss)
+        self.losses = stacked_loss(recipe.loss)
         self.correct = vmap(recipe.metric)
         self.stacked: dict[str, torch.Tensor] = {}
         self.groups: list[_RateGroup] = []

@@ -161,6 +161,10 @@ NOT_FOLDED = frozenset(column.key for column in FIGURES if not column.folded)
 """Row keys :func:`~pytest_batchprof.runs.repeats.aggregate_seeds` sets itself rather than
 by the general rule."""
 
+TRAINED_ALONE = "trained alone: "
+"""How the ``ensemble`` figure of a run begins when it differs from other runs only in seed
+and learning rate but was trained alone; the reason follows."""
+
 ACCURACY_KEY = next(column.key for column in FIGURES if column.compared == "accuracy")
 """The figure a baseline comparison gates on (a drop larger than the allowed one fails)."""
 TIME_KEY = next(column.key for column in FIGURES if column.compared == "time")

@@ -23,6 +23,7 @@ from pytest_batchprof.experiment.config import RUN_KEYS
 from pytest_batchprof.reports.figures import (
     COLUMNS,
     DEFAULT_COLUMNS,
+    TRAINED_ALONE,
     Column,
     _percent,
     _text,
@@ -260,7 +261,11 @@ def _notes(rows: Sequence[Row]) -> str:
         notes.append("A row of several seeds (see seeds) shows each figure that differs "
                      "between them as mean ± the half-width of its 95% confidence interval "
                      "(Student t).")
-    ensembles = sorted({str(row["ensemble"]) for row in rows if row.get("ensemble")})
+    labels = {str(row["ensemble"]) for row in rows if row.get("ensemble")}
+    alone = sorted(label for label in labels if label.startswith(TRAINED_ALONE))
+    ensembles = sorted(labels - set(alone))
+    notes += [f"Runs that differ only in seed and learning rate were trained one at a time: "
+              f"{label.removeprefix(TRAINED_ALONE)}." for label in alone]
     if ensembles:
         notes.append(
             f"Runs that differ only in seed and learning rate were trained together as one "

@@ -44,6 +44,7 @@ from pytest_batchprof.measuring.carbon import Carbon, CarbonMeter
 from pytest_batchprof.measuring.metrics import PeakMemory, PeakMemoryMeter, measure
 from pytest_batchprof.plugin.options import Settings, flag_of, format_size
 from pytest_batchprof.plugin.progress import Console, RunProgress
+from pytest_batchprof.reports.figures import TRAINED_ALONE
 from pytest_batchprof.runs.cache import RunCache
 from pytest_batchprof.runs.max_batch import MaxBatch, find_max_batch
 
@@ -451,7 +452,7 @@ class BatchprofSession:
     def _train(self, experiments: list[Experiment], dataset: Dataset) -> None:
         """Train ``experiments`` (as one ensemble when there are several and they can be),
         measure them, cache them and keep them in :attr:`runs`."""
-        trained = None
+        trained, reason = None, None
         if len(experiments) > 1:
             reason = self.settings.ensemble_obstacle()
             if reason is None:
@@ -467,7 +468,10 @@ class BatchprofSession:
         if trained is None:
             for experiment in experiments:
                 self.say(f"batchprof: training {experiment.config.describe()}")
-                self._keep(experiment, dataset, *self.trainer(experiment))
+                run, peak, carbon = self.trainer(experiment)
+                if reason is not None:  # the report says why it trained alone
+                    run.ensemble = f"{TRAINED_ALONE}{reason}"
+                self._keep(experiment, dataset, run, peak, carbon)
             return
         for experiment, (run, peak, carbon) in zip(experiments, trained, strict=True):
             self.say(f"batchprof: {run.config.describe()} (ensemble member)")
