@@ -192,7 +192,7 @@ class MemberLoop(TrainingLoop):
     def run_seconds(self) -> float:
         """Its clock: its share of the shared steps plus its own evaluations, curve
         points excluded (a run alone: wall time since its first step, curve excluded)."""
-        self.ensemble.account()
+        self.ensemble.account(synchronized=False)  # a progress poll must not wait
         return self.share_seconds + self.own_seconds - self.run_record.curve_seconds
 
     def evaluate(self, split: Split) -> tuple[float, float]:
@@ -365,9 +365,13 @@ class Ensemble:
 
     # -- what members read
 
-    def account(self) -> None:
-        """Split the shared steps' time since the last mark among the members training."""
-        synchronize(self.device)
+    def account(self, synchronized: bool = True) -> None:
+        """Split the shared steps' time since the last mark among the members training;
+        after the device has finished what was queued (at epoch ends and stops), unless
+        ``synchronized`` is false (a progress poll, which reads the clock as the loop of a
+        run alone does: the work still queued is split at the next mark)."""
+        if synchronized:
+            synchronize(self.device)
         now = time.perf_counter()
         shared = max(0.0, now - self.mark - self.owned)
         for member in self.members:
