@@ -26,7 +26,6 @@ modules (tables, plots and gating import it).
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,8 +33,13 @@ from dataclasses import dataclass, field
 
 from tabulate import tabulate
 
-from pytest_batchprof.experiment.config import STUDY_KEYS
 from pytest_batchprof.reports.figures import OUT_OF_MEMORY_KEY
+from pytest_batchprof.reports.studies import (
+    group_studies,
+    study_title,
+    target_words,
+    varying_settings,
+)
 from pytest_batchprof.runs.stats import finite
 
 Row = dict[str, object]
@@ -56,11 +60,6 @@ SHADES = ("░", "▒", "▓", "█")
 """Heat-map shading of a cell, from the worst lr of its batch size to the best."""
 CHOSEN_MARK = "★"
 """Beside the chosen cell of each batch size (in bold) and on the plot's chosen points."""
-
-_TITLE_KEYS = ("model", "dataset", "epochs", "optimizer")
-_MODEL_KEYS = ("input_shape", "hidden", "num_classes", "architecture", "callables")
-"""Settings a study's title leaves out even where they vary: its model tells them apart."""
-
 
 def tuned(rows: Iterable[Mapping[str, object]]) -> bool:
     """Whether any row was trained on a learning-rate grid."""
@@ -153,15 +152,9 @@ class Study:
 
 def grid_studies(rows: Iterable[Mapping[str, object]]) -> list[Study]:
     """The tuned studies of ``rows`` (those with ``lr_grid``), in order of first appearance."""
-    groups: dict[str, list[Mapping[str, object]]] = {}
-    for row in rows:
-        if row.get(GRID_KEY):
-            groups.setdefault(json.dumps([row.get(key) for key in STUDY_KEYS], default=str),
-                              []).append(row)
-    varying = [key for key in STUDY_KEYS if key not in (*_TITLE_KEYS, *_MODEL_KEYS)
-               and len({json.dumps(group[0].get(key), default=str)
-                        for group in groups.values()}) > 1]
-    return [_study(group, varying) for group in groups.values()]
+    groups = group_studies(row for row in rows if row.get(GRID_KEY))
+    varying = varying_settings(groups, named=("optimizer",))
+    return [_study(group, varying) for group in groups]
 
 
 def _study(rows: Sequence[Mapping[str, object]], varying: Sequence[str]) -> Study:
@@ -176,7 +169,7 @@ def _study(rows: Sequence[Mapping[str, object]], varying: Sequence[str]) -> Stud
         lr, batch_size = row.get("lr"), row.get("batch_size")
         if isinstance(lr, int | float) and isinstance(batch_size, int):
             by_cell.setdefault((_nearest(lrs, lr), batch_size), []).append(row)
-    study = Study(_title(first, varying), criterion,
+    study = Study(study_title(first, varying, str(first.get("optimizer"))), criterion,
                   float(target) if isinstance(target, int | float) else None, lrs,
                   sorted({batch_size for _, batch_size in by_cell}))
     for key, runs in by_cell.items():
@@ -252,13 +245,13 @@ def _legend(study: Study) -> list[str]:
     seeds = sorted({cell.seeds for cell in study.cells.values()})
     over = (f"{seeds[0]} seed{'s' if seeds[0] != 1 else ''}" if len(seeds) == 1
             else "each cell's seeds")
-    figure = (f"steps to {_target(study.target)} val accuracy" if study.by_steps
+    figure = (f"steps to {target_words(study.target)} val accuracy" if study.by_steps
               else "final val accuracy (%)")
     shades = ", ".join(reversed(SHADES))
     lines = [f"Cells: {figure}, mean over {over}. **Bold** {CHOSEN_MARK}: the lr chosen for "
              f"the batch size. Shading ranks the lrs within each batch size, darker is "
              f"better ({shades}: best to worst); a cell without a figure is not shaded.", ""]
-    rule = (f"the fewest steps to {_target(study.target)} val accuracy" if study.by_steps
+    rule = (f"the fewest steps to {target_words(study.target)} val accuracy" if study.by_steps
             else "the highest final val accuracy")
     lines += [f"Chosen on the validation split by {rule}; the test split played no part.", ""]
     if study.notes:
@@ -267,19 +260,6 @@ def _legend(study: Study) -> list[str]:
     else:
         lines.append("No chosen lr lies at an edge of the grid.")
     return lines
-
-
-def _target(target: float | None) -> str:
-    return "the target" if target is None else f"{100 * target:g}%"
-
-
-def _title(row: Mapping[str, object], varying: Sequence[str]) -> str:
-    """``784-1024-10 on mnist, 2 epochs, adam``, with any other setting that tells the
-    session's studies apart (``precision bf16``)."""
-    epochs = row.get("epochs")
-    return (f"{row.get('model')} on {row.get('dataset')}, {epochs} "
-            f"epoch{'' if epochs == 1 else 's'}, {row.get('optimizer')}"
-            + "".join(f", {key} {row.get(key)}" for key in varying))
 
 
 def _parse_grid(grid: object) -> list[float]:

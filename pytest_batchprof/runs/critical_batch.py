@@ -31,7 +31,6 @@ Pure Python, numpy and scipy; no torch.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,9 +38,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pytest_batchprof.experiment.config import STUDY_KEYS
 from pytest_batchprof.reports.figures import OUT_OF_MEMORY_KEY
 from pytest_batchprof.reports.lr_grid import chosen_rows
+from pytest_batchprof.reports.studies import (
+    group_studies,
+    study_title,
+    target_words,
+    varying_settings,
+)
 from pytest_batchprof.reports.tables import Row
 from pytest_batchprof.runs.stats import finite
 
@@ -284,11 +288,6 @@ def _rescaled(values: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ studies of rows
 
 
-def study_key(row: Mapping[str, object]) -> str:
-    """The study a row belongs to (see :data:`STUDY_KEYS`)."""
-    return json.dumps([row.get(key) for key in STUDY_KEYS], default=str)
-
-
 @dataclass(frozen=True)
 class StudyFit:
     """A time-to-accuracy study (its chosen rows) and the fit of its critical batch size."""
@@ -313,16 +312,14 @@ def fit_studies(rows: Iterable[Row], resamples: int = BOOTSTRAP_RESAMPLES,
                 seed: int = BOOTSTRAP_SEED) -> list[StudyFit]:
     """Each time-to-accuracy study among ``rows`` (in order of first appearance), fitted.
 
-    A study is the chosen rows that share every setting of :data:`STUDY_KEYS`, and
+    A study (:mod:`~pytest_batchprof.reports.studies`) is the chosen rows of one
+    experiment but for batch size, seed and lr, and
     is one when its runs had a target (``--target-accuracy``). A batch size is fitted
     when every one of its seeds reached the target; the others are left out, and said.
     """
-    groups: dict[str, list[Row]] = {}
-    for row in chosen_rows(rows):
-        groups.setdefault(study_key(row), []).append(row)
-    studies = [group for group in groups.values() if any(_has_target(row) for row in group)]
-    varying = [key for key in STUDY_KEYS if key not in _TITLE_KEYS + _MODEL_KEYS
-               and len({json.dumps(group[0].get(key), default=str) for group in studies}) > 1]
+    studies = [group for group in group_studies(chosen_rows(rows))
+               if any(_has_target(row) for row in group)]
+    varying = varying_settings(studies, named=("target_accuracy",))
     return [_fit_study(group, varying, resamples, seed) for group in studies]
 
 
@@ -333,7 +330,7 @@ def _fit_study(rows: Sequence[Row], varying: Sequence[str], resamples: int,
         size = row.get("batch_size")
         if isinstance(size, int | float) and not isinstance(size, bool):
             by_batch.setdefault(int(size), []).append(row)
-    target = _target(rows[0].get("target_accuracy"))
+    target = target_words(rows[0].get("target_accuracy"))
     steps: dict[int, list[float]] = {}
     left_out = []
     for size in sorted(by_batch):
@@ -343,7 +340,7 @@ def _fit_study(rows: Sequence[Row], varying: Sequence[str], resamples: int,
             steps[size] = reached
         else:
             left_out.append(f"batch {size:,} left out: {_missed(runs, target)}")
-    return StudyFit(_title(rows[0], varying, target), tuple(rows),
+    return StudyFit(study_title(rows[0], varying, f"to {target}"), tuple(rows),
                     fit_critical_batch(steps, resamples, seed, left_out))
 
 
@@ -369,24 +366,6 @@ def _missed(runs: Sequence[Mapping[str, object]], target: str) -> str:
     if len(runs) == 1:
         return f"its run {next(iter(missed))}"
     return ", ".join(f"{count} of {len(runs)} seeds {what}" for what, count in missed.items())
-
-
-def _target(value: object) -> str:
-    return f"{100 * float(value):g}%" if isinstance(value, int | float) else "the target"
-
-
-_TITLE_KEYS = ("model", "dataset", "epochs", "target_accuracy")
-_MODEL_KEYS = ("input_shape", "hidden", "num_classes", "architecture", "callables")
-"""Settings a study's title leaves out even where they vary: its model tells them apart."""
-
-
-def _title(row: Mapping[str, object], varying: Sequence[str], target: str) -> str:
-    """``784-1024-10 on mnist, 10 epochs, to 97%``, with any other setting that tells the
-    session's studies apart (``precision bf16``)."""
-    epochs = row.get("epochs")
-    return (f"{row.get('model')} on {row.get('dataset')}, {epochs} "
-            f"epoch{'' if epochs == 1 else 's'}, to {target}"
-            + "".join(f", {key} {row.get(key)}" for key in varying))
 
 
 # ------------------------------------------------------------------ rows and report
