@@ -248,7 +248,7 @@ def test_repeats_train_as_one_ensemble_in_a_session(pytester: pytest.Pytester):
     together.assert_outcomes(passed=1)
     together.stdout.fnmatch_lines(["*ensembles=on*",
                                    "*training 3 runs of 64-32-10 on synthetic(size=800), "
-                                   "batch 16, 1 epoch, adam as one ensemble (seeds 0, 1, 2)*"])
+                                   "batch 16, 1 epoch, adam, cpu as one ensemble (seeds 0, 1, 2)*"])
     rows = report_rows(pytester.path / "reports")
     assert [row["ensemble"] for row in rows] == ["one of 3"] * 3
     markdown = (pytester.path / "reports" / "latest.md").read_text()

@@ -164,6 +164,12 @@ def test_the_fixture_keyword_tunes_without_the_option(pytester: pytest.Pytester)
                 trained_model(mlp((8,)), lr=1e-3, lr_grid=[1e-3, 1e-2])
             with pytest.raises(ValueError, match="has one rate"):
                 trained_model(mlp((8,)), lr_grid=[1e-3])
+            with pytest.raises(ValueError, match="is not a list of numbers"):
+                trained_model(mlp((8,)), lr_grid="1e-3,1e-2")
+            with pytest.raises(ValueError, match="has 'fast', which is not a number"):
+                trained_model(mlp((8,)), lr_grid=[1e-3, "fast"])
+            with pytest.raises(ValueError, match="repeats 0.001"):
+                trained_model(mlp((8,)), lr_grid=(1e-3, 0.001))
     """)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--batchprof-no-co2",
                                           "--batchprof-no-report")

@@ -154,7 +154,6 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     hidden = tuple(int(width) for width in args.hidden.split(","))
     full = load_dataset("mnist", args.data_dir, DEFAULT_VAL_FRACTION, None)
     full = replace(full, val=full.val.take(VAL_SAMPLES))

@@ -228,21 +228,18 @@ def ensemble_obstacle(loops: Sequence[TrainingLoop], recipe: Recipe) -> str | No
                 "stacked members cannot keep apart")
     if first.precision == "fp16":
         return "fp16's gradient scaler would skip every member's step when one overflows"
-    return _vmap_obstacle(loops[0], recipe)
+    return _probe_obstacle(loops[0], recipe)
 
 
-def _vmap_obstacle(loop: TrainingLoop, recipe: Recipe) -> str | None:
-    """Try the model, loss and metric under ``torch.vmap`` on two samples of two members."""
-    model = loop.model
-    base = copy.deepcopy(model).to("meta")
-    params = {name: torch.stack([value.detach(), value.detach()])
-              for name, value in model.named_parameters()}
-    x = loop.data.train.x[:2].unsqueeze(0).expand(2, *loop.data.train.x[:2].shape)
-    y = loop.data.train.y[:2].unsqueeze(0).expand(2, 2)
+def _probe_obstacle(loop: TrainingLoop, recipe: Recipe) -> str | None:
+    """Try the ensemble's forward pass, loss and metric on two samples of two members."""
+    params, _ = stack_module_state([loop.model, loop.model])
+    x, y = (values[:2].unsqueeze(0).expand(2, *values[:2].shape)
+            for values in (loop.data.train.x, loop.data.train.y))
     try:
         with torch.random.fork_rng(devices=[]):
-            logits = vmap(lambda p, inputs: functional_call(base, p, (inputs,)))(params, x)
-            vmap(recipe.loss)(logits, y)
+            logits = stacked_forward(loop.model)(params, x)
+            stacked_loss(recipe.loss)(logits, y)
             vmap(recipe.metric)(logits.detach(), y)
     except Exception as error:  # whatever vmap cannot run: a run alone still can
         return f"torch.vmap cannot run its model, loss or metric ({one_line(error)})"
@@ -284,9 +281,7 @@ class _RateGroup:
 
     def step(self) -> None:
         for view, stacked in zip(self.views, self.stacked, strict=True):
-            if view.grad is None or stacked.grad is None or view.grad.data_ptr() != (
-                    stacked.grad[self.first:self.last].data_ptr()):
-                view.grad = stacked.grad[self.first:self.last]
+            view.grad = stacked.grad[self.first:self.last]
         self.optimizer.step()
 
     def hand_back(self) -> None:

@@ -110,12 +110,14 @@ class RunConfig:
             return self.model
         return mlp_name(self.input_size, self.hidden or (), self.num_classes)
 
-    def describe(self) -> str:
-        """What a person needs to tell this run from its neighbours in a message."""
+    def describe(self, variant: bool = True) -> str:
+        """What a person needs to tell this run from its neighbours in a message; with
+        ``variant=False`` without its lr and seed: what the runs of an ensemble or of a
+        learning-rate grid share."""
         return (
             f"{self.model_name} on {self.dataset}, batch {self.batch_size}, "
-            f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}, {self.optimizer} "
-            f"lr={self.lr:g}, seed {self.seed}, {self.device}"
+            f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}, {self.optimizer}"
+            + (f" lr={self.lr:g}, seed {self.seed}" if variant else "") + f", {self.device}"
             + ("" if self.precision == "fp32" else f", {self.precision}")
             + ("" if self.processes == 1 else
                f", {self.processes} processes of batch {self.per_process_batch}")

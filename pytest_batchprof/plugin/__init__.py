@@ -594,13 +594,13 @@ def _lr_grid(asked: Sequence[float] | None, lr: float | None,
     if lr is not None:
         raise ValueError("lr= and lr_grid= both given: the grid tunes the learning rate; "
                          "pass one of them")
-    from pytest_batchprof.plugin.options import OptionError, parse_lr_grid
+    from pytest_batchprof.plugin.options import OptionError, check_lr_grid
 
     try:
-        if isinstance(asked, str):
-            raise OptionError("is a string")
-        return parse_lr_grid(",".join(str(float(rate)) for rate in asked))
-    except (OptionError, TypeError, ValueError) as error:
+        if isinstance(asked, str) or not isinstance(asked, Sequence):
+            raise OptionError("is not a list of numbers")
+        return check_lr_grid(asked)
+    except OptionError as error:
         raise ValueError(f"lr_grid={asked!r} {error}; expected two or more learning rates "
                          f"above 0, e.g. lr_grid=[1e-4, 3e-4, 1e-3]") from None
 
@@ -619,7 +619,7 @@ def _tuned(trained: list[Run], grid: tuple[float, ...], state: BatchprofSession)
     state.say(f"  {trained[0].config.model_name}, batch {trained[0].config.batch_size}: "
               f"{choice.describe()}")
     if choice.chosen is None:
-        pytest.fail(f"{trained[0].config.describe().split(' lr=')[0]}: every lr of the grid "
+        pytest.fail(f"{trained[0].config.describe(variant=False)}: every lr of the grid "
                     f"({', '.join(f'{rate:g}' for rate in grid)}) diverged or ran out of "
                     f"memory; lower the grid", pytrace=False)
     return by_rate[choice.chosen]

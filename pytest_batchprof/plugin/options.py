@@ -23,7 +23,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,28 +224,35 @@ def _finite_float(text: str, zero_allowed: bool) -> float:
 
 
 def parse_lr_grid(text: str) -> tuple[float, ...]:
-    """Parse ``"1e-4,3e-4,1e-3"`` into the learning rates, smallest first.
-
-    At least two, each a finite number above 0, none repeated: a grid of one rate
-    tunes nothing.
-    """
+    """Parse ``"1e-4,3e-4,1e-3"`` into the learning rates, smallest first
+    (:func:`check_lr_grid`)."""
     rates: list[float] = []
     for item in text.split(","):
         token = item.strip()
         if not token:
             raise OptionError("has an empty item")
         try:
-            rate = float(token)
+            rates.append(float(token))
         except ValueError:
             raise OptionError(f"has {token!r}, which is not a number") from None
+    return check_lr_grid(rates)
+
+
+def check_lr_grid(rates: Sequence[float]) -> tuple[float, ...]:
+    """The learning rates of a grid, smallest first: at least two, each a finite number
+    above 0, none repeated (a grid of one rate tunes nothing)."""
+    seen: list[float] = []
+    for rate in rates:
+        if isinstance(rate, bool) or not isinstance(rate, int | float):
+            raise OptionError(f"has {rate!r}, which is not a number")
         if not math.isfinite(rate) or rate <= 0:
-            raise OptionError(f"has {token}, which is not a finite number above 0")
-        if rate in rates:
-            raise OptionError(f"repeats {token}")
-        rates.append(rate)
-    if len(rates) < 2:
+            raise OptionError(f"has {rate:g}, which is not a finite number above 0")
+        if rate in seen:
+            raise OptionError(f"repeats {rate:g}")
+        seen.append(float(rate))
+    if len(seen) < 2:
         raise OptionError("has one rate; a grid needs two or more to choose from")
-    return tuple(sorted(rates))
+    return tuple(sorted(seen))
 
 
 def _positive_float(text: str) -> float:

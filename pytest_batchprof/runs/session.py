@@ -12,8 +12,8 @@ after training) and
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -43,7 +43,7 @@ from pytest_batchprof.measuring import noise_scale
 from pytest_batchprof.measuring.carbon import Carbon, CarbonMeter
 from pytest_batchprof.measuring.metrics import PeakMemory, PeakMemoryMeter, measure
 from pytest_batchprof.plugin.options import Settings, flag_of, format_size
-from pytest_batchprof.plugin.progress import Console, RunProgress
+from pytest_batchprof.plugin.progress import Console, RunProgress, TrainingStatus
 from pytest_batchprof.reports.figures import TRAINED_ALONE
 from pytest_batchprof.runs.cache import RunCache
 from pytest_batchprof.runs.max_batch import MaxBatch, find_max_batch
@@ -177,11 +177,24 @@ class Trainer:
             warm_up(self.device)
             self.warmed_up = True
 
+    def _prepare(self) -> None:
+        """Torch's and codecarbon's one-off costs (its hardware probe), paid before a
+        training is built and measured, so that they are part of no run's figures."""
+        self.warm_up()
+        if self.carbon:
+            self.carbon.prepare()
+
+    @contextmanager
+    def _metered(self, memory: PeakMemoryMeter) -> Iterator[list[Carbon] | None]:
+        """The session's meters around a training: ``memory``, and its energy and CO2eq
+        (``None`` with ``--batchprof-no-co2``; else a list filled when the block ends)."""
+        with ExitStack() as stack:
+            stack.enter_context(memory)
+            yield stack.enter_context(self.carbon.measure()) if self.carbon else None
+
     def __call__(self, experiment: Experiment) -> tuple[Run, PeakMemory, Carbon | None]:
         config = experiment.config
-        self.warm_up()  # one-off costs are not part of any run's figures
-        if self.carbon:
-            self.carbon.prepare()  # its hardware probe, once per session
+        self._prepare()
         progress = None
         if self.console is not None:
             progress = RunProgress(self.console, config.epochs, verbose=self.console.verbose)
@@ -191,9 +204,7 @@ class Trainer:
             loop = TrainingLoop(config, experiment.data, self.device, experiment.recipe,
                                 progress, self.extra_steps, memory, self.memory_limit(),
                                 shard=self.launched)
-        with ExitStack() as stack:
-            stack.enter_context(memory)
-            train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None
+        with self._metered(memory) as train_carbon:
             run = None
             try:
                 run = (loop.run() if loop is not None else
@@ -214,9 +225,7 @@ class Trainer:
         Each member's training CO2eq is the ensemble's split as its time is (its share of
         the ensemble's training seconds); its peak memory is the whole ensemble's.
         """
-        self.warm_up()
-        if self.carbon:
-            self.carbon.prepare()
+        self._prepare()
         first = experiments[0]
         progress: list[RunProgress | None] = [None] * len(experiments)
         if self.console is not None:  # each member's epoch lines, named by seed and lr
@@ -227,17 +236,16 @@ class Trainer:
                         for experiment in experiments]
         loops: list[MemberLoop] = []
         for experiment, observer in zip(experiments, progress, strict=True):
-            loops.append(MemberLoop(
-                experiment.config, experiment.data, self.device, experiment.recipe,
-                None if observer is None else _LeaderOnly(observer, loops),
-                self.extra_steps))
+            leader_only = None if observer is None else _LeaderOnly(observer)
+            loops.append(MemberLoop(experiment.config, experiment.data, self.device,
+                                    experiment.recipe, leader_only, self.extra_steps))
+            if leader_only is not None:
+                leader_only.loop = loops[-1]
         reason = ensemble_obstacle(loops, first.recipe)
         if reason is not None:
             return reason
         memory = PeakMemoryMeter(self.device)
-        with ExitStack() as stack:
-            stack.enter_context(memory)
-            train_carbon = stack.enter_context(self.carbon.measure()) if self.carbon else None
+        with self._metered(memory) as train_carbon:
             runs = None
             try:
                 runs = Ensemble(loops, first.recipe).run()
@@ -262,14 +270,14 @@ class _LeaderOnly:
     line only while it is the first member still training (the members advance
     together, so one status line tells where all of them stand)."""
 
-    def __init__(self, progress: RunProgress, loops: list[MemberLoop]) -> None:
-        self.progress, self.loops = progress, loops
+    def __init__(self, progress: RunProgress) -> None:
+        self.progress = progress
+        self.loop: MemberLoop | None = None
+        """The member it reports (set once the member's loop is made)."""
 
-    def on_progress(self, status) -> None:
-        loop = self.loops[0]
-        members = loop.ensemble.members if getattr(loop, "ensemble", None) else self.loops
-        if members and self.progress is next(
-                (member.observer.progress for member in members if member.observer), None):
+    def on_progress(self, status: TrainingStatus) -> None:
+        members = self.loop.ensemble.members
+        if members and members[0] is self.loop:
             self.progress.on_progress(status)
 
     def on_epoch(self, config: RunConfig, record) -> None:
@@ -456,7 +464,7 @@ class BatchprofSession:
         if len(experiments) > 1:
             reason = self.settings.ensemble_obstacle()
             if reason is None:
-                described = experiments[0].config.describe().split(" lr=")[0]
+                described = experiments[0].config.describe(variant=False)
                 self.say(f"batchprof: training {len(experiments)} runs of {described} as one "
                          f"ensemble ({self._variants(experiments)})")
                 trained = self.trainer.ensemble(experiments)
