@@ -25,6 +25,7 @@ _EXPORTS = {
     "cnn": "pytest_batchprof.experiment.models",
     "DataDescription": "pytest_batchprof.experiment.models",
     "ModelError": "pytest_batchprof.experiment.models",
+    "ShapeMismatch": "pytest_batchprof.experiment.models",
     "Recipe": "pytest_batchprof.engine.training",
     "Dataset": "pytest_batchprof.data.datasets",
     "Split": "pytest_batchprof.data.datasets",
@@ -32,16 +33,24 @@ _EXPORTS = {
     "CurvePoint": "pytest_batchprof.engine.training",
     "Run": "pytest_batchprof.engine.training",
     "RunConfig": "pytest_batchprof.engine.training",
+    "BatchprofCacheWarning": "pytest_batchprof.runs.cache",
 }
 
-__all__ = ["CurvePoint", "DataDescription", "Dataset", "EpochRecord", "ModelError", "Recipe",
-           "Run", "RunConfig", "Split", "__version__", "cnn", "mlp", "record",
-           "register_dataset", "unregister_dataset"]
+__all__ = ["BatchprofCacheWarning", "CurvePoint", "DataDescription", "Dataset", "EpochRecord",
+           "ModelError", "Recipe", "Run", "RunConfig", "ShapeMismatch", "Split", "__version__",
+           "cnn", "mlp", "record", "register_dataset", "unregister_dataset"]
 
 if TYPE_CHECKING:
     from pytest_batchprof.data.datasets import Dataset, Split, register_dataset, unregister_dataset
     from pytest_batchprof.engine.training import CurvePoint, EpochRecord, Recipe, Run, RunConfig
-    from pytest_batchprof.experiment.models import DataDescription, ModelError, cnn, mlp
+    from pytest_batchprof.experiment.models import (
+        DataDescription,
+        ModelError,
+        ShapeMismatch,
+        cnn,
+        mlp,
+    )
+    from pytest_batchprof.runs.cache import BatchprofCacheWarning
     from pytest_batchprof.runs.recording import record
 
 

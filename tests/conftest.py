@@ -9,11 +9,13 @@ real MNIST ask for ``mnist_dir`` and are skipped when it is absent.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from pytest_batchprof.data import catalog
 from pytest_batchprof.data import datasets as data
 from pytest_batchprof.data.datasets import Dataset
 from pytest_batchprof.engine.training import RunConfig, make_optimizer
@@ -55,6 +57,17 @@ def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
 
     monkeypatch.setattr(data, "download", no_download)
     return empty
+
+
+@pytest.fixture(autouse=True)
+def forget_registrations() -> Iterator[None]:
+    """Unregister every data set name registered during the test, inner sessions'
+    conftests included: registrations live in a process-global dict that in-process
+    pytester sessions share with the suite."""
+    before = set(catalog.REGISTERED)
+    yield
+    for name in set(catalog.REGISTERED) - before:
+        catalog.REGISTERED.pop(name, None)
 
 
 @pytest.fixture

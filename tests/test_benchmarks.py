@@ -119,6 +119,19 @@ def test_depth_and_width_pass_their_floors_on_digits(pytester: pytest.Pytester,
     result.stdout.fnmatch_lines(["*64-1024-1024-10*digits*128*"])
 
 
+def test_the_architecture_study_skips_its_cnns_on_digits(pytester: pytest.Pytester,
+                                                        experiments: Path) -> None:
+    """``make bench ARGS="--dataset digits"``: LeNet-5's convolutions shrink 8x8 images to
+    nothing, so the CNNs are skipped, saying why; the MLP passes its floor."""
+    result = pytester.runpytest(str(experiments), "-m", "architecture", "--dataset", "digits",
+                                "--batch-sizes", "128", "--no-co2", "--batchprof-no-report",
+                                "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines([
+        "SKIPPED * c6-c16-120-84-10 cannot take digits' 8x8 images: *",
+        "SKIPPED * c16-c32-1000-10 cannot take digits' 8x8 images: *"], consecutive=False)
+
+
 def test_the_data_parallel_study_runs_two_processes_on_the_cpu(pytester: pytest.Pytester,
                                                                experiments: Path) -> None:
     result = pytester.runpytest(

@@ -180,6 +180,47 @@ def test_corrupt_entry_is_retrained_with_one_warning(pytester: pytest.Pytester, 
     assert not trained(result)
 
 
+ERROR_FILTERS = {
+    "-W error for its class": ("-W", "error::pytest_batchprof.BatchprofCacheWarning"),
+    "filterwarnings = error": ("-o", "filterwarnings=error"),
+}
+
+
+@pytest.mark.parametrize("filters", ERROR_FILTERS.values(), ids=ERROR_FILTERS.keys())
+def test_corrupt_entry_is_retrained_under_an_error_filter(pytester: pytest.Pytester,
+                                                          tmp_path: Path,
+                                                          recorded: tuple[Path, dict],
+                                                          filters: tuple[str, str]) -> None:
+    """Warnings made errors: the cache's trouble still fails no test. The discarded entry
+    is said once, in the warnings summary, and the run is trained again."""
+    cache_dir, first = recorded
+    (entry,) = entries(cache_dir)
+    corrupt_garbage(entry)
+    result = session(pytester, cache_dir, tmp_path / "again.pt", *filters)
+    result.assert_outcomes(passed=1)
+    assert trained(result)
+    lines = [line for line in result.stdout.lines if str(entry) in line]
+    assert len(lines) == 1, result.stdout.str()
+    assert cache_warnings(result) == lines
+    assert "cannot be read" in lines[0] and "training the run again" in lines[0]
+    assert torch.load(entry, weights_only=True)["test_accuracy"] == first["test_accuracy"]
+
+
+def test_corrupt_entry_warning_can_be_ignored_by_its_class(pytester: pytest.Pytester,
+                                                           tmp_path: Path,
+                                                           recorded: tuple[Path, dict]) -> None:
+    """``pytest_batchprof.BatchprofCacheWarning`` is public: a project may filter it."""
+    assert pytest_batchprof.BatchprofCacheWarning is BatchprofCacheWarning
+    cache_dir, _ = recorded
+    (entry,) = entries(cache_dir)
+    corrupt_garbage(entry)
+    result = session(pytester, cache_dir, tmp_path / "again.pt", "-W", "error", "-W",
+                     "ignore::pytest_batchprof.BatchprofCacheWarning")
+    result.assert_outcomes(passed=1)
+    assert trained(result)
+    assert str(entry) not in result.stdout.str()
+
+
 def test_entry_stored_under_another_name_is_retrained(pytester: pytest.Pytester,
                                                       tmp_path: Path,
                                                       recorded: tuple[Path, dict]) -> None:
@@ -272,13 +313,16 @@ def test_key_depends_on_every_input(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     runs = RunCache(tmp_path)
     base = runs.key(CONFIG, "data")
     assert runs.key(CONFIG, "data") == base and len(base) == 64
-    changed = {runs.key(replace(CONFIG, **{name: value}), "data") for name, value in [
+    variations = [
         ("dataset", "digits"), ("input_shape", (6, 6)), ("hidden", (9,)), ("num_classes", 9),
         ("activation", "tanh"), ("batch_size", 33), ("epochs", 2), ("lr", 2e-3),
         ("optimizer", "sgd"), ("seed", 1), ("device", "cuda:0"), ("train_subset", 100),
         ("val_fraction", 0.2), ("flush_denormals", False), ("lr_warmup_epochs", 1.0),
-        ("target_accuracy", 0.9),
-    ]}
+        ("target_accuracy", 0.9), ("architecture", "0123456789abcdef"),
+        ("code", "fedcba9876543210"),
+    ]
+    changed = {runs.key(replace(CONFIG, **{name: value}), "data")
+               for name, value in variations}
     changed.add(runs.key(CONFIG, "other data"))
     monkeypatch.setattr(cache, "torch_version", lambda: "0.0.1")
     changed.add(runs.key(CONFIG, "data"))
@@ -288,7 +332,7 @@ def test_key_depends_on_every_input(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.undo()
     monkeypatch.setattr(cache, "CACHE_FORMAT", 999)
     changed.add(runs.key(CONFIG, "data"))
-    assert len(changed) == 20 and base not in changed
+    assert len(changed) == len(variations) + 4 and base not in changed
 
 
 def test_fingerprint_follows_the_data(small: data.Dataset) -> None:

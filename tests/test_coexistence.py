@@ -8,7 +8,9 @@ uses the plugin must not import torch or the other heavy dependencies.
 
 The inner sessions run in-process and train nothing (their tests ask for
 ``batch_size`` at most), except the few start-up checks, which need a fresh
-interpreter: ``runpytest_subprocess`` and ``python -c``.
+interpreter: ``runpytest_subprocess`` and ``python -c``. A project's own fixtures
+of the plugin's public names (``dataset``, ``device``, ``batch_size``) beside the
+plugin's factories are in ``test_project_fixtures.py``.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ SAMPLES: dict[str, tuple[str | None, str]] = {
     "noise_scale": (None, "noise-scale"),
     "precision": ("bf16", "precision=bf16"),
     "keep_denormals": (None, "keep-denormals"),
+    "drop_last": (None, "drop-last"),
     "no_co2": (None, "co2=off"),
     "co2_country": ("deu", "co2=DEU"),
 }
@@ -420,6 +423,40 @@ def test_unused_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(*NO_HYPOTHESIS)
     result.assert_outcomes(passed=1)
     assert imported(pytester) == set()
+
+
+PROJECT_FIXTURES = MODULE_LISTER + """
+
+import pytest
+
+
+@pytest.fixture
+def dataset():
+    return {"rows": [1, 2, 3]}
+
+
+@pytest.fixture
+def device():
+    return "the project's device"
+"""
+"""A project's conftest with its own ``dataset`` and ``device`` fixtures (and the lister)."""
+
+
+def test_project_fixtures_of_the_plugins_names_import_nothing_heavy(
+        pytester: pytest.Pytester) -> None:
+    """A fresh process runs only the project's test of its own ``dataset`` and ``device``:
+    no data set is loaded (MNIST is absent here, so loading it would end the session), no
+    torch is imported, and the line after collection says what was left to the project."""
+    pytester.makeconftest(PROJECT_FIXTURES)
+    pytester.makepyfile(
+        "def test_x(dataset, device):\n"
+        "    assert dataset == {'rows': [1, 2, 3]} and device == \"the project's device\"\n")
+    result = pytester.runpytest_subprocess(*NO_HYPOTHESIS)
+    result.assert_outcomes(passed=1)
+    assert imported(pytester) == set()
+    assert yielded_lines(result) == [
+        "batchprof: left to this project: fixtures dataset, device "
+        "(batchprof's own: batchprof_dataset, batchprof_device)"]
 
 
 def test_options_and_batch_size_import_nothing_heavy(pytester: pytest.Pytester) -> None:

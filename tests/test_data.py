@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from session_output import assert_one_clean_error
+from session_output import assert_one_clean_error, failure_section, summary_rows
 
 from pytest_batchprof.data.datasets import DATASETS, Dataset, crop_shape, load_dataset
 from pytest_batchprof.runs import session as session_module
@@ -410,11 +410,10 @@ def test_with_train_subset(small_mnist: Dataset) -> None:
     assert len(small_mnist.with_train_subset(everything).train) == everything
 
 
-def test_with_train_subset_too_large_raises(small_mnist: Dataset) -> None:
+def test_a_train_subset_larger_than_the_training_split_uses_it_whole(
+        small_mnist: Dataset) -> None:
     count = len(small_mnist.train)
-    with pytest.raises(ValueError, match=f"train subset of {count + 1} is larger than the "
-                                         f"{count} training samples of mnist"):
-        small_mnist.with_train_subset(count + 1)
+    assert small_mnist.with_train_subset(count + 1) is small_mnist
 
 
 # ---------------------------------------------------------------- session errors
@@ -519,36 +518,43 @@ def test_collect_only_does_not_load_data(
     assert not list(pytester.path.glob("ran-*"))
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--train-subset", "5000"],
-         "ERROR: --batchprof-train-subset 5000 is larger than the 2750 training samples of "
-         "synthetic*"),
-        (["--batch-sizes", "16,4096"],
-         "ERROR: --batchprof-batch-sizes has 4096, which is larger than the 2750 training "
-         "samples*"),
-        (["--train-subset", "100", "--batch-sizes", "128"],
-         "ERROR: --batchprof-batch-sizes has 128, which is larger than the 100 training samples*"),
-    ],
-    ids=["train-subset", "batch-size", "batch-size-of-subset"],
-)
-def test_options_larger_than_the_training_set_are_usage_errors(
-    pytester: pytest.Pytester, args: list[str], message: str
+def test_a_train_subset_larger_than_the_data_set_uses_it_whole_with_a_note(
+    pytester: pytest.Pytester,
 ) -> None:
     pytester.makepyfile(
         """
-        from pathlib import Path
-
-        def test_x(dataset, batch_size):
-            Path("ran-x").touch()
+        def test_x(trained_mlp, batch_size):
+            run = trained_mlp(hidden=8)
+            assert run.samples_per_epoch == 2750
+            assert run.config.train_subset == 5000
         """
     )
     # synthetic's default size is 3,000: 2,750 training samples after the 1/12 validation split.
-    result = run(pytester, "--dataset", "synthetic", *args)
-    line = assert_one_clean_error(result)
-    assert fnmatch.fnmatchcase(line, message), line
-    assert not list(pytester.path.glob("ran-*"))
+    result = run(pytester, "--dataset", "synthetic", "--train-subset", "5000",
+                 "--batch-sizes", "256", "--epochs", "1")
+    result.assert_outcomes(passed=1)
+    assert [row["data note"] for row in summary_rows(result)] == [
+        "all 2,750 training samples (fewer than --batchprof-train-subset 5,000)"]
+
+
+def test_a_batch_size_larger_than_the_data_set_fails_only_its_runs(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        def test_x(trained_mlp, batch_size):
+            trained_mlp(hidden=8)
+
+        def test_unit():
+            pass
+        """
+    )
+    result = run(pytester, "--dataset", "synthetic", "--train-subset", "100",
+                 "--batch-sizes", "64,128", "--epochs", "1")
+    result.assert_outcomes(passed=2, failed=1)
+    assert "batch_size=128 must be a whole number from 1 to the 100 training samples" in (
+        "\n".join(failure_section(result, "test_x[bs128]")))
+    assert [row["batch"] for row in summary_rows(result)] == ["64"]
 
 
 def test_dataset_choices_match_the_loaders() -> None:

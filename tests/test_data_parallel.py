@@ -50,6 +50,28 @@ def test_two_processes_take_the_same_steps_as_one(pytester: pytest.Pytester) -> 
                                  "batch 15"])
 
 
+LIVE = """
+import pytest
+
+
+@pytest.mark.dataset("synthetic", size=600)
+def test_run(trained_mlp):
+    trained_mlp(hidden=16, batch_size=64, data_parallel=2)
+"""
+
+
+def test_every_epoch_line_of_rank_0_reaches_the_console_in_order(
+        pytester: pytest.Pytester) -> None:
+    """Rank 0's epoch lines come through a queue the test's process reads while it waits:
+    each epoch's line, in order, before the run's closing line (not only the last epoch)."""
+    pytester.makepyfile(LIVE)
+    result = pytester.runpytest(*BASE)  # 2 epochs
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["batchprof: training 64-16-10 on *, 2 processes of batch 32",
+                                 "  Epoch 01, Train acc=*", "  Epoch 02, Train acc=*",
+                                 "  trained in *"], consecutive=True)
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (("--batchprof-data-parallel", "0"), "--batchprof-data-parallel is 0, which is below 1"),
     (("--batchprof-data-parallel", "2", "--batch-sizes", "16,33"),

@@ -300,7 +300,8 @@ def test_session_as_xdist_worker_takes_its_own_gpu(
         """
     )
     pytester.makepyfile(device_test("cuda:1"))
-    result = run(pytester)
+    # pytest-rerunfailures reads a real worker's socket port from workerinput
+    result = run(pytester, "-p", "no:rerunfailures")
     result.assert_outcomes(passed=1)
     assert (pytester.path / "device.txt").read_text() == "cuda:1"
     result.stdout.fnmatch_lines(["batchprof: device cuda:1 (auto: *)"])

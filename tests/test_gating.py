@@ -31,7 +31,7 @@ from pytest_batchprof.gating import (
     NOISE_NOTE,
     Threshold,
     compare,
-    experiment_key,
+    same_entry,
 )
 from pytest_batchprof.reports.storage import ReportError, load_report, report_json
 
@@ -57,8 +57,8 @@ WEAK_LR = "0.00001"  # one epoch at this rate leaves a run near chance
 COMPARED = re.compile(r"^-+ compared with baseline (.+?) -+$")
 COMPARISON_HEADER = ["run", "seeds (baseline, now)", "baseline test acc (%)", "now test acc (%)",
                      "delta", "noise (95% CI of delta)", "train time", "verdict"]
-NOT_SAVED = ("batchprof: baseline 'base' was not saved: the session had failures or was "
-             "interrupted, so its figures are incomplete")
+NOT_SAVED = ("batchprof: baseline 'base' was not saved: the session had failures; a baseline "
+             "records a passing session")
 
 
 # ---------------------------------------------------------------- helpers
@@ -187,7 +187,8 @@ def row(**changes: object) -> dict[str, object]:
         "val_accuracy": 0.85, "test_accuracy": 0.9, "diverged": None,
         "flush_denormals": True, "lr_warmup_epochs": 0.0, "lr_warmup_start": None,
         "target_accuracy": None, "architecture": "0123456789abcdef", "loss": "cross_entropy",
-        "precision": "fp32",
+        "precision": "fp32", "processes": 1, "model_id": None, "code": None,
+        "tests": ["test_a.py::test_train"],
     }
     figures.update(changes)
     return figures
@@ -261,7 +262,7 @@ def test_worse_run_fails_the_session_though_its_tests_pass(
     assert drop > 0.5
     assert drop == pytest.approx(float(entry["baseline test acc (%)"])
                                  - float(entry["now test acc (%)"]), abs=0.011)
-    verdict = f"REGRESSION: {entry['delta']} > 0.5 pp allowed"
+    verdict = f"REGRESSION: {entry['delta']} > 0.5 pp allowed; lr 0.001 -> 1e-05"
     assert entry["verdict"] == verdict
     assert regression_lines(worse) == [f"batchprof: {T64}: {verdict}"]  # not 64-32-10
 
@@ -282,7 +283,7 @@ def test_worse_run_fails_the_session_though_its_tests_pass(
     shown, table = comparison_table(lenient)
     assert shown == elsewhere
     assert table[T64]["delta"] == entry["delta"]
-    assert [entry["verdict"] for entry in table.values()] == ["ok", "ok"]
+    assert [entry["verdict"] for entry in table.values()] == ["ok", "ok; lr 0.001 -> 1e-05"]
     assert regression_lines(lenient) == []
 
 
@@ -296,7 +297,7 @@ def test_improvement_passes(pytester: pytest.Pytester,
     assert shown == path
     assert list(table) == [T32, T64]
     for entry in table.values():
-        assert entry["verdict"] == "improved"
+        assert entry["verdict"] == f"improved; lr {float(WEAK_LR):g} -> 0.001"
         assert delta_pp(entry["delta"]) > 0
         assert entry["delta"].startswith("+")
     assert regression_lines(better) == []
@@ -352,7 +353,7 @@ def test_configuration_on_one_side_only_is_listed(pytester: pytest.Pytester,
         for old in document["rows"]:
             if old["model"] == "64-32-10":  # an experiment this session does not run
                 old.update(model="64-48-10", hidden=[48])
-            else:  # another recipe of the same experiment: still the same entry
+            else:  # another recipe of the same experiment: still the same entry, said
                 old.update(lr=0.1, optimizer="sgd", device="cuda:0")
 
     edit_baseline(path, change)
@@ -365,7 +366,7 @@ def test_configuration_on_one_side_only_is_listed(pytester: pytest.Pytester,
     assert table[T32]["verdict"] == "new (not in baseline)"
     assert table[T32]["baseline test acc (%)"] == "n/a"
     assert table[T32]["delta"] == "n/a"
-    assert table[T64]["verdict"] == "ok"
+    assert table[T64]["verdict"] == "ok; lr 0.1 -> 0.001; optimizer sgd -> adam"
     assert table[T64]["delta"] == "+0.00 pp"
     assert table[gone]["verdict"] == "not run (only in baseline)"
     assert table[gone]["now test acc (%)"] == "n/a"
@@ -792,25 +793,29 @@ def test_diverged_run_is_below_any_threshold() -> None:
 # ---------------------------------------------------------------- compare()
 
 
-@pytest.mark.parametrize("recipe", [
-    {"lr": 0.1}, {"optimizer": "sgd"}, {"device": "cuda:0"}, {"precision": "bf16"},
-    {"lr": 1e-5, "optimizer": "sgd", "device": "mps"},
+@pytest.mark.parametrize(("recipe", "said"), [
+    ({"lr": 0.1}, "; lr 0.001 -> 0.1"), ({"optimizer": "sgd"}, "; optimizer adam -> sgd"),
+    ({"device": "cuda:0"}, ""), ({"precision": "bf16"}, "; precision fp32 -> bf16"),
+    ({"lr": 1e-5, "optimizer": "sgd", "device": "mps"},
+     "; lr 0.001 -> 1e-05; optimizer adam -> sgd"),
 ])
-def test_recipe_changes_match_the_same_baseline_entry(recipe: dict[str, object]) -> None:
+def test_recipe_changes_match_the_same_baseline_entry(recipe: dict[str, object],
+                                                      said: str) -> None:
+    """A recipe's change keeps the entry and is said; the device is the machine's (the
+    comparison's machine note speaks of it), not the run's."""
     comparison = compared([row(test_accuracy=0.92, **recipe)], [row()])
     assert len(comparison.entries) == 1
     (entry,) = comparison.entries
     title = TITLE.replace(", seed", ", bf16, seed") if "precision" in recipe else TITLE
     assert (entry.title, entry.baseline, entry.now) == (title, 0.9, 0.92)
-    assert entry.verdict == "improved"
-    assert experiment_key(row(**recipe)) == experiment_key(row())
+    assert entry.verdict == "improved" + said
+    assert same_entry(row(), row(**recipe))
 
 
-@pytest.mark.parametrize("key", EXPERIMENT_KEYS)
+@pytest.mark.parametrize("key", [*EXPERIMENT_KEYS, "tests"])
 def test_experiment_changes_do_not_match(key: str) -> None:
-    other = {"model": "64-9-10", "dataset": "synthetic", "input_shape": [6, 6], "hidden": [9],
-             "activation": "gelu", "batch_size": 33, "epochs": 2,
-             "train_subset": 500, "val_fraction": 0.2, "architecture": "fedcba9876543210"}[key]
+    other = {"dataset": "synthetic", "batch_size": 33, "processes": 2, "model_id": "Net",
+             "tests": ["test_a.py::test_other"]}[key]
     comparison = compared([row(**{key: other})], [row()])
     assert [entry.verdict for entry in comparison.entries] == [
         "new (not in baseline)", "not run (only in baseline)"]
@@ -821,14 +826,18 @@ def test_experiment_changes_do_not_match(key: str) -> None:
 
 
 @pytest.mark.parametrize("missing", [("architecture",), ("loss",), ("precision",),
+                                     ("model_id", "code"), ("tests",), ("processes",),
                                      ("architecture", "loss", "lr_warmup_start")])
 def test_a_baseline_recorded_before_a_setting_existed_still_matches(
         missing: tuple[str, ...]) -> None:
     """Baselines saved by an older version lack the settings added since (the model's
-    architecture fingerprint, the loss): those settings are not compared, the rest are."""
+    architecture fingerprint, the loss, its id, the node ids): those settings are not
+    compared, the rest are."""
     old = {key: value for key, value in row().items() if key not in missing}
-    comparison = compared([row()], [old])
-    assert [(entry.title, entry.verdict) for entry in comparison.entries] == [(TITLE, "ok")]
+    comparison = compared([row(loss="smooth")], [old])
+    said = [] if "loss" in missing else ["loss cross_entropy -> smooth"]
+    assert [(entry.title, entry.verdict) for entry in comparison.entries] == [
+        (TITLE, "; ".join(["ok", *said]))]
     assert compared([row(batch_size=64)], [old]).entries[0].verdict == "new (not in baseline)"
 
 

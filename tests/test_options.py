@@ -226,6 +226,7 @@ GOOD_INI = [
     ("batchprof_inference_batch_size", "128", "inference-batch-size=128"),
     ("batchprof_no_co2", "true", "co2=off"),
     ("batchprof_keep_denormals", "true", "keep-denormals"),
+    ("batchprof_drop_last", "true", "drop-last"),
     ("batchprof_noise_scale", "true", "noise-scale"),
     ("batchprof_lr_scaling", "sqrt", "lr-scaling=sqrt"),
     ("batchprof_lr_base_batch", "256", "lr-base-batch=256"),
@@ -275,6 +276,31 @@ def test_toml_array_of_batch_sizes(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--collect-only", "-q", "-W", "ignore::DeprecationWarning")
     assert [i.rsplit("::", 1)[1] for i in collected_ids(result)] == ["test_bs[bs2]",
                                                                      "test_bs[bs8]"]
+
+
+def test_native_toml_types_in_pyproject(pytester: pytest.Pytester) -> None:
+    """pytest 9's native ``[tool.pytest]`` table keeps TOML's types: whole numbers, booleans,
+    floats and arrays are taken as the ini file's text would be."""
+    pytester.makepyprojecttoml(
+        "[tool.pytest]\nbatchprof_epochs = 1\nbatchprof_no_co2 = true\nbatchprof_lr = 0.01\n"
+        "batchprof_batch_sizes = [8, 16]\nbatchprof_keep_denormals = false\n"
+        "batchprof_fail_drop = 2\n")
+    pytester.makepyfile(TRIVIAL_TEST)
+    result = pytester.runpytest("-v", "-p", "no:randomly")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    header = header_line(result) + " "
+    for shown in (" batch-sizes=8,16 ", " epochs=1 ", " lr=0.01 ", " co2=off "):
+        assert shown in header, header
+    assert "keep-denormals" not in header
+    result.stdout.fnmatch_lines(["*::test_bs[[]bs8[]] PASSED*", "*::test_bs[[]bs16[]] PASSED*"])
+
+
+def test_a_native_toml_value_of_the_wrong_kind_is_one_usage_error(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml("[tool.pytest]\nbatchprof_epochs = 1.5\n")
+    pytester.makepyfile(TRIVIAL_TEST)
+    assert_usage_error(pytester.runpytest(),
+                       "batchprof_epochs (ini) has '1.5', which is not a whole number")
 
 
 BAD_INI = [
@@ -394,14 +420,16 @@ def test_without_env_data_dir_defaults_to_user_cache(pytester: pytest.Pytester,
 
 SHORT_FLAGS = ["--batch-sizes", "--epochs", "--dataset", "--data-dir", "--device", "--seed",
                "--repeats", "--lr", "--optimizer", "--lr-scaling", "--lr-base-batch",
-               "--lr-warmup-epochs", "--target-accuracy", "--train-subset", "--val-fraction",
+               "--lr-warmup-epochs", "--target-accuracy", "--train-subset", "--drop-last",
+               "--val-fraction",
                "--inference-batch-size", "--noise-scale", "--precision", "--keep-denormals",
                "--no-co2", "--co2-country"]
 """The experiments' options: each is also ``--batchprof-NAME``."""
 FLAGS = [flag.replace("--", "--batchprof-", 1) for flag in SHORT_FLAGS] + [
     "--batchprof-report", "--batchprof-no-report", "--batchprof-columns", "--batchprof-save",
     "--batchprof-compare", "--batchprof-fail-drop", "--batchprof-fail-slowdown",
-    "--batchprof-cache", "--batchprof-cache-clear", "--batchprof-memory-budget",
+    "--batchprof-fail-missing", "--batchprof-cache", "--batchprof-cache-clear",
+    "--batchprof-memory-budget",
     "--batchprof-oom", "--batchprof-data-parallel", "--batchprof-find-max-batch",
     "--batchprof-max-batch-margin", "--batchprof-max-batch-cap", "--batchprof-lr-grid",
     "--batchprof-no-ensemble"]
@@ -423,6 +451,18 @@ def test_help_lists_every_option_in_batchprof_group_with_ini_twin(
     ini_section = text[ini_start:text.index("\nEnvironment variables:", ini_start)]
     ini_keys = re.findall(r"^  (batchprof_[a-z0-9_]+)", ini_section, re.MULTILINE)
     assert ini_keys == INI_KEYS
+
+
+def test_help_shows_every_option_as_written(pytester: pytest.Pytester) -> None:
+    """argparse formats help text with ``%``: an option's own ``%`` must come out as it is,
+    not as argparse's dict of the option or a formatting error."""
+    result = pytester.runpytest("--help")
+    assert result.ret == pytest.ExitCode.OK
+    text = result.stdout.str()
+    group = text[text.index("batchprof: batch-size"):text.index("[pytest] configuration")]
+    assert "%(" not in group and "{'" not in group
+    assert ("--batchprof-fail-slowdown=PCT with --batchprof-compare: fail when a run trained "
+            "more than PCT% slower") in " ".join(group.split())  # however the lines wrap
 
 
 # ---------------------------------------------------------------- parametrization

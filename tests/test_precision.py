@@ -96,6 +96,61 @@ def test_fp16_on_a_cpu_without_fp16_is_a_usage_error(pytester: pytest.Pytester,
     assert "this CPU has no fp16 arithmetic" in line and "use bf16" in line
 
 
+def test_bf16_on_a_cpu_without_bf16_says_once_it_is_emulated(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 on a CPU without bf16 instructions trains several times slower than fp32: the
+    console says so once, and the bf16 row and the report's notes carry it."""
+    import json
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)  # the probe, faked
+    pytester.makepyfile(TWO_PRECISIONS, test_again=TWO_PRECISIONS.replace("runs.json",
+                                                                            "again.json"))
+    reports = pytester.path / "reports"
+    result = pytester.runpytest(*BASE[:-1], "--precision", "bf16", f"--batchprof-report={reports}",
+                                "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    said = [line for line in result.outlines
+            if line.startswith("batchprof: ") and "emulated" in line]
+    assert said == ["batchprof: bf16 is emulated here: this CPU has no bf16 instructions (no "
+                    "avx512_bf16 or amx_bf16), so torch emulates bf16 and it trains several "
+                    "times slower than fp32"]
+    rows = json.loads((reports / "latest.json").read_text())["rows"]
+    notes = {row["precision"]: row.get("precision_note") for row in rows}
+    assert notes == {"fp32": None, "bf16": "bf16 emulated: " + said[0].split(": ", 2)[2]}
+    assert f"Precision: {notes['bf16']}." in (reports / "latest.md").read_text()
+
+
+def test_the_emulation_note_follows_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    for native in (True, None):  # bf16 instructions, or a CPU that cannot be probed
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda native=native: native)
+        assert precision.emulation_note("bf16", cpu) is None
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert "emulates bf16" in precision.emulation_note("bf16", "cpu")
+    assert precision.emulation_note("fp32", cpu) is None
+    assert precision.emulation_note("bf16", "cuda:0") is None
+
+
+def test_cpu_bf16_follows_the_cpu_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    skylake = tmp_path / "skylake"
+    skylake.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    sapphire = tmp_path / "sapphire"
+    sapphire.write_text("flags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert precision.cpu_has_bf16(skylake) is False
+    assert precision.cpu_has_bf16(zen4) is True
+    assert precision.cpu_has_bf16(sapphire) is True
+    assert precision.cpu_has_bf16(tmp_path / "missing") is None
+    monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")
+    graviton3 = tmp_path / "graviton3"
+    graviton3.write_text("Features\t: fp asimd sve bf16 i8mm\n")
+    assert precision.cpu_has_bf16(graviton3) is True
+    assert precision.cpu_has_bf16(zen4) is True  # cached per file: probed once
+
+
 def test_the_ini_twin(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nbatchprof_precision = bf16\n")
     pytester.makepyfile(TWO_PRECISIONS)

@@ -19,9 +19,11 @@ import pytest
 import torch
 from markdown_it import MarkdownIt
 
+from pytest_batchprof.plugin.options import Settings
 from pytest_batchprof.reports import storage
 from pytest_batchprof.reports.figures import (
     BYTE_UNITS,
+    COLUMNS,
     DEFAULT_COLUMNS,
     ENERGY_UNITS,
     MASS_UNITS,
@@ -29,8 +31,9 @@ from pytest_batchprof.reports.figures import (
     TIME_UNITS,
 )
 from pytest_batchprof.reports.storage import ReportError, load_report, report_json, write_atomic
-from pytest_batchprof.reports.summary import SummaryCollector, table_from_report
+from pytest_batchprof.reports.summary import SummaryCollector, table_from_report, turned_off
 from pytest_batchprof.reports.tables import (
+    KNOWN_COLUMNS,
     format_column,
     human_number,
     merge_outcome,
@@ -49,9 +52,10 @@ PLOT_SUFFIXES = ("-accuracy.png", "-time.png", "-learning-curves.png", "-trade-o
 DEFAULT_HEADERS = [
     "model", "data set", "batch", "epochs", "train time (*)", "time / epoch (*)",
     "train acc (%)", "val acc (%)", "test acc (%)", "latency / sample (*)", "FLOPs / sample",
-    "params", "checkpoint size (kB)", "CO2eq (train) (kg)", "outcome",
+    "params", "checkpoint size (kB)", "outcome",
 ]
-"""The default header with --no-co2 (so CO2eq is all n/a, in the first unit); time units vary."""
+"""The default header with --no-co2 (the session turned CO2eq off: no column of n/a); time
+units vary."""
 HISTORY_HEADERS = ["epoch", "train acc (%)", "val acc (%)", "train loss", "val loss", "time (s)"]
 # Digits images are 8x8: 64 inputs, 10 classes. FLOPs = 2 x MACs per sample.
 FLOPS = {"64-8-10": "1,184", "64-16-10": "2,368"}
@@ -313,6 +317,22 @@ def test_table_columns() -> None:
     # a key the rows already had is no added column
     assert table_columns(rows, None, {"model", "flops", "outcome", "extra"}) == [
         "model", "flops", "outcome"]
+    # a default the session turned off is left out, unless asked for
+    assert table_columns(rows, None, {"model", "flops", "outcome"}, turned_off={"flops"}) == [
+        "model", "outcome", "extra"]
+    assert table_columns(rows, ("flops",), turned_off={"flops"}) == ["flops"]
+
+
+def test_no_co2_turns_off_the_carbon_figures() -> None:
+    """``--batchprof-no-co2`` drops the CO2eq column (every row's would read n/a); the
+    switch each figure answers to is declared with the figure."""
+    off = turned_off(Settings(no_co2=True))
+    assert "train_co2eq_kg" in off and "train_energy_kwh" in off
+    assert all(COLUMNS[key].off == "no_co2" for key in off)
+    assert turned_off(Settings()) == frozenset()
+    row = {"model": "m", "train_co2eq_kg": None, "outcome": "passed"}
+    assert "train_co2eq_kg" not in table_columns([row], None, set(row), off)
+    assert "train_co2eq_kg" in table_columns([row], None, set(row), turned_off(Settings()))
 
 
 # ---------------------------------------------------------------- storage
@@ -423,6 +443,17 @@ def test_collector_merges_one_run_of_several_tests() -> None:
     assert row["tests"] == []  # the report's own row is not changed
 
 
+def test_collector_takes_the_outcome_of_a_rerun_attempt_from_the_last() -> None:
+    """pytest-rerunfailures reports a failed attempt it runs again as ``rerun``: no outcome
+    of the run, whose row reads as the last attempt ended."""
+    row = {"model": "m", "batch_size": 8, "outcome": None, "tests": []}
+    collector = SummaryCollector()
+    collector.add([row], "t.py::test_flaky", "rerun")
+    collector.add([dict(row)], "t.py::test_flaky", "passed")
+    [kept] = collector.rows.values()
+    assert (kept["outcome"], kept["tests"]) == ("passed", ["t.py::test_flaky"])
+
+
 def test_collector_interrupted_run_lists_no_empty_test_id() -> None:
     collector = SummaryCollector()
     collector.add([{"model": "m", "outcome": None, "tests": []}], "", "interrupted")
@@ -468,7 +499,6 @@ def test_session_report_files_table_and_step_summary(pytester: pytest.Pytester,
     assert column(table, "epochs") == ["1"] * 4
     assert column(table, "FLOPs / sample") == [FLOPS[model] for model in column(table, "model")]
     assert column(table, "params") == [PARAMS[model] for model in column(table, "model")]
-    assert column(table, "CO2eq (train) (kg)") == ["n/a"] * 4
     assert column(table, "outcome") == ["passed"] * 4
     for cell in column(table, "test acc (%)"):
         assert re.fullmatch(r"\d{1,3}\.\d", cell)
@@ -530,10 +560,12 @@ def test_session_report_files_table_and_step_summary(pytester: pytest.Pytester,
     assert (document["schema"], document["schema_version"], document["partial"]) == (
         "pytest-batchprof/report", 1, False)
     assert document["environment"]["torch"] == torch.__version__
-    assert document["columns"] == [key for key in DEFAULT_COLUMNS if key not in OPTIONAL_COLUMNS]
+    assert document["columns"] == [key for key in DEFAULT_COLUMNS  # CO2eq: off (--no-co2)
+                                   if key not in OPTIONAL_COLUMNS and COLUMNS[key].off is None]
     assert [(row["model"], row["batch_size"]) for row in document["rows"]] == [
         ("64-8-10", 32), ("64-8-10", 64), ("64-16-10", 32), ("64-16-10", 64)]
     for row in document["rows"]:
+        assert set(row) <= KNOWN_COLUMNS  # every key may be named by --batchprof-columns
         assert row["outcome"] == "passed"
         assert row["tests"] == [f"test_main.py::test_train[bs{row['batch_size']}-"
                                 f"{row['hidden'][0]}]"]
@@ -593,20 +625,57 @@ ONE_RUN = """
 """
 
 
-def test_ini_columns_unknown_column_and_no_report(pytester: pytest.Pytester) -> None:
+def test_ini_columns_and_no_report(pytester: pytest.Pytester) -> None:
+    pytester.makeini("""
+        [pytest]
+        batchprof_columns = batch_size, model, test_loss
+    """)
+    pytester.makepyfile(ONE_RUN)
+    result = run(pytester, *DIGITS, "--batchprof-report", "out", "--batchprof-no-report")
+    result.assert_outcomes(passed=1)
+    header, body = parse_table(terminal_table(result))
+    assert header == ["batch", "model", "test loss"]
+    assert body[:2] == ["32", "64-8-10"]
+    assert re.fullmatch(r"\d+\.\d{4}", body[2])
+    assert "which no row has" not in result.stdout.str()
+    assert not any(line.startswith("report:") for line in result.outlines)
+    assert not (pytester.path / "out").exists()
+    assert not (pytester.path / "reports").exists()
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_unknown_column_is_a_usage_error_before_training(pytester: pytest.Pytester,
+                                                         xdist: tuple[str, ...]) -> None:
     pytester.makeini("""
         [pytest]
         batchprof_columns = batch_size, model, bogus
     """)
     pytester.makepyfile(ONE_RUN)
-    result = run(pytester, *DIGITS, "--batchprof-report", "out", "--batchprof-no-report")
+    result = run(pytester, *DIGITS, *xdist)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.outlines + result.errlines if line.startswith("ERROR")]
+    assert len(errors) == 1, errors
+    known = sorted(KNOWN_COLUMNS)
+    assert errors[0] == (f"ERROR: batchprof_columns (ini) names bogus, which no row has; "
+                         f"known columns: {', '.join(known)}")
+    assert {"model", "test_accuracy", "test_loss", "seeds", "outcome"} <= set(known)
+    output = result.stdout.str() + result.stderr.str()
+    assert "batchprof: training" not in output
+    assert "Traceback" not in output
+
+
+def test_a_column_a_hook_adds_may_be_named(pytester: pytest.Pytester) -> None:
+    """Names a ``pytest_batchprof_summary`` hook may add are known only from the rows."""
+    pytester.makeconftest("""
+        def pytest_batchprof_summary(config, rows):
+            for row in rows:
+                row["note"] = "mine"
+    """)
+    pytester.makepyfile(ONE_RUN)
+    result = run(pytester, *DIGITS, "--batchprof-no-report", "--batchprof-columns", "model,note")
     result.assert_outcomes(passed=1)
-    assert parse_table(terminal_table(result)) == [["batch", "model", "bogus"],
-                                                   ["32", "64-8-10", "n/a"]]
-    result.stdout.fnmatch_lines(["batchprof: *names bogus, which no row has; known: *model*"])
-    assert not any(line.startswith("report:") for line in result.outlines)
-    assert not (pytester.path / "out").exists()
-    assert not (pytester.path / "reports").exists()
+    assert parse_table(terminal_table(result)) == [["model", "note"], ["64-8-10", "mine"]]
+    assert "which no row has" not in result.stdout.str()
 
 
 @pytest.mark.parametrize("value", ["model,,x", "a-b", "model,", "model,batch size"])
@@ -769,7 +838,37 @@ def test_keyboard_interrupt_keeps_the_finished_runs(pytester: pytest.Pytester) -
     no_temporary_files(markdown_path.parent)
 
 
-def test_failure_marks_the_row_and_the_session_partial(pytester: pytest.Pytester) -> None:
+def test_a_test_that_passes_on_a_rerun_is_passed(pytester: pytest.Pytester) -> None:
+    """pytest-rerunfailures runs a failed test again; the run's outcome is the last
+    attempt's, in the table, the JSON and a saved baseline."""
+    pytest.importorskip("pytest_rerunfailures")
+    pytester.makepyfile(test_flaky="""
+        from pathlib import Path
+
+        def test_flaky(trained_mlp):
+            trained_mlp(hidden=8, batch_size=32)
+            attempt = Path("attempted")
+            if not attempt.exists():
+                attempt.write_text("once")
+                raise AssertionError("fails on its first attempt only")
+    """)
+    result = run(pytester, *DIGITS, "--reruns", "1", "--batchprof-report", "out",
+                 "--batchprof-save", "base")
+    assert (result.parseoutcomes()["passed"], result.parseoutcomes()["rerun"]) == (1, 1)
+    assert result.ret == pytest.ExitCode.OK
+    (separator,) = summary_separators(result)
+    assert "(partial)" not in separator
+    assert column(parse_table(terminal_table(result)), "outcome") == ["passed"]
+    report = load_report(pytester.path / "out" / "latest.json")
+    baseline = load_report(pytester.path / "out" / "baselines" / "base.json")
+    for document in (report, baseline):
+        assert [(row["outcome"], row["tests"]) for row in document["rows"]] == [
+            ("passed", ["test_flaky.py::test_flaky"])]
+
+
+def test_failure_marks_the_row_not_the_session_partial(pytester: pytest.Pytester) -> None:
+    """Every run finished and one assertion failed: the failed test's row says so, and the
+    report is whole (partial is for sessions stopped before every test ran)."""
     pytester.makepyfile(test_fail="""
         def test_bad(trained_mlp):
             run = trained_mlp(hidden=16, batch_size=32)
@@ -785,18 +884,24 @@ def test_failure_marks_the_row_and_the_session_partial(pytester: pytest.Pytester
     result.assert_outcomes(passed=2, failed=1)
     assert len([line for line in result.outlines  # the run both tests use is trained once
                 if line.startswith("batchprof: training 64-16-10 on digits, batch 32,")]) == 1
-    assert "batchprof summary (partial)" in summary_separators(result)[0]
+    (separator,) = summary_separators(result)
+    assert "(partial)" not in separator
     table = parse_table(terminal_table(result))
     # one row for the run both tests used, with the worse outcome though the pass came last
     assert [(row[0], row[-1]) for row in table[1:]] == [("64-16-10", "failed"),
                                                         ("64-8-10", "passed")]
     markdown_path = pytester.path / report_path(result)
-    assert "Partial" in markdown_path.read_text(encoding="utf-8")
+    assert "Partial" not in markdown_path.read_text(encoding="utf-8")
     document = load_report(markdown_path.with_suffix(".json"))
-    assert document["partial"] is True
+    assert document["partial"] is False
     assert document["rows"][0]["tests"] == ["test_fail.py::test_bad",
                                             "test_fail.py::test_ok_same_config"]
     assert document["rows"][0]["outcome"] == "failed"
+
+    # stopped at the first failure (-x), the session did not run every test: partial
+    stopped = run(pytester, *DIGITS, "-x", "--batchprof-no-report")
+    stopped.assert_outcomes(failed=1)
+    assert "batchprof summary (partial)" in summary_separators(stopped)[0]
 
 
 def test_session_without_training_reports_nothing(pytester: pytest.Pytester,
@@ -840,13 +945,17 @@ def test_one_declaration_gives_the_default_columns_folding_and_compared_figures(
     from pytest_batchprof.reports import figures
 
     assert figures.DEFAULT_COLUMNS == (
-        "model", "dataset", "batch_size", "epochs", "lr_grid_note", "train_seconds",
-        "seconds_per_epoch", "scaling_efficiency", "train_accuracy", "val_accuracy",
-        "test_accuracy", "latency_median_s", "flops", "params", "checkpoint_bytes",
-        "train_co2eq_kg", "target_steps", "target_samples", "target_epochs", "target_seconds",
-        "critical_batch", "critical_batch_low", "critical_batch_high", "critical_batch_fit",
-        "critical_batch_fit_low", "critical_batch_fit_high", "critical_batch_ratio",
-        "max_batch_size", "outcome")
+        "model", "dataset", "batch_size", "epochs", "lr_grid_note", "threads_note",
+        "train_seconds", "seconds_per_epoch", "scaling_efficiency", "train_accuracy",
+        "val_accuracy", "test_accuracy", "latency_median_s", "flops", "params",
+        "checkpoint_bytes", "train_co2eq_kg", "target_steps", "target_samples",
+        "target_epochs", "target_seconds", "critical_batch", "critical_batch_low",
+        "critical_batch_high", "critical_batch_fit", "critical_batch_fit_low",
+        "critical_batch_fit_high", "critical_batch_ratio", "max_batch_size", "data_note",
+        "test_source", "history_source", "outcome")
+    assert {column.key for column in figures.FIGURES if column.off == "no_co2"} == {
+        "train_energy_kwh", "train_co2eq_kg", "inference_per_1000_energy_kwh",
+        "inference_per_1000_co2eq_kg"}
     assert {"seed", "outcome", "tests", *figures.SERIES_KEYS} == figures.NOT_FOLDED
     assert (figures.ACCURACY_KEY, figures.TIME_KEY, figures.OUT_OF_MEMORY_KEY) == (
         "test_accuracy", "train_seconds", "out_of_memory")

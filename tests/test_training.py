@@ -265,3 +265,24 @@ def test_chunked_gathers_train_exactly_the_same_batches(synthetic, run_config, m
     for mine, theirs in zip(chunked.model.parameters(), reference.model.parameters(),
                             strict=True):
         assert torch.equal(mine, theirs)
+
+
+def test_drop_last_trains_each_epoch_on_its_whole_batches(synthetic, run_config) -> None:
+    """With ``drop_last`` an epoch's last partial batch is dropped: fewer steps and samples
+    per epoch, the running figures over the samples trained on."""
+    available, batch = len(synthetic.train), 50
+    assert available % batch  # a partial batch to drop
+    config = run_config(synthetic, epochs=2, batch_size=batch, drop_last=True)
+    assert training.epoch_samples(config, available) == available - available % batch
+    assert training.last_batch(config, available) == 0
+    assert training.last_batch(run_config(synthetic, batch_size=batch), available) == (
+        available % batch)
+    run = train(config, synthetic, torch.device("cpu"))
+    steps = {int(state["step"]) for state in run.optimizer.state_dict()["state"].values()}
+    assert steps == {2 * (available // batch)}
+    assert run.samples_per_epoch == available - available % batch
+    assert run.summary()["drop_last"] is True
+    kept = train(run_config(synthetic, epochs=2, batch_size=batch), synthetic,
+                 torch.device("cpu"))
+    assert kept.samples_per_epoch == available
+    assert kept.history[0].train_loss != run.history[0].train_loss

@@ -9,11 +9,24 @@ adds the user's to :data:`REGISTERED`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 DATASET_NAMES: tuple[str, ...] = (
     "mnist", "fashion-mnist", "kmnist", "cifar10", "digits", "synthetic")
 
+
+@dataclass(frozen=True)
+class RegistrationFailure:
+    """A data set :func:`pytest_batchprof.register_dataset` could not register: its name
+    stays known (so the option and the marker that name it parse), and the tests that
+    load it fail with ``message``, one line; the rest of the session runs."""
+
+    message: str
+
+
 REGISTERED: dict[str, object] = {}
-"""Data sets registered by the project (name -> :class:`pytest_batchprof.data.datasets.RawData`)."""
+"""Data sets registered by the project: name -> :class:`pytest_batchprof.data.datasets.RawData`,
+or a :class:`RegistrationFailure` that loading the name raises."""
 
 
 def dataset_names() -> tuple[str, ...]:

@@ -1,11 +1,13 @@
 """Data sets as in-memory tensors: load once, split once, normalise once.
 
 Training then batches by index slicing of these tensors, with no DataLoader and
-no per-sample Python work. Every loader returns the raw training file and test
-set as float images in [0, 1]; :func:`load_dataset` splits a validation set off
+no per-sample Python work. Every built-in loader returns the raw training file and
+test set as float images in [0, 1]; :func:`load_dataset` splits a validation set off
 the training file with a fixed generator (so the split does not move with
 ``--seed``) and normalises all three splits with the training split's mean and
-standard deviation.
+standard deviation. A registered data set is kept as it was given (dtype and
+values: integer token ids stay int64 for ``nn.Embedding``, uint8 images stay
+uint8), unless it was registered with ``normalize=True``.
 
 Data sets:
 
@@ -17,10 +19,13 @@ Data sets:
 * ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, offline);
 * ``synthetic``: generated class prototypes plus noise, learnable, any size;
 * any name given to :func:`register_dataset` (the user's tensors, arrays or
-  ``torch.utils.data.Dataset``), which follows the same rules.
+  ``torch.utils.data.Dataset``), split as the built-in ones are. A registration that
+  fails is kept as a :class:`~.catalog.RegistrationFailure`: loading the name raises
+  :class:`DatasetRegistrationError` with its one line, so only the tests that use it fail.
 
 A sample is an image ``(H, W)``, an image with channels ``(C, H, W)``, or a
-row of features ``(D,)``; every split holds ``(N, *sample)`` tensors.
+row of features ``(D,)`` (or of token ids ``(L,)``); every split holds
+``(N, *sample)`` tensors.
 
 torchvision is imported only when one of its data sets is loaded or an image is
 cropped: importing it costs seconds, and the plugin loads in every pytest run.
@@ -38,7 +43,7 @@ from pathlib import Path
 import torch
 
 from pytest_batchprof.data import catalog
-from pytest_batchprof.data.catalog import DATASET_NAMES
+from pytest_batchprof.data.catalog import DATASET_NAMES, RegistrationFailure
 from pytest_batchprof.errors import one_line
 from pytest_batchprof.experiment.models import DataDescription
 
@@ -54,9 +59,19 @@ class DatasetUnavailable(RuntimeError):
     """A data set that is neither on disk nor downloadable; the message says what to do."""
 
 
+class DatasetRegistrationError(ValueError):
+    """A registered data set whose registration failed (bad data or arguments), raised
+    when it is first loaded; the one-line message names the call, the split and the fix.
+
+    :func:`register_dataset` never raises for its data: a raise in a conftest.py is an
+    ImportError that stops every test of the project, the unit tests too.
+    """
+
+
 @dataclass(frozen=True)
 class Split:
-    """Samples ``(N, *sample_shape)`` as normalised float32 and their int64 labels."""
+    """Samples ``(N, *sample_shape)`` and their int64 labels: normalised float32 for the
+    built-in data sets, as given for a registered one."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -81,8 +96,11 @@ class Dataset:
     test: Split
     num_classes: int
     source: str
-    mean: float
-    std: float
+    mean: float | None
+    """The training split's mean the splits were standardised with; ``None`` for a
+    registered data set kept as given."""
+    std: float | None
+    """... and its standard deviation; ``None`` as ``mean``."""
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -125,14 +143,11 @@ class Dataset:
         return digest.hexdigest()
 
     def with_train_subset(self, count: int | None) -> Dataset:
-        """Keep the first ``count`` training samples (the split is already shuffled)."""
-        if count is None:
+        """Keep the first ``count`` training samples (the split is already shuffled); a
+        training split of at most ``count`` samples is used whole (``--batchprof-train-subset``
+        is "at most N samples of each data set", and a session may use several)."""
+        if count is None or count >= len(self.train):
             return self
-        if count > len(self.train):
-            raise ValueError(
-                f"train subset of {count} is larger than the {len(self.train)} "
-                f"training samples of {self.name}"
-            )
         return replace(self, train=self.train.take(count))
 
     def cropped(self, shape: tuple[int, int]) -> Dataset:
@@ -160,7 +175,8 @@ class Dataset:
 
 @dataclass(frozen=True)
 class RawData:
-    """What a loader returns: the training file and the test set, images in [0, 1]."""
+    """What a loader returns: the training file and the test set (a built-in loader's
+    images in [0, 1]; a registered set's samples as given)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -173,6 +189,9 @@ class RawData:
     """A validation set of its own (registered data sets); else one is split off train."""
     val_fraction: float | None = None
     """The data set's own validation fraction, instead of ``--batchprof-val-fraction``."""
+    normalize: bool = True
+    """Standardise the splits with the training split's mean and standard deviation (the
+    built-in sets, and registered ones with ``normalize=True``); else keep them as given."""
 
 
 Loader = Callable[..., RawData]
@@ -316,16 +335,19 @@ def load_dataset(
     val_fraction: float,
     options: dict[str, object] | None = None,
 ) -> Dataset:
-    """Load, split and normalise a data set on the CPU.
+    """Load, split and normalise (unless registered as given) a data set on the CPU.
 
     Raises :class:`DatasetUnavailable` when its files are missing and cannot be
-    fetched, and ``ValueError`` for an unknown name or bad options.
+    fetched, :class:`DatasetRegistrationError` for a registration that failed, and
+    ``ValueError`` for an unknown name or bad options.
     """
     if name in catalog.REGISTERED:
+        raw = catalog.REGISTERED[name]
+        if isinstance(raw, RegistrationFailure):
+            raise DatasetRegistrationError(raw.message)
         if options:
             raise ValueError(f"data set {name} was registered with its data and takes no "
                              f"options (got {', '.join(sorted(options))})")
-        raw = catalog.REGISTERED[name]
     elif name in DATASETS:
         raw = _call_loader(name, data_dir, options or {})
     else:
@@ -347,11 +369,18 @@ def load_dataset(
         val_index, train_index = order[:n_val], order[n_val:]
         train_x, train_y = raw.train_x[train_index], raw.train_y[train_index]
         val_x, val_y = raw.train_x[val_index], raw.train_y[val_index]
-    mean = train_x.mean().item()
-    std = train_x.std().item() or 1.0
+    mean = std = None
+    if raw.normalize:
+        as_float = train_x if train_x.is_floating_point() else train_x.float()
+        mean = as_float.mean().item()
+        std = as_float.std().item() or 1.0
 
-    def normalise(images: torch.Tensor) -> torch.Tensor:
-        return ((images - mean) / std).contiguous()
+    def normalise(samples: torch.Tensor) -> torch.Tensor:
+        if mean is None:
+            return samples.contiguous()
+        if not samples.is_floating_point():
+            samples = samples.float()
+        return ((samples - mean) / std).contiguous()
 
     return Dataset(
         name=dataset_key(name, options),
@@ -394,6 +423,7 @@ def register_dataset(
     val: SplitData | None = None,
     val_fraction: float | None = None,
     num_classes: int | None = None,
+    normalize: bool = False,
 ) -> None:
     """Make ``name`` a data set of ``--batchprof-dataset``, its ini twin and
     ``@pytest.mark.dataset(name)``; call it from a ``conftest.py`` that pytest loads
@@ -401,14 +431,25 @@ def register_dataset(
 
     Each split is ``(x, y)``, as tensors, numpy arrays or nested lists, or a
     ``torch.utils.data.Dataset`` of ``(x, y)`` pairs, read once into memory. ``x``
-    holds images ``(N, H, W)`` or ``(N, C, H, W)``, or features ``(N, D)``; 8-bit
-    integers are scaled to [0, 1] as the built-in images are. ``y`` holds class
-    indices; ``num_classes`` defaults to the largest label plus one. Without
-    ``val``, a validation set is split off ``train`` as for the built-in sets
-    (``val_fraction``, default ``--batchprof-val-fraction``); all three splits
-    are normalised with the training split's mean and standard deviation.
+    holds images ``(N, H, W)`` or ``(N, C, H, W)``, features ``(N, D)`` or token ids
+    ``(N, L)``, and is kept as given: its dtype and values (integer ids stay integers
+    for ``nn.Embedding``, uint8 images stay uint8 in 0-255, floats are not rescaled;
+    a float64 array stays float64), the same in every split. ``normalize=True``
+    standardises every split with the training split's mean and standard deviation
+    instead, as the built-in data sets are (integer samples become float32). ``y``
+    holds integer class indices (held as int64); ``num_classes`` defaults to the
+    largest label plus one. Float targets are refused: cast them with ``y.long()`` if
+    they are class indices (regression is not supported yet). Without ``val``, a
+    validation set is split off ``train`` as for the built-in sets (``val_fraction``,
+    default ``--batchprof-val-fraction``).
 
-    Registering a name again replaces its data; a built-in name cannot be taken.
+    A name that cannot name a data set (empty, with commas, a built-in one) raises
+    ``ValueError`` here. Anything else that is wrong (the data, the other arguments)
+    does not raise in the conftest, where it would stop every test of the project: the
+    name is registered as failed, and each test that uses it fails with one line
+    (:class:`DatasetRegistrationError`) while the rest of the session runs.
+
+    Registering a name again replaces its data.
     """
     if not isinstance(name, str) or not name or name != name.strip() or "," in name:
         raise ValueError(f"register_dataset(name={name!r}): give a non-empty name without "
@@ -416,6 +457,17 @@ def register_dataset(
     if name.lower() in DATASETS:
         raise ValueError(f"register_dataset({name!r}): {name.lower()} is a built-in data set; "
                          f"choose another name")
+    try:
+        registered: RawData | RegistrationFailure = _registered(
+            name, train, test, val, val_fraction, num_classes, normalize)
+    except ValueError as error:
+        registered = RegistrationFailure(str(error))  # one line, as every check's message
+    catalog.REGISTERED[name] = registered
+
+
+def _registered(name: str, train: SplitData, test: SplitData, val: SplitData | None,
+                val_fraction: float | None, num_classes: int | None, normalize: bool) -> RawData:
+    """The checked data of :func:`register_dataset`; ``ValueError`` with one line if unusable."""
     if val is not None and val_fraction is not None:
         raise ValueError(f"register_dataset({name!r}): give val or val_fraction, not both")
     if num_classes is not None and (isinstance(num_classes, bool)
@@ -427,13 +479,22 @@ def register_dataset(
                                      or not 0 < val_fraction < 1):
         raise ValueError(f"register_dataset({name!r}, val_fraction={val_fraction!r}): give a "
                          f"fraction between 0 and 1")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"register_dataset({name!r}, normalize={normalize!r}): give True "
+                         f"(standardise as the built-in data sets) or False (keep as given)")
     train_x, train_y = _split_tensors(name, "train", train)
     test_x, test_y = _split_tensors(name, "test", test)
     val_x, val_y = _split_tensors(name, "val", val) if val is not None else (None, None)
     for part, x in (("test", test_x), ("val", val_x)):
-        if x is not None and x.shape[1:] != train_x.shape[1:]:
+        if x is None:
+            continue
+        if x.shape[1:] != train_x.shape[1:]:
             raise ValueError(f"register_dataset({name!r}): {part} samples have shape "
                              f"{tuple(x.shape[1:])}, train samples {tuple(train_x.shape[1:])}")
+        if x.dtype != train_x.dtype:
+            raise ValueError(f"register_dataset({name!r}): {part} samples are {x.dtype}, train "
+                             f"samples {train_x.dtype}; give every split one dtype (the "
+                             f"model sees them as given)")
     labels = [y for y in (train_y, test_y, val_y) if y is not None]
     largest = max(int(y.max()) for y in labels if len(y))
     if num_classes is None:
@@ -444,11 +505,12 @@ def register_dataset(
     if num_classes < 2:
         raise ValueError(f"register_dataset({name!r}): every label is 0; a classifier needs "
                          f"at least two classes")
-    catalog.REGISTERED[name] = RawData(
+    kept = "normalised" if normalize else f"{str(train_x.dtype).removeprefix('torch.')} as given"
+    return RawData(
         train_x, train_y, test_x, test_y, num_classes,
         source=f"registered ({len(train_y):,} train, {len(test_y):,} test samples of shape "
-               f"{tuple(train_x.shape[1:])})",
-        val_x=val_x, val_y=val_y, val_fraction=val_fraction)
+               f"{tuple(train_x.shape[1:])}, {kept})",
+        val_x=val_x, val_y=val_y, val_fraction=val_fraction, normalize=normalize)
 
 
 def unregister_dataset(name: str) -> None:
@@ -457,7 +519,8 @@ def unregister_dataset(name: str) -> None:
 
 
 def _split_tensors(name: str, part: str, split: SplitData) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split as float samples and int64 labels, checked; ``ValueError`` naming the part."""
+    """One split's samples as given and its labels as int64, checked; ``ValueError`` naming
+    the part."""
     where = f"register_dataset({name!r}) {part}"
     if isinstance(split, torch.utils.data.Dataset):
         x, y = _read_dataset(where, split)
@@ -471,20 +534,26 @@ def _split_tensors(name: str, part: str, split: SplitData) -> tuple[torch.Tensor
         raise ValueError(f"{where}: give (x, y) or a torch.utils.data.Dataset of (x, y) pairs, "
                          f"not a {type(split).__name__}")
     if x.dim() not in (2, 3, 4):
-        raise ValueError(f"{where}: x has shape {tuple(x.shape)}; expected (N, D) features, "
-                         f"(N, H, W) images or (N, C, H, W) images")
+        raise ValueError(f"{where}: x has shape {tuple(x.shape)}; expected (N, D) features or "
+                         f"token ids, (N, H, W) images or (N, C, H, W) images")
     if y.dim() != 1 or len(y) != len(x):
         raise ValueError(f"{where}: y has shape {tuple(y.shape)}; expected ({len(x)},), one "
                          f"class index per sample")
     if len(x) == 0:
         raise ValueError(f"{where}: has no samples")
-    if y.is_floating_point() and not torch.equal(y, y.round()):
-        raise ValueError(f"{where}: y holds {y.dtype} values that are not class indices")
-    y = y.long()
+    if not (x.is_floating_point() or x.dtype in _INTEGER_TYPES):
+        raise ValueError(f"{where}: x holds {x.dtype} values; give real numbers (floats, or "
+                         f"integers such as token ids)")
+    if y.is_floating_point():
+        raise ValueError(f"{where}: y holds {y.dtype} targets, and a classification data set "
+                         f"needs integer class indices; if they are class indices, cast them "
+                         f"with y.long() (regression targets are not supported yet)")
+    if y.dtype not in _INTEGER_TYPES:
+        raise ValueError(f"{where}: y holds {y.dtype} values; give integer class indices")
+    y = y.long()  # the loss takes int64 class indices; the values are unchanged
     if int(y.min()) < 0:
         raise ValueError(f"{where}: a label is {int(y.min())}; labels must be 0 or more")
-    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-    if not torch.isfinite(x).all():
+    if x.is_floating_point() and not torch.isfinite(x).all():
         raise ValueError(f"{where}: x holds NaN or infinite values")
     return x.contiguous(), y.contiguous()
 
@@ -503,7 +572,11 @@ def _read_dataset(where: str, dataset: torch.utils.data.Dataset) -> (
         raise ValueError(f"{where}: the dataset is empty")
 
     def pair(index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        item = dataset[index]
+        try:
+            item = dataset[index]
+        except Exception as error:  # the user's __getitem__: any failure is this split's
+            raise ValueError(f"{where}: reading item {index} failed ({one_line(error)})") from (
+                None)
         if not isinstance(item, tuple | list) or len(item) != 2:
             raise ValueError(f"{where}: item {index} is a {type(item).__name__}; the dataset "
                              f"must give (x, y) pairs")
@@ -520,14 +593,14 @@ def _read_dataset(where: str, dataset: torch.utils.data.Dataset) -> (
         return x, y
 
     first_x, _ = pair(0)
-    needed = count * first_x.numel() * 4  # held as float32
+    needed = count * first_x.numel() * first_x.element_size()  # held as given
     available = psutil.virtual_memory().available
     if needed > READ_MEMORY_SHARE * available:
         raise ValueError(
             f"{where}: {count:,} samples of shape {tuple(first_x.shape)} take "
-            f"{needed / 2**30:.1f} GiB as float32, more than half of the "
-            f"{available / 2**30:.1f} GiB of memory available; register a subset "
-            f"(torch.utils.data.Subset) or train it with your own loop and "
+            f"{needed / 2**30:.1f} GiB as {str(first_x.dtype).removeprefix('torch.')}, more "
+            f"than half of the {available / 2**30:.1f} GiB of memory available; register a "
+            f"subset (torch.utils.data.Subset) or train it with your own loop and "
             f"pytest_batchprof.record")
     xs, ys = [], []
     for index in range(count):
@@ -535,6 +608,9 @@ def _read_dataset(where: str, dataset: torch.utils.data.Dataset) -> (
         if x.shape != first_x.shape:
             raise ValueError(f"{where}: item {index} has shape {tuple(x.shape)}, item 0 "
                              f"{tuple(first_x.shape)}; every sample must have one shape")
+        if x.dtype != first_x.dtype:
+            raise ValueError(f"{where}: item {index} is {x.dtype}, item 0 {first_x.dtype}; "
+                             f"every sample must have one dtype")
         xs.append(x)
         ys.append(y.reshape(()))
     return torch.stack(xs), torch.stack(ys)

@@ -426,7 +426,8 @@ class Ensemble:
 
     def _train(self) -> None:
         config, device, data = self.config, self.device, self.data
-        batch_size, count = config.batch_size, len(data.train)
+        batch_size, count = config.batch_size, self.loops[0].count  # drop_last's, or all
+        available = len(data.train)
         train_x, train_y = data.train.x, data.train.y
         order = sorted(range(len(self.loops)), key=lambda index: self.loops[index].config.lr)
         self._stack([self.loops[index] for index in order])
@@ -458,8 +459,8 @@ class Ensemble:
                 member.model.train()
                 member.epoch_started = (member.share_seconds + member.own_seconds,
                                         member.run_record.curve_seconds)
-            orders = torch.stack([torch.randperm(count, generator=shuffles[id(member)])
-                                  for member in self.members]).to(device)
+            orders = torch.stack([torch.randperm(available, generator=shuffles[id(member)])
+                                  for member in self.members])[:, :count].to(device)
             self._reset_totals()
             seen = step = 0
             for first in range(0, count, chunk):

@@ -9,8 +9,11 @@ process). ``batch_size`` stays the global batch: every process walks the same se
 permutation and takes its slice of each global batch (the role of ``DistributedSampler``),
 and the loss of a slice is weighted so that the averaged gradient is that of the global
 batch's mean loss, the last short batch included. Validation and test are sharded and
-their sums all-reduced. Rank 0 hands the trained weights and figures back through a
-file; the parent rebuilds the :class:`~pytest_batchprof.engine.training.Run`.
+their sums all-reduced. Rank 0 tells its progress and each epoch's figures, as they
+come, through a queue the parent reads while it waits (so the console shows every epoch
+line live, as for a run in the test's process), and hands the trained weights and
+figures back through a file; the parent rebuilds the
+:class:`~pytest_batchprof.engine.training.Run`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import datetime
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,9 +33,12 @@ import torch.distributed as dist
 from pytest_batchprof.plugin.launch import launched_rank
 
 if TYPE_CHECKING:
+    from multiprocessing.queues import SimpleQueue
+
     from pytest_batchprof.data.datasets import Dataset
-    from pytest_batchprof.engine.training import Recipe, Run
+    from pytest_batchprof.engine.training import EpochRecord, Recipe, Run, TrainingObserver
     from pytest_batchprof.experiment.config import RunConfig
+    from pytest_batchprof.plugin.progress import TrainingStatus
 
 COLLECTIVE_TIMEOUT_SECONDS = 30.0
 """How long a collective (or the rendezvous) waits for a process that has stopped: a failed
@@ -91,20 +98,50 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+class _Relay:
+    """Rank 0's observer: what its loop tells, put on the queue the parent reads."""
+
+    def __init__(self, queue: SimpleQueue) -> None:
+        self.queue = queue
+
+    def on_progress(self, status: TrainingStatus) -> None:
+        self.queue.put(("progress", status))
+
+    def on_epoch(self, config: RunConfig, record: EpochRecord) -> None:
+        self.queue.put(("epoch", record))
+
+
+def _relay(queue: SimpleQueue, config: RunConfig, observer: TrainingObserver | None) -> None:
+    """Hand what rank 0 has told so far to ``observer``, in its order."""
+    while not queue.empty():
+        kind, message = queue.get()
+        if observer is None:
+            continue
+        if kind == "epoch":
+            observer.on_epoch(config, message)
+        else:
+            observer.on_progress(message)
+
+
 def train_data_parallel(config: RunConfig, data: Dataset, device: torch.device,
-                        recipe: Recipe) -> Run:
-    """Train ``config`` in ``config.processes`` processes; the run as rank 0 finished it."""
+                        recipe: Recipe, observer: TrainingObserver | None = None) -> Run:
+    """Train ``config`` in ``config.processes`` processes; the run as rank 0 finished it.
+    ``observer`` hears rank 0's progress and epochs while the processes train."""
+    import multiprocessing
+
     import torch.multiprocessing as mp
 
     from pytest_batchprof.engine.training import Run, initial_model
 
+    queue = multiprocessing.get_context("fork").SimpleQueue()  # no feeder thread to flush
     with tempfile.TemporaryDirectory(prefix="batchprof-ddp-") as folder:
         result = Path(folder) / "rank0.pt"
         context = mp.start_processes(
-            _worker, args=(config, data, device, recipe, free_port(), result),
+            _worker, args=(config, data, device, recipe, free_port(), result, queue),
             nprocs=config.processes, join=False, start_method="fork")
         try:
-            _join(context)
+            _join(context, lambda: _relay(queue, config, observer))
+            _relay(queue, config, observer)  # what rank 0 said last, before it ended
         except mp.ProcessRaisedException as error:
             raise DataParallelError(
                 f"rank {error.error_index} of {config.processes} failed: "
@@ -122,13 +159,14 @@ def train_data_parallel(config: RunConfig, data: Dataset, device: torch.device,
                **figures)
 
 
-def _join(context) -> None:
-    """Wait for every process; when one fails, the others are stopped (after
-    :data:`FAILURE_GRACE_SECONDS`) and its error raised; on Ctrl-C, or any error of the
-    waiting process itself, every process is killed before it propagates."""
+def _join(context, poll: Callable[[], None] = lambda: None) -> None:
+    """Wait for every process, calling ``poll`` every :data:`JOIN_POLL_SECONDS`; when one
+    fails, the others are stopped (after :data:`FAILURE_GRACE_SECONDS`) and its error
+    raised; on Ctrl-C, or any error of the waiting process itself, every process is killed
+    before it propagates."""
     try:
         while not context.join(timeout=JOIN_POLL_SECONDS, grace_period=FAILURE_GRACE_SECONDS):
-            pass
+            poll()
     except BaseException:
         for process in context.processes:
             if process.is_alive():
@@ -138,7 +176,7 @@ def _join(context) -> None:
 
 
 def _worker(rank: int, config: RunConfig, data: Dataset, device: torch.device,
-            recipe: Recipe, port: int, result: Path) -> None:
+            recipe: Recipe, port: int, result: Path, queue: SimpleQueue) -> None:
     from pytest_batchprof.engine.training import TrainingLoop
 
     world = config.processes
@@ -153,7 +191,8 @@ def _worker(rank: int, config: RunConfig, data: Dataset, device: torch.device,
                             world_size=world,
                             timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_SECONDS))
     try:
-        loop = TrainingLoop(config, data.to(device), device, recipe, shard=Shard(rank, world))
+        loop = TrainingLoop(config, data.to(device), device, recipe,
+                            _Relay(queue) if rank == 0 else None, shard=Shard(rank, world))
         run = loop.run()
         if rank == 0:
             torch.save({

@@ -11,6 +11,7 @@ it. Evaluation and the latency figure run in the run's precision too.
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -55,6 +56,38 @@ def cpu_has_fp16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     except OSError:
         return False
     return any(f" {flag}" in flags for flag in ("avx512_fp16", "amx_fp16"))
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""x86 CPU flags (``/proc/cpuinfo``) of native bf16 arithmetic: Cooper Lake, Sapphire Rapids,
+Zen 4 and later. ARM64 names its extension ``bf16``."""
+
+
+@functools.cache
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """Whether this CPU computes in bf16 natively (:data:`BF16_CPU_FLAGS`, or ARM64's
+    ``bf16``, or a torch CPU capability naming BF16); ``None`` when it cannot be told (no
+    ``/proc/cpuinfo``: macOS, Windows). Probed once per file: every row of a session
+    asks."""
+    if "BF16" in torch.backends.cpu.get_cpu_capability().upper():
+        return True
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return None
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "bf16" in flags
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def emulation_note(precision: str, device: torch.device | str) -> str | None:
+    """Why ``precision`` will run slower than fp32 on ``device`` (a clause), or ``None``:
+    bf16 on a CPU without bf16 instructions, which torch emulates in fp32 arithmetic with
+    conversions around every operation (3-4x slower than fp32 on an AVX2 CPU)."""
+    if precision != "bf16" or torch.device(device).type != "cpu" or cpu_has_bf16() is not False:
+        return None
+    return (f"this CPU has no bf16 instructions (no {' or '.join(BF16_CPU_FLAGS)}), so "
+            f"torch emulates bf16 and it trains several times slower than fp32")
 
 
 def autocast(precision: str, device: torch.device) -> AbstractContextManager[object]:

@@ -41,6 +41,7 @@ from pytest_batchprof.engine.memory import (
 )
 from pytest_batchprof.engine.precision import (
     autocast,
+    emulation_note,
     grad_scaler,
     in_precision,
     matmul_precision,
@@ -321,6 +322,7 @@ class Run:
 
     def summary(self) -> dict[str, object]:
         """Plain figures (no tensors, no NaN: ``None`` where there is no figure)."""
+        emulated = emulation_note(self.config.precision, self.config.device)
         figures = {
             **asdict(self.config),
             "model": self.name,
@@ -336,6 +338,8 @@ class Run:
             "train_samples_per_second": self.train_samples_per_second,
             "train_clock": self.clock,
             "ensemble": self.ensemble,
+            **({"precision_note": f"{self.config.precision} emulated: {emulated}"}
+               if emulated else {}),
             **(self.measurements.summary() if self.measurements else {}),
             **(self.noise_scale.summary() if self.noise_scale else {}),
             **(self.time_to_target.summary() if self.time_to_target else {}),
@@ -366,6 +370,19 @@ class Run:
         return (f"<Run {self.config.describe()}: test acc {percent(self.test_accuracy)}, "
                 f"val acc {percent(self.val_accuracy)}, train acc {percent(self.train_accuracy)}"
                 f", {self.train_seconds:.2f} s{state}>")
+
+
+def epoch_samples(config: RunConfig, available: int) -> int:
+    """The samples one epoch of ``config`` trains on, of ``available``: all of them (the
+    last batch short when the batch size does not divide them), or with ``drop_last``
+    those of the whole batches, as ``torch.utils.data.DataLoader(drop_last=True)``."""
+    return available - available % config.batch_size if config.drop_last else available
+
+
+def last_batch(config: RunConfig, available: int) -> int:
+    """The size of an epoch's last batch when it is short (the global batch's); 0 when
+    every batch is whole."""
+    return epoch_samples(config, available) % config.batch_size
 
 
 def scaled_lr(lr: float, batch_size: int, base_batch: int, rule: str) -> float:
@@ -547,9 +564,13 @@ class TrainingLoop:
             self.forward = DistributedDataParallel(self.model)
             self.local_batch = config.batch_size // shard.world
         self.loss_fn, self.metric = recipe.loss, recipe.metric
+        self.available = len(data.train)
+        """The training samples each epoch's shuffled order is drawn from."""
+        self.count = epoch_samples(config, self.available)
+        """The samples an epoch trains on: all of them, or with ``drop_last`` those of its
+        whole batches (what its steps count epochs and samples by)."""
         self.run_record = Run(config=config, model=self.model, optimizer=self.optimizer,
-                              samples_per_epoch=len(data.train), test_images=data.test.x)
-        self.count = len(data.train)
+                              samples_per_epoch=self.count, test_images=data.test.x)
         self.steps_per_epoch = math.ceil(self.count / config.batch_size)
         self.epoch = self.step = self.steps_done = self.samples_done = 0
         self.started = 0.0
@@ -686,7 +707,8 @@ class TrainingLoop:
             stopwatch.start()
             measured_before = run.curve_seconds
             model.train()
-            order = torch.randperm(count, generator=shuffle).to(device)
+            # the whole order is drawn, so that drop_last drops another tail every epoch
+            order = torch.randperm(self.available, generator=shuffle)[:count].to(device)
             self.loss_total = torch.zeros((), device=device)
             self.correct_total = torch.zeros((), dtype=torch.int64, device=device)
             seen = 0

@@ -7,13 +7,16 @@ is built once for the data (:func:`.models.prepare_model`), and the model, its
 loss and its optimizer are tried on two training samples: a model that fails to
 build, returns outputs of the wrong shape, or a loss that is not a finite
 scalar, ends here with one line naming the model (:class:`.models.ModelError`),
-before the run's clock starts.
+before the run's clock starts; so does a model that cannot train on a batch of one
+sample (BatchNorm) in a run that would hand it one. A model that cannot take the
+data's samples at all (:class:`.models.ShapeMismatch`: a shipped CNN whose
+convolutions shrink the images to nothing, or a user's model that says so) is told
+apart, for the fixtures to skip its test rather than fail it.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytest_batchprof.data.datasets import Dataset, crop_shape
+from pytest_batchprof.engine.parallel import Shard
 from pytest_batchprof.engine.precision import unsupported
 from pytest_batchprof.engine.training import (
     LossFunction,
@@ -28,17 +32,23 @@ from pytest_batchprof.engine.training import (
     Recipe,
     RunConfig,
     initial_model,
+    last_batch,
     scaled_lr,
 )
 from pytest_batchprof.errors import one_line
+from pytest_batchprof.experiment.code import Code, code_of
 from pytest_batchprof.experiment.models import (
+    CNN,
+    MLP,
     ModelError,
     PreparedModel,
+    ShapeMismatch,
     factory_identity,
+    factory_label,
     local_identity,
     prepare_model,
 )
-from pytest_batchprof.plugin.options import OPTIMIZERS, Settings
+from pytest_batchprof.plugin.options import OPTIMIZERS, Settings, flag_of
 
 CHECK_SAMPLES = 2
 """Training samples the model, loss and optimizer are tried on before a run."""
@@ -95,23 +105,21 @@ def callable_label(value: object) -> str:
     return getattr(value, "__qualname__", None) or type(value).__qualname__
 
 
-def callables_fingerprint(loss: object, optimizer: object) -> tuple[str | None, str | None]:
-    """The fingerprint of the user's loss and optimizer callables (``None`` when both are
-    built in), and why they cannot be cached, if they cannot."""
-    parts, reasons = [], []
+def callables_code(loss: object, optimizer: object) -> Code:
+    """The code of the user's loss and optimizer callables: their identities (qualified
+    names, settings, a partial's arguments) and the source files that define them;
+    empty when both are built in. Its reason says why they cannot be cached, if they
+    cannot (a lambda, a function defined inside another)."""
+    code = Code()
     for role, value, identify in (("loss", loss, loss_identity),
                                   ("optimizer", optimizer, factory_identity)):
         if value is None or value is F.cross_entropy or isinstance(value, str):
             continue
         identity, reason = identify(value)
-        if identity is None:
-            reasons.append(f"its {role} {reason}")
-            identity = local_identity(value)
-        parts.append(f"{role}={identity}")
-    if not parts:
-        return None, None
-    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-    return digest, reasons[0] if reasons else None
+        code |= Code(frozenset({f"{role}={identity or local_identity(value)}"}),
+                     None if identity is not None else f"its {role} {reason}")
+        code |= code_of(value, f"its {role}")
+    return code
 
 
 def build_experiment(
@@ -130,6 +138,7 @@ def build_experiment(
     name: str | None = None,
     precision: str | None = None,
     data_parallel: int | None = None,
+    drop_last: bool | None = None,
 ) -> Experiment:
     """The run of ``model`` on ``dataset`` with these arguments, the session's settings
     filling in what they leave out; raise ``ValueError`` (``ModelError`` for the
@@ -160,8 +169,8 @@ def build_experiment(
         raise ValueError(f"seed={seed!r} must be a whole number >= 0")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        prepared = prepare_model(model, data.description(), name)
-    callables, callables_reason = callables_fingerprint(loss, optimizer)
+        prepared = _prepared(model, data, name)
+    callables = callables_code(loss, optimizer)
     config = RunConfig(
         dataset=dataset.name,
         input_shape=data.sample_shape,
@@ -178,13 +187,15 @@ def build_experiment(
         train_subset=settings.train_subset,
         val_fraction=settings.val_fraction,
         flush_denormals=not settings.keep_denormals,
+        drop_last=settings.drop_last if drop_last is None else drop_last,
         lr_warmup_epochs=settings.lr_warmup_epochs,
         lr_warmup_start=base_lr if settings.lr_warmup_epochs else None,
         target_accuracy=settings.target_accuracy,
         model=prepared.name,
+        model_id=prepared.model_id,
         architecture=prepared.architecture,
         loss="cross_entropy" if loss in (None, F.cross_entropy) else callable_label(loss),
-        callables=callables,
+        code=(prepared.code | callables).fingerprint(),
         precision=precision,
         processes=processes,
     )
@@ -192,7 +203,7 @@ def build_experiment(
     _check_config(config, len(data.train))
     recipe = Recipe(prepared.build, loss if loss is not None else F.cross_entropy,
                     None if isinstance(optimizer, str) else optimizer)
-    reasons = [reason for reason in (prepared.uncached_reason, callables_reason) if reason]
+    reasons = [reason for reason in (prepared.uncached_reason, callables.reason) if reason]
     note = f"{prepared.name} is not cached: {reasons[0]}" if reasons else None
     check_recipe(config, recipe, prepared, data, device)
     return Experiment(config, recipe, data, note)
@@ -207,10 +218,41 @@ def _cropped(dataset: Dataset, input_size: int | tuple[int, int] | None) -> Data
     return dataset.cropped(crop_shape(input_size, dataset.image_shape))
 
 
+def shape_words(data: Dataset) -> str:
+    """How a skip reason names the data's samples: ``digits' 8x8 images``, ``cifar10's
+    3-channel 32x32 images``, ``iris's samples of shape (4,)``."""
+    shape = data.sample_shape
+    owner = f"{data.name}'" if data.name.endswith("s") else f"{data.name}'s"
+    if len(shape) == 2:
+        return f"{owner} {shape[0]}x{shape[1]} images"
+    if len(shape) == 3:
+        return f"{owner} {shape[0]}-channel {shape[1]}x{shape[2]} images"
+    return f"{owner} samples of shape {shape}"
+
+
+def _prepared(model: object, data: Dataset, name: str | None) -> PreparedModel:
+    """:func:`.models.prepare_model` for ``data``; a model that cannot take its samples
+    (:class:`.models.ShapeMismatch`, raised by the shipped :func:`.models.cnn` or by the
+    user's factory) is said so, naming the model and the shape."""
+    description = data.description()
+    try:
+        return prepare_model(model, description, name)
+    except ModelError as error:
+        cause = error if isinstance(error, ShapeMismatch) else error.__cause__
+        if not isinstance(cause, ShapeMismatch):
+            raise
+        label = name or (model.model_name(description) if isinstance(model, MLP | CNN)
+                         else factory_label(model))
+        raise ShapeMismatch(f"{label} cannot take {shape_words(data)}: {cause}") from None
+
+
 def check_recipe(config: RunConfig, recipe: Recipe, prepared: PreparedModel, data: Dataset,
                  device: torch.device) -> None:
     """Try the model, loss and optimizer on :data:`CHECK_SAMPLES` training samples (one
-    step, on a throw-away copy); raise ``ModelError`` naming the model and the fault."""
+    step, on a throw-away copy), and the model on a batch of one sample when the run will
+    meet one (:func:`_one_sample_batch`); raise ``ModelError`` naming the model and the
+    fault, :class:`.models.ShapeMismatch` when the model itself says it cannot take the
+    data's samples."""
     name = prepared.name
     x, y = data.train.x[:CHECK_SAMPLES], data.train.y[:CHECK_SAMPLES]
     with torch.random.fork_rng(devices=[]):  # the run's own seeded RNG stays untouched
@@ -221,6 +263,8 @@ def check_recipe(config: RunConfig, recipe: Recipe, prepared: PreparedModel, dat
                              f"{one_line(error)}") from error
         try:
             outputs = model(x)
+        except ShapeMismatch as error:
+            raise ShapeMismatch(f"{name} cannot take {shape_words(data)}: {error}") from None
         except Exception as error:
             raise ModelError(f"model {name} failed on a batch of shape {tuple(x.shape)}: "
                              f"{one_line(error)}") from error
@@ -252,6 +296,48 @@ def check_recipe(config: RunConfig, recipe: Recipe, prepared: PreparedModel, dat
         except Exception as error:
             raise ModelError(f"model {name}: a training step failed: {one_line(error)}") from (
                 error)
+        _check_one_sample_batch(config, recipe, model, name, data)
+
+
+def _one_sample_batch(config: RunConfig, train_count: int) -> tuple[str, str] | None:
+    """Where a run on ``train_count`` samples hands a process a batch of one sample, and
+    what avoids it (two clauses); ``None`` when it never does."""
+    processes = config.processes
+    over = f" over {processes} processes" if processes > 1 else ""
+    if config.per_process_batch == 1:
+        return (f"every batch holds 1 sample{' per process' if over else ''} (batch "
+                f"{config.batch_size}{over})",
+                f"use a batch size of {2 * processes} or more")
+    last = last_batch(config, train_count)
+    slices = [Shard(rank, processes).bounds(last) for rank in range(processes)]
+    if last and any(high - low == 1 for low, high in slices):
+        holds = "holds 1 sample" if processes == 1 else "gives a process 1 sample"
+        return (f"the last batch of an epoch {holds} ({train_count} training samples, batch "
+                f"{config.batch_size}{over})",
+                f"pass drop_last=True or {flag_of('drop_last')}, or another batch size")
+    return None
+
+
+def _check_one_sample_batch(config: RunConfig, recipe: Recipe, model: nn.Module, name: str,
+                            data: Dataset) -> None:
+    """Try a training step's forward pass on one sample when the run will meet a batch of
+    one (:func:`_one_sample_batch`): BatchNorm, for one, cannot train on it (torch raises
+    for a single value per channel), and the run would die in its last step of the first
+    epoch, with no row."""
+    where = _one_sample_batch(config, len(data.train))
+    if where is None:
+        return
+    batch, fix = where
+    model.train()
+    try:
+        recipe.loss(model(data.train.x[:1]), data.train.y[:1])
+    except Exception as error:
+        if any(isinstance(module, nn.modules.batchnorm._BatchNorm)
+               for module in model.modules()):
+            raise ModelError(f"model {name} has BatchNorm layers, and {batch}: BatchNorm "
+                             f"cannot train on one sample; {fix}") from error
+        raise ModelError(f"model {name} failed on a batch of one sample, and {batch}: "
+                         f"{one_line(error)}; {fix}") from error
 
 
 def _check_config(config: RunConfig, train_count: int) -> None:
@@ -266,3 +352,5 @@ def _check_config(config: RunConfig, train_count: int) -> None:
         raise ValueError(f"epochs={config.epochs!r} must be a whole number >= 1")
     if not config.lr > 0:
         raise ValueError(f"lr={config.lr!r} must be above 0")
+    if not isinstance(config.drop_last, bool):
+        raise ValueError(f"drop_last={config.drop_last!r} must be True or False")

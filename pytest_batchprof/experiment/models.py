@@ -6,15 +6,17 @@ subclass, a function, or one of the shipped factories :func:`mlp` and
 :class:`DataDescription` when it has exactly one required positional parameter,
 so that a model can size its input and output layers from the data.
 
-A run's cache key and report row need to know *which* model trained. For that,
-:func:`prepare_model` builds the model once and fingerprints it: the module
-tree as ``repr`` shows it (layer types and their settings), every parameter's
-and buffer's name, shape and dtype, the factory's qualified name and, where
-Python can read it, the source of the factory. A factory whose identity cannot
-be told from its name (a lambda, a function or class defined inside another
-function, a callable object that is not a dataclass) is trained, but its runs
-are not cached: two such factories with the same structure may compute
-different things.
+A run's cache key and report row need to know *which* model trained, and with
+what code. For that, :func:`prepare_model` builds the model once and
+fingerprints it twice: its *architecture*, the structure alone (the module tree
+as ``repr`` shows it, with layer types and their settings, every parameter's
+and buffer's name, shape and dtype, and the factory's qualified name); and its
+*code*, the source files that compute it (the factory's, and those of every
+module class in its tree: :mod:`.code`). A factory whose identity cannot be
+told from its name (a lambda, a function or class defined inside another
+function, a callable object that is not a dataclass), or a model whose code
+cannot be read, is trained, but its runs are not cached: two such factories
+with the same structure may compute different things.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import hashlib
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, is_dataclass
+from dataclasses import dataclass, field, is_dataclass
 
 from torch import nn
 
 from pytest_batchprof.errors import one_line
+from pytest_batchprof.experiment.code import Code, code_of, model_code
 from pytest_batchprof.experiment.config import mlp_name
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -45,6 +48,18 @@ ModelFactory = Callable[..., nn.Module]
 
 class ModelError(ValueError):
     """A model that cannot be trained as given; the message is one line naming it."""
+
+
+class ShapeMismatch(ModelError):
+    """The model cannot take the data's samples: not a bug, a pairing that does not exist.
+
+    The fixtures skip a test whose model raises it (when its factory builds the model, or
+    in its forward pass), with a reason naming the model and the data's shape: the shipped
+    :func:`cnn` raises it for flat features and for images its convolutions shrink to
+    nothing, and a user's factory may raise it for data it was not written for. Any other
+    failure of a model fails its test: the plugin cannot tell a model never meant for this
+    data from a bug in it, and a skip would hide the bug.
+    """
 
 
 @dataclass(frozen=True)
@@ -170,8 +185,8 @@ def build_cnn(
     """
     _check_activation(activation)
     if len(input_shape) not in (2, 3):
-        raise ValueError(f"a CNN needs images, (H, W) or (C, H, W); this data has samples "
-                         f"of shape {tuple(input_shape)}")
+        raise ShapeMismatch(f"a CNN needs images, (H, W) or (C, H, W); this data has "
+                            f"samples of shape {tuple(input_shape)}")
     in_channels = input_shape[0] if len(input_shape) == 3 else 1
     height, width = input_shape[-2:]
     layers: list[nn.Module] = [AddChannel()]
@@ -180,7 +195,7 @@ def build_cnn(
         height, width = (side + 2 * padding - kernel_size + 1 for side in (height, width))
         height, width = height // 2, width // 2
         if height < 1 or width < 1:
-            raise ValueError(
+            raise ShapeMismatch(
                 f"channels={tuple(channels)}: {input_shape[-2]}x{input_shape[-1]} images "
                 f"shrink to nothing after {index + 1} convolutions of {kernel_size}x"
                 f"{kernel_size} and 2x2 pooling; use fewer convolutions or a smaller "
@@ -242,13 +257,32 @@ class PreparedModel:
     """Makes a fresh model (seed the RNG first for reproducible weights)."""
     name: str
     architecture: str
-    """SHA-256 (hex, 16 digits) of the module tree, parameter shapes and factory identity."""
+    """SHA-256 (hex, 16 digits) of the model's structure: the module tree, parameter shapes
+    and the factory's name (:func:`module_fingerprint`)."""
     params: int
     uncached_reason: str | None = None
     """Why runs of this model cannot be cached (``its factory is a lambda; ...``)."""
+    code: Code = field(default_factory=Code)
+    """The code that computes the model: its factory's and module classes' source files
+    (:mod:`.code`); the run adds its loss and optimizer."""
     hidden: tuple[int, ...] | None = None
     activation: str | None = None
     """The MLP family's settings (``None`` for other models), kept in rows and keys."""
+    model_id: str | None = None
+    """What a baseline knows the model by across commits (:func:`model_id`)."""
+
+
+def model_id(factory: object, data: DataDescription, name: str | None) -> str | None:
+    """What a baseline knows a model by, across commits: the ``name=`` given, else the
+    factory's name without the parameter count (``LeNet5``, ``make_net``), a shipped CNN
+    its layers (``c6-c16-120-84-10``); ``None`` for a shipped MLP, which its widths name."""
+    if name is not None:
+        return name
+    if isinstance(factory, MLP):
+        return None
+    if isinstance(factory, CNN):
+        return factory.model_name(data)
+    return factory_label(factory)
 
 
 def factory_label(factory: object) -> str:
@@ -261,8 +295,10 @@ def factory_label(factory: object) -> str:
 
 
 def factory_identity(factory: object) -> tuple[str | None, str | None]:
-    """A stable text naming ``factory``; or ``None`` and why it has none, a clause
-    (``is a lambda; ...``) for the caller to give a subject."""
+    """A stable text naming ``factory`` (its qualified name, and its settings or arguments);
+    or ``None`` and why it has none, a clause (``is a lambda; ...``) for the caller to give
+    a subject. The name tells factories apart; what their code computes is
+    :func:`.code.code_of`'s to fingerprint."""
     if is_dataclass(factory) and not isinstance(factory, type):
         cls = type(factory)
         return f"{cls.__module__}.{cls.__qualname__}:{factory!r}", None
@@ -291,30 +327,29 @@ def factory_identity(factory: object) -> tuple[str | None, str | None]:
     if "<locals>" in qualname:
         return None, (f"is defined inside a function ({qualname}); define it at module "
                       f"level, so that its name identifies it")
-    try:
-        source = inspect.getsource(factory)
-    except (OSError, TypeError):
-        source = ""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    return f"{module}.{qualname}#{digest}", None
+    return f"{module}.{qualname}", None
 
 
 def local_identity(factory: object) -> str:
     """What tells apart factories without a stable name (a lambda, a function or class
-    defined in a test): where their code is, and the plain values their closure holds
-    (other values by their ``id``). Good within a session and, for the same code,
-    across sessions; not enough for a cache, which must not trust a closure."""
+    defined in a test): where their code is (module, qualified name and line, not the
+    file's path, which differs between machines), and the plain values their closure
+    holds (other values by their ``id``). Good within a session and, for the same code
+    and plain values, across sessions and machines; not enough for a cache, which must
+    not trust a closure."""
     target = factory.func if isinstance(factory, functools.partial) else factory
     target = getattr(target, "__func__", target)
+    name = (f"{getattr(target, '__module__', None)}."
+            f"{getattr(target, '__qualname__', type(target).__qualname__)}")
     code = getattr(target, "__code__", None)
     if code is not None:
-        where = f"{code.co_filename}:{code.co_firstlineno}"
+        where = f"{name} line {code.co_firstlineno}"
         cells = [cell.cell_contents for cell in (target.__closure__ or ())]
     else:
         try:
-            where = f"{inspect.getsourcefile(target)}:{inspect.getsourcelines(target)[1]}"
+            where = f"{name} line {inspect.getsourcelines(target)[1]}"
         except (OSError, TypeError):
-            where = f"object {id(target)}"
+            where = f"{name} object {id(target)}"
         cells = []
     values = [repr(value) if _plain(value) else f"{type(value).__name__}@{id(value)}"
               for value in cells]
@@ -388,12 +423,16 @@ def prepare_model(factory: object, data: DataDescription, name: str | None = Non
         raise ModelError(f"model {label} has no parameters to train")
     identity, reason = factory_identity(factory)
     digest = module_fingerprint(model, identity or local_identity(factory))
+    code = code_of(factory, "its factory") | model_code(model)
+    known_as = model_id(factory, data, name)
     if name is None:
         name = (factory.model_name(data) if isinstance(factory, MLP | CNN)
                 else f"{label} ({params:,})")
     return PreparedModel(
         build=build, name=name, architecture=digest, params=params,
-        uncached_reason=None if identity is not None else f"its factory {reason}",
+        uncached_reason=code.reason if identity is not None else f"its factory {reason}",
+        code=code,
         hidden=factory.hidden if isinstance(factory, MLP) else None,
         activation=factory.activation if isinstance(factory, MLP) else None,
+        model_id=known_as,
     )

@@ -1,22 +1,37 @@
 """CI gates: accuracy thresholds on runs, and comparison with a saved baseline.
 
 A baseline is a session's report JSON (see :mod:`pytest_batchprof.reports.storage`)
-saved under a name. Each configuration of the current session is compared with
-the baseline's same configuration, the mean test accuracy of its seeds against
-the mean of the baseline's seeds. Only a drop of the mean larger than
-``--batchprof-fail-drop`` percentage points fails the session (an improvement
-is reported, not failed), and, when asked, a training-time growth larger than
-``--batchprof-fail-slowdown`` percent. Beside each difference the comparison
-says whether it is larger than the noise the seeds measured (a Welch
-interval). A configuration present on one side only is listed, never an error.
+saved under a name. Each entry of it is an experiment as the user names it,
+and a run of the session is compared with its entry, the mean test accuracy of
+its seeds against the mean of the baseline's seeds. Only a drop of the mean
+larger than ``--batchprof-fail-drop`` percentage points fails the session (an
+improvement is reported, not failed), and, when asked, a training-time growth
+larger than ``--batchprof-fail-slowdown`` percent. Beside each difference the
+comparison says whether it is larger than the noise the seeds measured (a
+Welch interval). An entry only in the baseline is listed ("not run"), never
+failed; a run with no entry is listed ("new"), and with
+``--batchprof-fail-missing`` its test fails (:func:`missing_entries`).
 
-"The same configuration" is the experiment, not the recipe: model, data set,
-input crop, activation, batch size, epochs and the data split. The seed is a
-sample of the experiment, not part of it. The learning rate, optimizer,
-numeric precision and device are left out on purpose: changing them is the
-kind of change a baseline is there to judge (a bf16 session compared with an
-fp32 baseline reports each accuracy difference against the seeds' noise). A
-baseline entry of the very same recipe, when there is one, is preferred.
+A run's entry is the baseline's run with the same **key**: a test's node id
+in common, the model's id (``name=``, else its class or factory name; an
+MLP's widths) and the settings a sweep varies, data set, batch size and
+processes (:data:`~pytest_batchprof.experiment.config.EXPERIMENT_KEYS`). The
+seeds are samples of the entry, folded into it. Everything that may change
+between two commits is stored beside the key and **compared**, never matched
+(:data:`~pytest_batchprof.experiment.config.COMPARED_KEYS`): the model's code
+and architecture fingerprints, its parameter count, lr, optimizer, loss,
+epochs, precision, the data's crop and split. A change is said in the verdict
+(``model code changed since the baseline``, ``lr 0.001 -> 0.01``, ``params
+61,706 -> 75,018``) and the run is judged as usual: the change a gate exists
+to catch is caught. When the baseline has several entries of one key (a
+learning-rate sweep in one test), the one of the very same recipe is
+preferred, then the closest one not yet paired.
+
+Baselines written by older versions still match: a row without node ids is
+matched by the rest of its key, a row without ``model_id`` by the table's
+model name (``784-1024-10``, ``Net (1,234)``), and a compared setting that the
+row does not have is not compared (nor are the fingerprints of a row written
+before the code fingerprint existed, which were computed another way).
 
 Of a learning-rate grid (``--batchprof-lr-grid``), each side's chosen runs are
 compared (the other lrs of the grid are left out on both sides), and an lr that
@@ -33,7 +48,12 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from pytest_batchprof.experiment.config import EXPERIMENT_KEYS, RUN_KEYS
+from pytest_batchprof.experiment.config import (
+    COMPARED_KEYS,
+    EXPERIMENT_KEYS,
+    FINGERPRINT_SAID,
+    MODEL_ID_KEY,
+)
 from pytest_batchprof.reports.figures import ACCURACY_KEY, OUT_OF_MEMORY_KEY, TIME_KEY
 from pytest_batchprof.reports.lr_grid import chosen_rows, lr_moved
 from pytest_batchprof.reports.tables import Row, human_number, run_title
@@ -48,6 +68,10 @@ from pytest_batchprof.runs.stats import (
 
 SPLITS = ("test", "val", "train")
 MACHINE_KEYS = ("machine", "cpu", "device", "torch")
+NEW = "new (not in baseline)"
+"""The verdict of a run with no baseline entry (a failure with ``--batchprof-fail-missing``)."""
+NOT_RUN = "not run (only in baseline)"
+"""The verdict of a baseline entry the session did not run: listed, never failed."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +158,8 @@ class Entry:
     now_spread: Interval | None = None
     noise: Interval | None = None
     """``now - baseline`` test accuracy with its 95% interval, when both sides finished."""
+    changes: tuple[str, ...] = ()
+    """What changed since the baseline, in words (see :func:`changes`); also in the verdict."""
 
     @property
     def drop_pp(self) -> float | None:
@@ -180,12 +206,25 @@ class Comparison:
                                        "train time", "verdict"],
                         tablefmt="github", disable_numparse=True)
 
+    def verdict(self) -> list[str]:
+        """The comparison's outcome in markdown: ``**REGRESSION** ...`` and one bullet per
+        run that regressed (what fails the session), or that none did."""
+        compared = sum(1 for entry in self.entries if entry.verdict not in (NEW, NOT_RUN))
+        if not self.regressions:
+            return [f"**No regression** against the baseline ({compared} of "
+                    f"{len(self.entries)} entries compared)."]
+        count = len(self.regressions)
+        return [f"**REGRESSION**: {count} run{'s' if count != 1 else ''} regressed against "
+                f"the baseline; the session fails.", "",
+                *(f"- {entry.title}: {entry.verdict}" for entry in self.regressions)]
+
     def markdown(self) -> str:
+        """The report's section: the baseline, the notes, the table and the verdict."""
         lines = ["## Comparison with the baseline", "", f"Baseline: `{self.baseline_path}`", "",
                  NOISE_NOTE, ""]
         if self.machine_note:
             lines += [self.machine_note, ""]
-        return "\n".join([*lines, self.table(), ""])
+        return "\n".join([*lines, self.table(), "", *self.verdict(), ""])
 
 
 NOISE_NOTE = (
@@ -204,55 +243,156 @@ def compare(
     fail_slowdown_pct: float | None,
     environment: dict[str, object],
 ) -> Comparison:
-    """Compare every configuration with the baseline's, mean over seeds against mean
+    """Compare every configuration with its baseline entry, mean over seeds against mean
     (of a learning-rate grid, the chosen lr's runs on either side)."""
     old_groups = group_seeds(chosen_rows(baseline["rows"]))
-    recipe_keys = tuple(key for key in RUN_KEYS if key != "seed")
+    groups = group_seeds(chosen_rows(rows))
     comparison = Comparison(path, machine_note=_machine_note(baseline.get("environment", {}),
                                                              environment))
-    seen: set[int] = set()
-    for group in group_seeds(chosen_rows(rows)):
-        # the same recipe first (a learning-rate sweep keeps its pairs), else the experiment
-        old = (_matching(old_groups, group[0], recipe_keys)
-               or _matching(old_groups, group[0], EXPERIMENT_KEYS))
+    paired = _pair(groups, old_groups)
+    for group, old in zip(groups, paired, strict=True):
         if old is None:
             now = _spread(group, ACCURACY_KEY)
             comparison.entries.append(Entry(
                 _title(group), None, _mean(now), None, _mean(_spread(group, TIME_KEY)),
-                "new (not in baseline)", now_spread=now))
+                NEW, now_spread=now))
             continue
-        seen.add(id(old))
         entry = _entry(group, old, fail_drop_pp, fail_slowdown_pct)
-        moved = lr_moved(old, group)  # a grid that chose another lr: said, not judged
-        comparison.entries.append(replace(entry, verdict=f"{entry.verdict}; {moved}")
-                                  if moved else entry)
+        said = changes(old, group)
+        comparison.entries.append(replace(entry, verdict="; ".join([entry.verdict, *said]),
+                                          changes=tuple(said)))
+    taken = {id(old) for old in paired if old is not None}
     for old in old_groups:
-        if id(old) not in seen:
+        if id(old) not in taken:
             before = _spread(old, ACCURACY_KEY)
             comparison.entries.append(Entry(
                 _title(old), _mean(before), None, _mean(_spread(old, TIME_KEY)), None,
-                "not run (only in baseline)", baseline_spread=before))
+                NOT_RUN, baseline_spread=before))
     return comparison
 
 
-def experiment_key(row: Row) -> str:
-    """What a run is compared by (see the module docstring)."""
-    return json.dumps([row.get(key) for key in EXPERIMENT_KEYS])
+def same_entry(old: Row, row: Row) -> bool:
+    """Whether the baseline's row ``old`` is the entry of the session's ``row``: a test's
+    node id in common and the same experiment key (see the module docstring).
 
-
-def _matching(groups: Sequence[Sequence[Row]], row: Row, keys: Sequence[str]) -> (
-        Sequence[Row] | None):
-    """The first baseline group whose rows agree with ``row`` on ``keys``.
-
-    A key that the baseline's rows do not have at all (a baseline recorded by
-    an older version, before that setting existed) is not compared: old
-    baselines keep matching the runs they measured.
+    Rows written by older versions match by what they have: without node ids (or a
+    row of a run no test reported) by the rest of the key; without a ``model_id``, by
+    the table's model name, which was then part of the key.
     """
-    for group in groups:
-        old = group[0]
-        if all(key not in old or _same(old[key], row.get(key)) for key in keys):
-            return group
-    return None
+    old_tests, tests = old.get("tests") or (), row.get("tests") or ()
+    if old_tests and tests and not set(old_tests) & set(tests):
+        return False
+    for key in EXPERIMENT_KEYS:
+        if key == MODEL_ID_KEY:
+            if not _same_model(old, row):
+                return False
+        elif key in old and not _same(old[key], row.get(key)):
+            return False
+    return True
+
+
+def _same_model(old: Row, row: Row) -> bool:
+    """The same model as a baseline knows it: the same ``model_id``; two MLPs (no id) of
+    the same widths; for a row written before model ids, the same name in the table."""
+    if MODEL_ID_KEY not in old:
+        return _same(old.get("model"), row.get("model"))
+    if old[MODEL_ID_KEY] is None and row.get(MODEL_ID_KEY) is None:
+        return _same(old.get("hidden"), row.get("hidden"))
+    return _same(old[MODEL_ID_KEY], row.get(MODEL_ID_KEY))
+
+
+def missing_entries(rows: Sequence[Row], baseline: dict[str, object], path: Path,
+                    baseline_dir: Path) -> list[str]:
+    """One line per configuration among ``rows`` (a test's runs, their ``tests`` its node
+    id) that has no entry in ``baseline`` (read from ``path``), saying how to record it:
+    what ``--batchprof-fail-missing`` fails the test with."""
+    entries = chosen_rows(baseline["rows"])
+    missing = [row for row in rows if not any(same_entry(old, row) for old in entries)]
+    saved = baseline_dir / f"{path.stem}.json"
+    record = f"--batchprof-save {path.stem}"
+    if saved.resolve() != path.resolve():  # --batchprof-save writes only under baseline_dir
+        record += f" (it writes {saved}; copy that file to {path})"
+    return [f"{_title(group)}: no entry in baseline {path}; record it by running the tests "
+            f"with {record}" for group in group_seeds(missing)]
+
+
+def changes(old: Sequence[Row], now: Sequence[Row]) -> list[str]:
+    """What changed between a baseline entry's runs and the session's, in words: the
+    fingerprints' (``model code changed since the baseline``), then ``params 61,706 ->
+    75,018``, ``lr 0.001 -> 0.01`` and the other compared settings; an lr that a grid
+    tuned is ``tuned lr 0.001 -> 0.003``.
+
+    A setting the baseline's row does not have (written before it existed) is not
+    compared, nor are the fingerprints of a row that lacks one of them.
+    """
+    before, row = old[0], now[0]
+    tuned = lr_moved(old, now)
+    said = []
+    for key in _compared(before, row):
+        if key == "lr" and tuned:
+            said.append(tuned)
+        elif key in FINGERPRINT_SAID:
+            said.append(FINGERPRINT_SAID[key])
+        else:
+            said.append(f"{key.replace('_', ' ')} {_shown(before[key])} -> {_shown(row[key])}")
+    return said
+
+
+def _compared(old: Row, row: Row) -> list[str]:
+    """The compared keys whose values differ, fingerprints first, then the parameter
+    count, then the settings (see :func:`changes`)."""
+    fingerprinted = all(key in old for key in FINGERPRINT_SAID)
+    differing = [key for key in COMPARED_KEYS
+                 if key in old and key in row and not _same(old[key], row[key])
+                 and (fingerprinted or key not in FINGERPRINT_SAID)]
+    return sorted(differing, key=lambda key: (key not in FINGERPRINT_SAID, key != "params"))
+
+
+def _pair(groups: Sequence[Sequence[Row]], old_groups: Sequence[Sequence[Row]]) -> (
+        list[Sequence[Row] | None]):
+    """Each group's baseline entry, or ``None``: the entry of the very same recipe first
+    (a learning-rate sweep in one test keeps its pairs), then the closest entry of its key
+    not yet paired, else the closest of its key."""
+    candidates = [[old for old in old_groups if same_entry(_keyed(old), _keyed(group))]
+                  for group in groups]
+    paired: list[Sequence[Row] | None] = [None] * len(groups)
+    taken: set[int] = set()
+    for index, group in enumerate(groups):
+        same = [old for old in candidates[index]
+                if id(old) not in taken and not _compared(old[0], group[0])]
+        if same:
+            paired[index] = same[0]
+            taken.add(id(same[0]))
+    for index, group in enumerate(groups):
+        if paired[index] is None and candidates[index]:
+            free = [old for old in candidates[index] if id(old) not in taken]
+            closest = min(free or candidates[index],
+                          key=lambda old: len(_compared(old[0], group[0])))
+            paired[index] = closest
+            taken.add(id(closest))
+    return paired
+
+
+def _keyed(group: Sequence[Row]) -> Row:
+    """A group's first row with the node ids of all its seeds' tests (a seed another test
+    shares lists that test too)."""
+    tests = list(dict.fromkeys(test for row in group for test in row.get("tests") or ()))
+    return {**group[0], "tests": tests}
+
+
+def _shown(value: object) -> str:
+    """A setting's value in a sentence: ``0.001``, ``61,706``, ``(28, 28)``, ``on``."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return f"({', '.join(_shown(item) for item in value)})"
+    return str(value)
 
 
 def _same(old: object, new: object) -> bool:

@@ -1,5 +1,11 @@
-"""pytest glue: options, hooks and the public fixtures ``batch_size``, ``device``,
-``dataset``, ``trained_model`` and ``trained_mlp``.
+"""pytest glue: options, hooks and the public fixtures ``trained_model``, ``trained_mlp``,
+``batchprof_batch_size``, ``batchprof_dataset``, ``batchprof_device`` and their aliases
+``batch_size``, ``dataset`` and ``device``.
+
+The plugin's machinery reads only its ``batchprof_`` fixtures; a project's own fixture of
+an alias's name replaces the alias for its tests, the pytest way, and the plugin neither
+reads nor parametrizes it (:data:`ALIASES`), as the project's options take the short
+spellings of the plugin's.
 
 Registered through the ``pytest11`` entry point ``batchprof``, so installing
 the package is all it takes, and so the plugin loads in every pytest session of
@@ -35,6 +41,7 @@ from pytest_batchprof.plugin.options import (
     take_short_spellings,
 )
 from pytest_batchprof.plugin.terminal import TerminalConsole
+from pytest_batchprof.plugin.threads import ThreadShare, share_threads
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +59,17 @@ SESSION_KEY = pytest.StashKey["BatchprofSession"]()
 """The session's shared state, present once a test has used the plugin."""
 CLEARED_KEY = pytest.StashKey[int]()
 RUNS_KEY = pytest.StashKey[list["Run"]]()
-DATA_FIXTURES = ("dataset", "trained_model", "trained_mlp")
+THREADS_KEY = pytest.StashKey[ThreadShare]()
+"""The torch threads this process trains with, and how they were chosen (made with the
+session's state)."""
+TRAINED_THREADS_KEY = pytest.StashKey[dict[int, int]]()
+"""The torch threads each run was trained with in this process, by ``id(run)``."""
+ALIASES = {"batch_size": "batchprof_batch_size", "dataset": "batchprof_dataset",
+           "device": "batchprof_device"}
+"""The public fixtures of generic names, each an alias of the plugin's own: a project's
+fixture of the same name wins, and the plugin's machinery reads only its own."""
+DATA_FIXTURES = ("batchprof_dataset", "trained_model", "trained_mlp")
+"""The fixtures that load a data set: a test using the plugin's own needs its data."""
 _CURRENT_ITEM: ContextVar[pytest.Item | None] = ContextVar("batchprof_item", default=None)
 """The test whose body is running, for :func:`pytest_batchprof.record`."""
 ACCELERATOR_CHECK_SKIPPED = ("auto", "cpu")
@@ -93,8 +110,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
-        "dataset(name, **options): the data set of this test's dataset, trained_model and "
-        "trained_mlp fixtures instead of --batchprof-dataset, e.g. "
+        "dataset(name, **options): the data set of this test's batchprof_dataset (and its "
+        "dataset alias), trained_model and trained_mlp fixtures and of "
+        "pytest_batchprof.record, instead of --batchprof-dataset, e.g. "
         "dataset('synthetic', size=600)",
     )
     settings = settings_from_config(config)
@@ -117,7 +135,9 @@ def batchprof_session(config: pytest.Config) -> BatchprofSession:
     """The session's shared state (data sets, trained runs, the device), made on first use.
 
     Making it imports torch and resolves ``--batchprof-device``; a session whose
-    tests never use the plugin never pays for either.
+    tests never use the plugin never pays for either. In a pytest-xdist worker it
+    also gives torch the worker's share of the threads (:mod:`~pytest_batchprof.plugin.
+    threads`).
     """
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
@@ -151,6 +171,7 @@ def batchprof_session(config: pytest.Config) -> BatchprofSession:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         launched = _join_launched_group(config, settings, device)
+    config.stash[THREADS_KEY] = share_threads(getattr(config, "workerinput", None), os.environ)
     console = TerminalConsole(config)
     session = BatchprofSession(settings, device, console, launched)
     config.stash[SESSION_KEY] = session
@@ -174,6 +195,16 @@ def _join_launched_group(config: pytest.Config, settings: Settings,
     return join_launched_group(device)
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Give torch back the threads it had before a worker's share was set (a session run
+    inside another process, as pytester's, leaves that process as it found it)."""
+    share = config.stash.get(THREADS_KEY, None)
+    if share is not None and share.threads != share.before:
+        import torch
+
+        torch.set_num_threads(share.before)
+
+
 def current_item() -> pytest.Item | None:
     """The test whose body is running in this thread, if any."""
     return _CURRENT_ITEM.get()
@@ -183,7 +214,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     """One line with every batchprof setting (and the device, once resolved).
 
     Further lines say which short spellings were left to the project, and how
-    many cached runs ``--batchprof-cache-clear`` deleted.
+    many cached runs ``--batchprof-cache-clear`` deleted. The fixtures left to the
+    project are named after collection (:func:`pytest_report_collectionfinish`).
     """
     settings = config.stash[SETTINGS_KEY]
     session = config.stash.get(SESSION_KEY, None)
@@ -207,37 +239,72 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize every test that uses ``batch_size`` over ``--batch-sizes`` (ids ``bs16``).
+    """Parametrize every test that uses the plugin's ``batchprof_batch_size`` (by name, or
+    through the plugin's ``batch_size``) over ``--batch-sizes`` (ids ``bs16``).
 
-    A test's own ``@pytest.mark.parametrize("batch_size", ...)`` wins.
+    A project's own ``batch_size`` fixture shadows the plugin's, so a test that uses it is
+    not parametrized (its closure holds no ``batchprof_batch_size``, unless the project's
+    fixture asks for it). A test's own ``@pytest.mark.parametrize("batch_size", ...)`` (or
+    of ``batchprof_batch_size``) wins.
     """
-    if "batch_size" not in metafunc.fixturenames or _parametrizes_batch_size(metafunc):
+    if ("batchprof_batch_size" not in metafunc.fixturenames
+            or not _resolves_to_ours(metafunc.definition, "batchprof_batch_size")
+            or _parametrizes_batch_size(metafunc)):
         return
     sizes = metafunc.config.stash[SETTINGS_KEY].batch_sizes
-    metafunc.parametrize("batch_size", sizes, indirect=True, ids=[f"bs{size}" for size in sizes])
+    metafunc.parametrize("batchprof_batch_size", sizes, indirect=True,
+                         ids=[f"bs{size}" for size in sizes])
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Load every data set the selected tests need now, so a missing one stops the session once."""
+    """Load every data set the selected tests need now, so a missing one stops the session once.
+
+    Only tests that use the plugin's own data fixtures count (:data:`DATA_FIXTURES`, as
+    the test resolves them): a session of the project's own tests, with its own
+    ``dataset`` fixture, loads nothing and imports no torch. A registered data set whose
+    registration failed is left to its tests, which fail with its one line when they ask
+    for it; the rest of the session runs.
+    """
     config = session.config
     if config.option.collectonly:
         return
     wanted: dict[tuple[str | None, str], tuple[str, dict[str, object]]] = {}
     for item in session.items:
-        if not any(name in getattr(item, "fixturenames", ()) for name in DATA_FIXTURES):
+        if not any(_resolves_to_ours(item, name) for name in DATA_FIXTURES):
             continue
         name, options = dataset_request(item)
         wanted.setdefault((name, repr(sorted(options.items()))), (name, options))
     if not wanted:
         return
-    from pytest_batchprof.data.datasets import DatasetUnavailable
+    from pytest_batchprof.data.datasets import DatasetRegistrationError, DatasetUnavailable
 
     state = batchprof_session(config)
     for name, options in wanted.values():
         try:
             state.dataset(name, options)
+        except DatasetRegistrationError:
+            continue  # its tests fail at first use (_load), with the same line
         except (DatasetUnavailable, ValueError) as error:
             raise pytest.UsageError(str(error)) from None
+
+
+def pytest_report_collectionfinish(config: pytest.Config,
+                                   items: Sequence[pytest.Item]) -> list[str]:
+    """Name the public fixtures (:data:`ALIASES`) that something else defines too (a
+    conftest, a test module, another plugin) where the selected tests can see it, and the
+    ``batchprof_`` fixtures the plugin reads instead; nothing when there is none.
+
+    Said after collection, when every conftest and test module has added its fixtures.
+    (Under pytest-xdist the workers collect, and pytest shows no worker's line.)
+    """
+    held = [name for name in ALIASES if any(
+        not _is_ours(definition) for item in items
+        for definition in item.session._fixturemanager.getfixturedefs(name, item) or ())]
+    if not held:
+        return []
+    ours = ", ".join(ALIASES[name] for name in held)
+    return [f"batchprof: left to this project: fixture{'s' if len(held) > 1 else ''} "
+            f"{', '.join(held)} (batchprof's own: {ours})"]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -246,9 +313,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     report = yield
     runs = item.stash.get(RUNS_KEY, [])
     if runs and (call.when == "call" or (call.when == "setup" and report.outcome != "passed")):
-        from pytest_batchprof.reports.summary import row_from_run
-
-        report.batchprof_rows = [row_from_run(run) for run in runs]
+        report.batchprof_rows = [_row(item.config, run) for run in runs]
     return report
 
 
@@ -277,6 +342,34 @@ class SummaryReporter:
             self._collector = SummaryCollector()
         return self._collector
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Under pytest-xdist, check ``--batchprof-columns`` now, before the workers start:
+        this controller collects nothing (they do), so :meth:`pytest_collection_finish`
+        never comes."""
+        if self.config.pluginmanager.has_plugin("dsession"):
+            self._check_columns()
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Check ``--batchprof-columns`` before any test trains (every conftest that may
+        add a column through ``pytest_batchprof_summary`` is loaded by now)."""
+        self._check_columns()
+
+    def _check_columns(self) -> None:
+        """A ``--batchprof-columns`` name that no row can have is a usage error, one line
+        naming the known columns; unless a ``pytest_batchprof_summary`` hook may add it,
+        which only the rows will tell (the summary warns then)."""
+        requested = self.config.stash[SETTINGS_KEY].columns
+        if not requested or self.config.hook.pytest_batchprof_summary.get_hookimpls():
+            return
+        from pytest_batchprof.reports.tables import KNOWN_COLUMNS, unknown_columns
+
+        unknown = unknown_columns(requested)
+        if unknown:
+            raise pytest.UsageError(
+                f"{source_of(self.config, 'columns')} names {', '.join(unknown)}, which no "
+                f"row has; known columns: {', '.join(sorted(KNOWN_COLUMNS))}")
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Gather rows as tests finish, so an interrupted session keeps what it measured."""
         rows = getattr(report, "batchprof_rows", None)
@@ -288,23 +381,32 @@ class SummaryReporter:
         """Render the summary and write the report files (on the xdist controller only)."""
         state = self.config.stash.get(SESSION_KEY, None)
         if state is not None:
-            from pytest_batchprof.reports.summary import row_from_run
             from pytest_batchprof.reports.tables import run_key
 
             for run in state.runs.values():  # trained in a test that never reported (Ctrl-C)
-                row = row_from_run(run)
+                row = _row(self.config, run)
                 if run_key(row) not in self.collector.rows:
                     self.collector.add([row], "", "interrupted")
         if self._collector is not None:
             self.report = self._collector.finish(self.config, self.config.stash[SETTINGS_KEY],
-                                                 partial=exitstatus != pytest.ExitCode.OK,
-                                                 baseline=self.baseline)
+                                                 partial=self._stopped(session, exitstatus),
+                                                 baseline=self.baseline,
+                                                 failed=exitstatus != pytest.ExitCode.OK)
         if self.report and self.report.comparison and self.report.comparison.regressions:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         elif (self.baseline is not None and self.report is None
               and not self.config.option.collectonly):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED  # compared nothing: no silent pass
             self.nothing_compared = True
+
+    def _stopped(self, session: pytest.Session, exitstatus: int) -> bool:
+        """Whether the session ended before every test ran (Ctrl-C, ``-x``, ``--maxfail``)
+        or a run's test never reported: its report is partial. Failed assertions are not:
+        their runs finished, and the table has their outcomes."""
+        return (exitstatus == pytest.ExitCode.INTERRUPTED
+                or bool(session.shouldstop or session.shouldfail)
+                or any(row.get("outcome") == "interrupted"
+                       for row in self.collector.rows.values()))
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         """Print the markdown summary table and where the report files went."""
@@ -347,7 +449,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     """Check ``@pytest.mark.min_accuracy`` against every run the test trained (or
-    recorded: the test is :func:`current_item` while it runs)."""
+    recorded: the test is :func:`current_item` while it runs), and with
+    ``--batchprof-fail-missing`` that each has an entry in the baseline."""
     token = _CURRENT_ITEM.set(item)
     try:
         result = yield
@@ -364,28 +467,54 @@ def pytest_runtest_call(item: pytest.Item):
                                        if not run.lr_discarded])
         if failures:
             pytest.fail("\n".join(failures), pytrace=False)
+    _missing_entries(item)
     return result
 
 
 # ---------------------------------------------------------------- fixtures
 
 
+# The plugin's machinery reads only its ``batchprof_`` fixtures. ``batch_size``, ``dataset``
+# and ``device`` are public aliases of them (:data:`ALIASES`): a project's own fixture of
+# one of those names shadows the alias the pytest way, and the plugin never reads it.
+
+
 @pytest.fixture
-def batch_size(request: pytest.FixtureRequest) -> int:
+def batchprof_batch_size(request: pytest.FixtureRequest) -> int:
     """The batch size of this test, one of ``--batch-sizes`` (default 64).
 
-    Any test that asks for it is parametrized over ``--batch-sizes`` with ids
-    such as ``bs16``; ``@pytest.mark.parametrize("batch_size", [...])`` on the
-    test overrides the option.
+    Any test whose fixtures include it (by this name, or through the ``batch_size``
+    alias) is parametrized over ``--batch-sizes`` with ids such as ``bs16``;
+    ``@pytest.mark.parametrize("batchprof_batch_size", [...])`` (or of ``batch_size``)
+    on the test overrides the option.
     """
     return request.param
 
 
+@pytest.fixture
+def batch_size(batchprof_batch_size: int) -> int:
+    """The batch size of this test, one of ``--batch-sizes``: an alias of
+    :func:`batchprof_batch_size`.
+
+    A project's own ``batch_size`` fixture replaces it for the tests that see
+    that fixture; those tests are then not parametrized over ``--batch-sizes``
+    (ask for ``batchprof_batch_size`` to have both).
+    """
+    return batchprof_batch_size
+
+
 @pytest.fixture(scope="session")
-def device(pytestconfig: pytest.Config) -> torch.device:
+def batchprof_device(pytestconfig: pytest.Config) -> torch.device:
     """The ``torch.device`` of this session, from ``--batchprof-device`` (auto: cuda, mps,
     then cpu)."""
     return batchprof_session(pytestconfig).device
+
+
+@pytest.fixture(scope="session")
+def device(batchprof_device: torch.device) -> torch.device:
+    """The ``torch.device`` of this session: an alias of :func:`batchprof_device`, which a
+    project's own ``device`` fixture replaces."""
+    return batchprof_device
 
 
 @pytest.fixture(scope="session")
@@ -400,16 +529,23 @@ def batchprof_settings(pytestconfig: pytest.Config) -> Settings:
 
 
 @pytest.fixture
-def dataset(request: pytest.FixtureRequest) -> Dataset:
+def batchprof_dataset(request: pytest.FixtureRequest) -> Dataset:
     """The data set (``--batchprof-dataset``, or this test's ``@pytest.mark.dataset``), on the
-    device.
+    device: what :func:`trained_model` trains on unless told otherwise.
 
-    Loaded once per session and held as normalised tensors: ``dataset.train``,
-    ``.val`` and ``.test`` each have ``.x`` (N, H, W) and ``.y`` (N,); also
-    ``.name``, ``.image_shape``, ``.input_size`` and ``.num_classes``.
+    Loaded once per session: ``dataset.train``, ``.val`` and ``.test`` each have
+    ``.x`` (N, *sample) and ``.y`` (N,); also ``.name``, ``.image_shape``,
+    ``.input_size`` and ``.num_classes``.
     """
     name, options = dataset_request(request.node)
     return _load(request.config, name, options)
+
+
+@pytest.fixture
+def dataset(batchprof_dataset: Dataset) -> Dataset:
+    """The data set of this test: an alias of :func:`batchprof_dataset`, which a project's
+    own ``dataset`` fixture replaces (the plugin then trains on its own all the same)."""
+    return batchprof_dataset
 
 
 @pytest.fixture
@@ -430,8 +566,10 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
     layers. The shipped families are :func:`~pytest_batchprof.experiment.models.mlp` and
     :func:`~pytest_batchprof.experiment.models.cnn` (LeNet-5 by default).
 
-    Keywords: ``batch_size`` (default: this test's ``batch_size`` if it has
-    one, else the first of ``--batch-sizes``), ``epochs``, ``lr``, ``seed``
+    Keywords: ``batch_size`` (default: this test's ``batch_size`` when that name is
+    the plugin's, else its ``batchprof_batch_size``, else the first of
+    ``--batch-sizes``; a project's own ``batch_size`` fixture is never read: pass it
+    as ``batch_size=``), ``epochs``, ``lr``, ``seed``
     (default: the options; an ``lr`` given here is used as it is, unscaled),
     ``optimizer`` (``adam``, ``sgd``, or a callable taking the parameters and
     returning a ``torch.optim.Optimizer``: the run's learning rate is written into
@@ -439,18 +577,26 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
     ``loss(outputs, targets)`` returning the batch's mean), ``name`` (what the
     table calls the model; default the class or function name and its parameter
     count, ``LeNet5 (61,706)``), ``input_size`` (a centre crop of images, ``400``
-    or ``(h, w)``), ``dataset`` (default: this test's data set), ``repeats``
-    (default: ``--repeats``), ``precision`` (``fp32``, ``tf32``, ``bf16`` or
-    ``fp16``; default: ``--batchprof-precision``) and ``data_parallel`` (processes
-    of a DistributedDataParallel run; default: ``--batchprof-data-parallel``).
+    or ``(h, w)``), ``dataset`` (default: this test's data set, as
+    ``batchprof_dataset`` gives it), ``repeats`` (default: ``--repeats``),
+    ``precision`` (``fp32``, ``tf32``, ``bf16`` or ``fp16``; default:
+    ``--batchprof-precision``), ``data_parallel`` (processes of a
+    DistributedDataParallel run; default: ``--batchprof-data-parallel``) and
+    ``drop_last`` (drop each epoch's last partial batch; default:
+    ``--batchprof-drop-last``, off).
 
     The same configuration asked for again in the session is trained once, and
     with ``--batchprof-cache`` it is kept across sessions, keyed by a
     fingerprint of the model's structure and its factory's name (a lambda or a
     function defined inside a test is trained but not cached). A model that
     fails to build, whose outputs are not ``(batch, classes)``, or whose loss is
-    not a finite scalar fails the test with one line before training starts; a
-    run whose loss becomes NaN or inf fails it with the reason. A run that runs
+    not a finite scalar fails the test with one line before training starts, as does
+    one with BatchNorm layers whose run would hand it a batch of one sample; a
+    model that cannot take the data's samples (a shipped ``cnn`` whose convolutions
+    shrink the images to nothing, or a factory or forward pass that raises
+    :class:`~pytest_batchprof.experiment.models.ShapeMismatch`) skips it, naming the
+    model and the shape; a run whose loss becomes NaN or inf fails it with the
+    reason. A run that runs
     out of memory (the device's, or ``--batchprof-memory-budget``) skips the
     test with ``out of memory at batch B`` (``--batchprof-oom fail`` fails it);
     its row says so and the session goes on.
@@ -495,37 +641,41 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
         precision: str | None = None,
         data_parallel: int | None = None,
         lr_grid: Sequence[float] | None = None,
+        drop_last: bool | None = None,
     ) -> Run | RepeatedRun:
         from pytest_batchprof.engine.parallel import DataParallelError
-        from pytest_batchprof.experiment.models import ModelError
+        from pytest_batchprof.experiment.models import ModelError, ShapeMismatch
 
         repeats = state.settings.repeats if repeats is None else repeats
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ValueError(f"repeats={repeats!r} must be a whole number >= 1")
         grid = _lr_grid(lr_grid, lr, state.settings.lr_grid)
         if dataset is None:
-            data = request.getfixturevalue("dataset")
+            data = request.getfixturevalue("batchprof_dataset")
         else:
             data = _load(request.config, dataset, {})
         if batch_size is None:
-            batch_size = (request.getfixturevalue("batch_size")
-                          if "batch_size" in request.fixturenames
-                          else state.settings.batch_sizes[0])
+            batch_size = _tests_batch_size(request) or state.settings.batch_sizes[0]
         first_seed = state.settings.seed if seed is None else seed
         seeds = [first_seed + offset if offset else first_seed for offset in range(repeats)]
         variants = [{"seed": each, "lr": rate} for rate in (grid or (lr,)) for each in seeds]
-        failure = None
+        failure = skipped = None
         try:  # a bad seed reaches the session as given, for its error
             trained = state.runs_of(data, model, batch_size, variants, epochs=epochs,
                                     optimizer=optimizer, input_size=input_size, loss=loss,
                                     name=name, precision=precision,
-                                    data_parallel=data_parallel)
+                                    data_parallel=data_parallel, drop_last=drop_last)
+        except ShapeMismatch as error:  # a model that cannot take this data: no bug in it
+            skipped = str(error)
         except (ModelError, DataParallelError) as error:
             failure = str(error)
+        if skipped is not None:
+            pytest.skip(skipped)
         if failure is not None:  # one line, outside the except: no chained traceback
             pytest.fail(failure, pytrace=False)
         runs = _tuned(trained, grid, state) if grid else trained
         used = request.node.stash.setdefault(RUNS_KEY, [])
+        _note_threads(request.config, trained)
         for run in trained:
             if run not in used:
                 used.append(run)
@@ -573,6 +723,53 @@ def trained_mlp(trained_model: Callable[..., Run]) -> Callable[..., Run]:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _note_threads(config: pytest.Config, runs: Sequence[Run]) -> None:
+    """Keep the torch threads that ``runs`` trained with (this process's count now, right
+    after training; a run met again keeps the count it first had)."""
+    import torch
+
+    threads = config.stash.setdefault(TRAINED_THREADS_KEY, {})
+    for run in runs:
+        threads.setdefault(id(run), torch.get_num_threads())
+
+
+def _row(config: pytest.Config, run: Run) -> dict[str, object]:
+    """The run's row: its figures, the torch threads it trained with, and in an xdist
+    worker a note that its times are a worker's (:mod:`~pytest_batchprof.plugin.threads`).
+
+    A data-parallel run forked processes of its own, which set their own threads
+    (:mod:`~pytest_batchprof.engine.parallel`): its row has no count of this process's
+    (under torchrun, this process is one of the run's, and its count is the run's)."""
+    import torch
+
+    from pytest_batchprof.reports.summary import row_from_run
+
+    row = row_from_run(run)
+    if run.config.processes > 1 and launched_rank() is None:
+        return row
+    threads = config.stash.get(TRAINED_THREADS_KEY, {}).get(id(run))
+    if threads is None:  # recorded: the test's own loop trained it in this process
+        threads = torch.get_num_threads()
+    row["threads"] = threads
+    share = config.stash.get(THREADS_KEY, None)
+    note = share.note(threads) if share is not None else None
+    if note is not None:
+        row["threads_note"] = note
+    return row
+
+
+def _tests_batch_size(request: pytest.FixtureRequest) -> int | None:
+    """The batch size the test gives through the plugin's fixtures: its ``batch_size`` when
+    that name is the plugin's alias (or the test's parametrize of it), else its
+    ``batchprof_batch_size``; ``None`` when it has neither. A project's own ``batch_size``
+    is never read: the test gives ``batch_size=`` to the factory."""
+    if _resolves_to_ours(request.node, "batch_size"):
+        return request.getfixturevalue("batch_size")
+    if _resolves_to_ours(request.node, "batchprof_batch_size"):
+        return request.getfixturevalue("batchprof_batch_size")
+    return None
 
 
 def _record_in_benchmark(benchmark: object, run: Run) -> None:
@@ -636,18 +833,45 @@ def _threshold(item: pytest.Item) -> Threshold | None:
         raise pytest.fail.Exception(f"@pytest.mark.{error}", pytrace=False) from None
 
 
-def _baseline(config: pytest.Config, settings) -> tuple[Path, dict[str, object]] | None:
-    """The baseline of ``--batchprof-compare``, read now: a bad file ends the session at once."""
-    if settings.compare is None:
-        return None
-    from pytest_batchprof.gating import baseline_path
-    from pytest_batchprof.reports.storage import ReportError, load_report
+BASELINE_KEY = pytest.StashKey[tuple[Path, dict[str, object]] | None]()
+"""The baseline of ``--batchprof-compare`` as :func:`_baseline` read it."""
 
-    path = baseline_path(settings.compare, settings.baseline_dir)
-    try:
-        return path, load_report(path)
-    except ReportError as error:
-        raise pytest.UsageError(f"{source_of(config, 'compare')}: baseline {error}") from None
+
+def _baseline(config: pytest.Config, settings: Settings) -> (
+        tuple[Path, dict[str, object]] | None):
+    """The baseline of ``--batchprof-compare``, read once (when the session starts: a bad
+    file ends it at once; in an xdist worker when a test first checks its entry)."""
+    if BASELINE_KEY in config.stash:
+        return config.stash[BASELINE_KEY]
+    loaded = None
+    if settings.compare is not None:
+        from pytest_batchprof.gating import baseline_path
+        from pytest_batchprof.reports.storage import ReportError, load_report
+
+        path = baseline_path(settings.compare, settings.baseline_dir)
+        try:
+            loaded = path, load_report(path)
+        except ReportError as error:
+            raise pytest.UsageError(
+                f"{source_of(config, 'compare')}: baseline {error}") from None
+    config.stash[BASELINE_KEY] = loaded
+    return loaded
+
+
+def _missing_entries(item: pytest.Item) -> None:
+    """``--batchprof-fail-missing``: fail the test if a run it trained (or recorded) has no
+    entry in the baseline, with one line per run saying how to record it."""
+    settings = item.config.stash[SETTINGS_KEY]
+    runs = [run for run in item.stash.get(RUNS_KEY, []) if not run.lr_discarded]
+    if not settings.fail_missing or not runs:
+        return
+    from pytest_batchprof.gating import missing_entries
+
+    path, baseline = _baseline(item.config, settings)
+    rows = [{**run.summary(), "tests": [item.nodeid]} for run in runs]
+    lines = missing_entries(rows, baseline, path, settings.baseline_dir)
+    if lines:
+        pytest.fail("\n".join(lines), pytrace=False)
 
 
 def dataset_request(item: pytest.Item) -> tuple[str | None, dict[str, object]]:
@@ -666,17 +890,37 @@ def dataset_request(item: pytest.Item) -> tuple[str | None, dict[str, object]]:
 def _load(config: pytest.Config, name: str | None, options: dict[str, object]) -> Dataset:
     from pytest_batchprof.data.datasets import DatasetUnavailable
 
+    failure = None
     try:
         return batchprof_session(config).dataset(name, options)
-    except (DatasetUnavailable, ValueError) as error:
-        pytest.fail(str(error), pytrace=False)
+    except (DatasetUnavailable, ValueError) as error:  # a failed registration is a ValueError
+        failure = str(error)
+    pytest.fail(failure, pytrace=False)  # outside the except: one line, no chained exception
+
+
+def _is_ours(fixturedef: object) -> bool:
+    """Whether a fixture definition is one of this module's fixtures."""
+    return getattr(getattr(fixturedef, "func", None), "__module__", None) == __name__
+
+
+def _resolves_to_ours(node: pytest.Item, name: str) -> bool:
+    """Whether ``name`` is among ``node``'s fixtures and its fixture there is the plugin's:
+    pytest uses the last of a name's definitions visible to a test, so a conftest's, a
+    module's or a class's fixture of that name shadows ours. A test's own parametrize of
+    the name overrides whichever that is; the question stays whose name it overrides."""
+    if name not in getattr(node, "fixturenames", ()):
+        return False
+    definitions = node.session._fixturemanager.getfixturedefs(name, node)
+    return bool(definitions) and _is_ours(definitions[-1])
 
 
 def _parametrizes_batch_size(metafunc: pytest.Metafunc) -> bool:
+    """Whether the test's own ``@pytest.mark.parametrize`` gives ``batch_size`` or
+    ``batchprof_batch_size``: then ``--batch-sizes`` does not."""
     for marker in metafunc.definition.iter_markers("parametrize"):
         argnames = marker.args[0] if marker.args else marker.kwargs.get("argnames", ())
         if isinstance(argnames, str):
             argnames = argnames.split(",")
-        if "batch_size" in (name.strip() for name in argnames):
+        if {"batch_size", "batchprof_batch_size"} & {name.strip() for name in argnames}:
             return True
     return False

@@ -23,6 +23,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,9 @@ class Settings:
     val_fraction: float = DEFAULT_VAL_FRACTION
     inference_batch_size: int | None = None
     keep_denormals: bool = False
+    drop_last: bool = False
+    """Drop each epoch's last partial batch (see :class:`~pytest_batchprof.experiment.config.
+    RunConfig`'s ``drop_last``)."""
     noise_scale: bool = False
     precision: str = "fp32"
     no_co2: bool = False
@@ -87,6 +91,8 @@ class Settings:
     compare: str | None = None
     fail_drop: float = 0.5
     fail_slowdown: float | None = None
+    fail_missing: bool = False
+    """With ``compare``: fail a test whose run has no entry in the baseline."""
     cache_dir: Path | None = None
     cache_clear: bool = False
     memory_budget: int | None = None
@@ -124,6 +130,7 @@ class Settings:
             " noise-scale" if self.noise_scale else "") + (
             f" precision={self.precision}" if self.precision != Settings.precision else "") + (
             " keep-denormals" if self.keep_denormals else "") + (
+            " drop-last" if self.drop_last else "") + (
             f" cache={self.cache_dir}" if self.cache_dir is not None else "") + (
             f" memory-budget={format_size(self.memory_budget)}"
             if self.memory_budget is not None else "") + (
@@ -451,6 +458,10 @@ OPTIONS: tuple[Option, ...] = (
            "samples, epochs and seconds it took (default: off)"),
     Option("train_subset", "N", _positive_int, "a whole number >= 1",
            "train on the first N training samples only, for quick runs (default: all)"),
+    Option("drop_last", None, _boolean, "true or false",
+           "drop each epoch's last partial batch, as DataLoader(drop_last=True) does: an "
+           "epoch trains on its whole batches only (needed by BatchNorm when the last batch "
+           "would hold one sample; default: off, every sample)", switch=True),
     Option("val_fraction", "F", _fraction, "a number above 0 and below 1",
            "share of the training file held out for validation "
            "(default: 1/12, i.e. 5,000 of MNIST's 60,000)"),
@@ -495,6 +506,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("fail_slowdown", "PCT", _non_negative_float, "a percentage >= 0",
            "with --batchprof-compare: fail when a run trained more than PCT% slower "
            "(default: off; times depend on the machine)", name="batchprof_fail_slowdown"),
+    Option("fail_missing", None, _boolean, "true or false",
+           "with --batchprof-compare: fail a test whose run has no entry in the baseline, as "
+           "a first run of a regression test fails (record it with --batchprof-save); "
+           "entries only in the baseline are listed, never failed",
+           name="batchprof_fail_missing", switch=True),
     Option("cache_dir", "DIR", _directory, "a directory path (created when missing)",
            "keep trained runs in DIR, keyed by configuration, data and versions, and load "
            "them instead of training again (default: off)", name="batchprof_cache",
@@ -538,18 +554,28 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+INI_TYPE: object = (str | int | float | bool) if pytest.version_tuple >= (9, 2) else None
+"""The type of every ini twin: any TOML scalar where pytest takes a type expression (9.2
+and later), so that pytest 9's native ``[tool.pytest]`` table may say ``batchprof_epochs =
+1`` or ``batchprof_no_co2 = true``; an ini file's text stays text (``str`` is tried
+first). Values reach the options' parsers as text (:func:`_ini_text`); what no ini type of
+pytest holds, a TOML array of numbers, or any scalar but a string before 9.2, is read
+from the file as TOML typed it (:func:`_native_toml_value`)."""
+
+
 def register(parser: pytest.Parser) -> None:
     """Add every ``--batchprof-NAME`` option to pytest's ``batchprof`` help group, and its
-    ini twin."""
+    ini twin (:data:`INI_TYPE`)."""
     group = parser.getgroup(GROUP, GROUP_TITLE)
     for option in OPTIONS:
+        text = option.help.replace("%", "%%")  # argparse formats help: "PCT%" reads "%%"
         if option.switch:
             group.addoption(option.flag, dest=option.dest, action="store_const", const="true",
-                            default=None, help=option.help)
+                            default=None, help=text)
         else:
             group.addoption(option.flag, dest=option.dest, metavar=option.metavar,
-                            default=None, help=option.help)
-        parser.addini(option.ini, option.help, default=None)
+                            default=None, help=text)
+        parser.addini(option.ini, option.help, type=INI_TYPE, default=None)
 
 
 @dataclass(frozen=True)
@@ -639,6 +665,10 @@ def settings_from_config(config: pytest.Config) -> Settings:
             f"{source_of(config, 'lr_grid')} tunes the learning rate at every batch size, and "
             f"{source_of(config, 'lr_scaling')} {values['lr_scaling']} would scale it too: "
             f"leave one of them out")
+    if values.get("fail_missing") and values.get("compare") is None:
+        raise pytest.UsageError(
+            f"{source_of(config, 'fail_missing')} needs --batchprof-compare NAME (or "
+            f"batchprof_compare in the ini file): there is no baseline to miss an entry in")
     if values.get("cache_clear") and values.get("cache_dir") is None:
         raise pytest.UsageError(
             f"{source_of(config, 'cache_clear')} needs --batchprof-cache DIR "
@@ -685,9 +715,53 @@ def _raw_value(config: pytest.Config, option: Option) -> tuple[str | None, str]:
     if cli is not None:
         spellings = config.stash.get(SHORT_SPELLINGS_KEY, ShortSpellings())
         return str(cli), spellings.used.get(option.field, option.flag)
-    ini = config.getini(option.ini)
-    if isinstance(ini, list):  # a TOML array in pyproject.toml: batchprof_batch_sizes = [1, 16]
-        ini = ",".join(map(str, ini))
+    ini = _ini_text(_ini_value(config, option.ini))
     if ini is not None and ini != "":
-        return str(ini), f"{option.ini} (ini)"
+        return ini, f"{option.ini} (ini)"
     return None, option.flag
+
+
+_ABSENT = object()
+
+
+def _ini_value(config: pytest.Config, key: str) -> object:
+    """The ini value of ``key`` as pytest reads it; where pytest's ini types cannot hold it
+    (:data:`INI_TYPE`), as TOML typed it in the config file."""
+    try:
+        return config.getini(key)
+    except pytest.UsageError:  # an -o override is text, which the type takes: the file's
+        native = _native_toml_value(config, key)
+        if native is _ABSENT:
+            raise
+        return native
+
+
+def _native_toml_value(config: pytest.Config, key: str) -> object:
+    """``key`` of the native TOML table pytest reads (``[tool.pytest]`` in pyproject.toml,
+    ``[pytest]`` in pytest.toml or another .toml file), or ``_ABSENT``."""
+    path = config.inipath
+    if path is None or path.suffix != ".toml":
+        return _ABSENT
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pytest itself depends on tomli there
+        import tomli as tomllib
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return _ABSENT
+    table = (document.get("tool", {}).get("pytest", {}) if path.name == "pyproject.toml"
+             else document.get("pytest", {}))
+    return table.get(key, _ABSENT) if isinstance(table, dict) else _ABSENT
+
+
+def _ini_text(value: object) -> str | None:
+    """An ini value as the options' parsers read it: TOML's ``true`` as ``true``, an array
+    ``[8, 16]`` as ``8,16``, a number as Python writes it."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):  # batchprof_batch_sizes = [8, 16]
+        return ",".join(_ini_text(item) or "" for item in value)
+    return str(value)

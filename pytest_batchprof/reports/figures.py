@@ -37,7 +37,7 @@ class Column:
     optional: bool = False
     """A default column only some runs have (``--target-accuracy``, ``--noise-scale``,
     ``--batchprof-find-max-batch``, ``--batchprof-lr-grid``, data-parallel runs beside a
-    single-process one)."""
+    single-process one, runs trained in pytest-xdist workers)."""
     folded: bool = True
     """Over seeds, an interval where they differ (the general rule of
     :func:`~pytest_batchprof.runs.repeats.fold`); ``False``: the folding sets it itself."""
@@ -47,6 +47,10 @@ class Column:
     """What a baseline comparison reads it as: ``accuracy`` (a drop fails), ``time`` (a
     slow-down fails, when asked) or ``fit`` (set when the run ran out of memory: running
     out where the baseline fitted fails)."""
+    off: str | None = None
+    """The session setting (a :class:`~pytest_batchprof.plugin.options.Settings` switch)
+    that turns the figure off: a session with it on leaves the figure out of the default
+    table, rather than showing a column of ``n/a``."""
 
 
 def _percent(value: object) -> str:
@@ -89,29 +93,56 @@ FIGURES: tuple[Column, ...] = (
     Column("lr_grid_criterion", "lr chosen by", plain=_text),
     Column("lr_grid_score", "lr grid score", plain=lambda value: f"{float(value):g}"),
     Column("precision", "precision", plain=_text),
+    Column("precision_note", "precision note", plain=_text, missing=""),
     Column("ensemble", "ensemble", plain=_text),
     Column("processes", "processes", plain=_count),
     Column("per_process_batch", "batch / process", plain=_count),
+    Column("threads", "threads", plain=_count),
+    Column("threads_note", "threads note", plain=_text, default=True, optional=True,
+           missing=""),
     Column("train_seconds", "train time", TIME_UNITS, default=True, compared="time"),
     Column("seconds_per_epoch", "time / epoch", TIME_UNITS, default=True),
     Column("train_samples_per_second", "samples / s", plain=_whole),
     Column("scaling_efficiency", "scaling efficiency (%)", plain=_percent, default=True,
            optional=True),
+    Column("samples_per_epoch", "samples / epoch", plain=_count),
+    Column("train_clock", "train clock", plain=_text),
     Column("train_accuracy", "train acc (%)", plain=_percent, default=True),
     Column("val_accuracy", "val acc (%)", plain=_percent, default=True),
     Column("test_accuracy", "test acc (%)", plain=_percent, default=True, compared="accuracy"),
+    Column("test_loss", "test loss", plain=lambda value: f"{float(value):.4f}"),
+    Column("diverged", "diverged", plain=_text),
     Column("latency_median_s", "latency / sample", TIME_UNITS, default=True),
+    Column("latency_iqr_s", "latency IQR", TIME_UNITS),
+    Column("latency_min_s", "latency min", TIME_UNITS),
+    Column("latency_batch_size", "latency batch", plain=_count),
+    Column("latency_repeats", "latency repeats", plain=_count),
+    Column("latency_clock", "latency clock", plain=_text),
     Column("latency_single_median_s", "latency, batch 1", TIME_UNITS),
+    Column("latency_single_iqr_s", "latency IQR, batch 1", TIME_UNITS),
+    Column("latency_single_min_s", "latency min, batch 1", TIME_UNITS),
+    Column("latency_single_batch_size", "latency batch (single)", plain=_count),
+    Column("latency_single_repeats", "latency repeats, batch 1", plain=_count),
+    Column("latency_single_clock", "latency clock, batch 1", plain=_text),
     Column("flops", "FLOPs / sample", plain=_count, default=True),
     Column("macs", "MACs / sample", plain=_count),
+    Column("macs_by_layer", "MACs by layer", plain=_text),
+    Column("flops_notes", "FLOPs notes", plain=_text),
     Column("train_flops", "train FLOPs / sample", plain=_count),
     Column("params", "params", plain=_count, default=True),
+    Column("trainable_params", "trainable params", plain=_count),
     Column("state_dict_bytes", "model size", BYTE_UNITS),
     Column("checkpoint_bytes", "checkpoint size", BYTE_UNITS, default=True),
     Column("peak_memory_bytes", "peak memory", BYTE_UNITS),
-    Column("train_energy_kwh", "energy (train)", ENERGY_UNITS),
-    Column("train_co2eq_kg", "CO2eq (train)", MASS_UNITS, default=True),
-    Column("inference_per_1000_co2eq_kg", "CO2eq / 1k inferences", MASS_UNITS),
+    Column("peak_memory_method", "peak memory method", plain=_text),
+    Column("train_energy_kwh", "energy (train)", ENERGY_UNITS, off="no_co2"),
+    Column("train_co2eq_kg", "CO2eq (train)", MASS_UNITS, default=True, off="no_co2"),
+    Column("train_co2_note", "CO2eq (train) note", plain=_text),
+    Column("inference_per_1000_co2eq_kg", "CO2eq / 1k inferences", MASS_UNITS, off="no_co2"),
+    Column("inference_per_1000_energy_kwh", "energy / 1k inferences", ENERGY_UNITS,
+           off="no_co2"),
+    Column("inference_per_1000_co2_note", "CO2eq / 1k inferences note", plain=_text),
+    Column("target_reached", "target reached", plain=_text),
     Column("target_steps", "steps to target", plain=lambda value: _unless_text(value, _count),
            default=True, optional=True),
     Column("target_samples", "samples to target",
@@ -126,6 +157,7 @@ FIGURES: tuple[Column, ...] = (
            optional=True),
     Column("critical_batch_high", "B_simple 95% high", plain=_whole, default=True,
            optional=True),
+    Column("critical_batch_pairs", "B_simple pairs", plain=_text),
     Column("critical_batch_fit", "B_crit (fit)", plain=_whole, default=True, optional=True),
     Column("critical_batch_fit_low", "B_crit 95% low", plain=_whole, default=True,
            optional=True),
@@ -138,13 +170,19 @@ FIGURES: tuple[Column, ...] = (
     Column("max_batch_fits", "largest fit", plain=_count),
     Column("max_batch_fails", "first failure", plain=lambda value: _unless_text(value, _count)),
     Column("max_batch_limit", "memory limit", plain=_text),
+    Column("data_note", "data note", plain=_text, default=True, optional=True, missing=""),
+    Column("test_source", "test data", plain=_text, default=True, optional=True, missing=""),
+    Column("history_source", "train and val figures", plain=_text, default=True,
+           optional=True, missing=""),
     Column("outcome", "outcome", plain=_text, default=True, folded=False),
     Column("out_of_memory", "out of memory", plain=_text, compared="fit"),
     Column("tests", "tests", plain=_text, folded=False),
     Column("history", "per-epoch history", plain=_text, folded=False),
     Column("curve", "learning curve", plain=_text, folded=False),
 )
-"""Every figure a row may hold that has a declared label or role (a hook may add others)."""
+"""Every figure a row may hold, beside the run's settings (:data:`~pytest_batchprof.experiment.
+config.RUN_KEYS`): what ``--batchprof-columns`` may name, with a label and a role. A
+``pytest_batchprof_summary`` hook may add others."""
 
 COLUMNS: dict[str, Column] = {column.key: column for column in FIGURES}
 

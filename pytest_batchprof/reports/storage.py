@@ -70,10 +70,25 @@ def copy_atomic(source: Path, target: Path) -> Path:
     return write_atomic(target, source.read_bytes())
 
 
-def environment(settings: dict[str, object], device: str) -> dict[str, object]:
-    """Where and how the session ran: the header of every report."""
+def environment(settings: dict[str, object], device: str,
+                rows: Sequence[Row] = ()) -> dict[str, object]:
+    """Where and how the session ran: the header of every report.
+
+    Its ``data sets`` are the ones ``rows`` used, as its device is the runs' own (a
+    test's marker picks its data set): each named once, with the row's ``data_note``
+    (e.g. a data set smaller than ``--batchprof-train-subset``, used whole). The
+    ``dataset`` option, the data set of tests that name none, is listed only when a run
+    used it, so that the header never names a data set nothing ran on.
+    """
     import torch  # only once a session has trained something to report
 
+    used: dict[str, str | None] = {}
+    for row in rows:
+        if row.get("dataset") is not None and used.get(str(row["dataset"])) is None:
+            used[str(row["dataset"])] = row.get("data_note")
+    default = settings.get("dataset")
+    if rows and not any(name == default or name.startswith(f"{default}(") for name in used):
+        settings = {key: value for key, value in settings.items() if key != "dataset"}
     return {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": socket.gethostname(),
@@ -87,6 +102,8 @@ def environment(settings: dict[str, object], device: str) -> dict[str, object]:
             if name.startswith("cuda"))) or "none",
         "python": platform.python_version(),
         "torch": torch.__version__,
+        **({"data sets": ", ".join(name if note is None else f"{name} ({note})"
+                                   for name, note in used.items())} if used else {}),
         **{f"option {key}": value for key, value in settings.items()},
     }
 

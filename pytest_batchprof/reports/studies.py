@@ -21,7 +21,7 @@ Row = Mapping[str, object]
 
 TITLE_KEYS = ("model", "dataset", "epochs")
 """The settings every study title names."""
-MODEL_KEYS = ("input_shape", "hidden", "num_classes", "architecture", "callables")
+MODEL_KEYS = ("input_shape", "hidden", "num_classes", "architecture", "code")
 """Settings a title leaves out even where they vary: its model's name tells them apart."""
 
 

@@ -81,17 +81,18 @@ def add_scaling_efficiency(rows: Sequence[Row]) -> None:
 
 def table_columns(
     rows: Sequence[Row], requested: Sequence[str] | None = None,
-    standard_keys: Iterable[str] = (),
+    standard_keys: Iterable[str] = (), turned_off: Iterable[str] = (),
 ) -> list[str]:
     """The columns to show: the requested ones, else the defaults present plus added keys.
 
     An added key is a scalar one not in ``standard_keys`` (the keys the rows
     had before the ``pytest_batchprof_summary`` hooks ran); a default column
-    that no row has any more (a hook dropped it) is left out.
+    that no row has any more (a hook dropped it), or that the session turned off
+    (``turned_off``: no row can have it), is left out.
     """
     if requested:
         return list(requested)
-    present = {key for row in rows for key in row}
+    present = {key for row in rows for key in row} - set(turned_off)
     columns = [key for key in DEFAULT_COLUMNS if key in present]
     if "epochs" in columns and (tuned(rows) or len(
             {row["lr"] for row in rows if row.get("lr") is not None}) > 1):
@@ -110,6 +111,16 @@ def table_columns(
             if key not in standard and key not in columns and _is_scalar(value):
                 columns.append(key)
     return columns
+
+
+KNOWN_COLUMNS: frozenset[str] = frozenset(COLUMNS) | frozenset(RUN_KEYS)
+"""Every key a row of the plugin may hold: its figures and its run's settings."""
+
+
+def unknown_columns(requested: Sequence[str]) -> list[str]:
+    """The names among ``requested`` (``--batchprof-columns``) that no row of the plugin
+    has (see :data:`KNOWN_COLUMNS`), in order."""
+    return [name for name in requested if name not in KNOWN_COLUMNS]
 
 
 def seeds_repeat(rows: Iterable[Row]) -> bool:
@@ -232,8 +243,8 @@ def render_markdown(
     comparison), plots (by relative link), histories."""
     lines = ["# pytest-batchprof report", ""]
     if partial:
-        lines += ["> **Partial:** the session was interrupted or had failures; this report "
-                  "holds the runs that finished.", ""]
+        lines += ["> **Partial:** the session was interrupted before every test ran; this "
+                  "report holds the runs that finished.", ""]
     lines += [tabulate([[key, _text(value)] for key, value in environment.items()],
                        headers=["", ""], tablefmt="github", disable_numparse=True), ""]
     lines += ["## Summary", "", table, "", _notes(rows)]
@@ -281,6 +292,9 @@ def _notes(rows: Sequence[Row]) -> str:
     reasons = sorted({str(row[key]) for row in rows
                       for key in ("train_co2_note",) if row.get(key)})
     notes += [f"CO2eq n/a: {reason}." for reason in reasons]
+    notes += [f"Precision: {note}." for note in sorted({str(row["precision_note"])
+                                                         for row in rows
+                                                         if row.get("precision_note")})]
     return "\n".join(notes) + "\n"
 
 

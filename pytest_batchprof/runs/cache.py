@@ -1,14 +1,19 @@
 """A directory of trained runs, so that rerunning a study to rebuild its report takes seconds.
 
 An entry is one ``torch.save`` file, ``DIR/<key>.pt``, where the key is the
-SHA-256 of everything that determines a run's result: its :class:`RunConfig`,
-a fingerprint of the data, the torch and pytest-batchprof versions and
-:data:`CACHE_FORMAT`. The entry holds tensors and plain values only (it is
-read with ``torch.load(weights_only=True)``, which runs no pickled code), and
-a copy of the key's inputs, so a file renamed by hand or a key collision is
-noticed. An entry that cannot be read, does not match or does not fit the
-model is never trusted: it is deleted, the run is trained again, and one
-:class:`BatchprofCacheWarning` line names the file and the reason.
+SHA-256 of everything that determines a run's result: its :class:`RunConfig`
+(with its ``architecture``, the model's structure, and its ``code``, the source
+files of all the user's code that computes it: see
+:mod:`pytest_batchprof.experiment.code`), a fingerprint of the data, the torch and
+pytest-batchprof versions and :data:`CACHE_FORMAT`. An edit of the model's code,
+of a module class it is made of, or of the loss or optimizer, is a new key: a miss.
+The entry holds tensors and plain values only (it is read with
+``torch.load(weights_only=True)``, which runs no pickled code), and a copy of the
+key's inputs, so a file renamed by hand or a key collision is noticed. An entry
+that cannot be read, does not match or does not fit the model is never trusted:
+it is deleted, the run is trained again, and one :class:`BatchprofCacheWarning`
+line names the file and the reason (:func:`warn`: a warning filter may hide it,
+never turn it into the test's failure).
 
 Diverged runs are cached too: with the same inputs they diverge again, bit for
 bit on the CPU, so training them again would only cost time.
@@ -35,12 +40,34 @@ from pytest_batchprof.measuring.carbon import Carbon
 from pytest_batchprof.measuring.metrics import PeakMemory
 from pytest_batchprof.reports.storage import TEMPORARY_SUFFIX, atomic_file
 
-CACHE_FORMAT = 5
+CACHE_FORMAT = 6
 """Version of the entry layout; raise it when the layout or its meaning changes."""
 
 SUFFIX = ".pt"
 class BatchprofCacheWarning(UserWarning):
-    """A cache entry that could not be used or written; the run is trained (or kept) anyway."""
+    """A cache entry that could not be used or written; the run is trained (or kept) anyway.
+
+    Exported as ``pytest_batchprof.BatchprofCacheWarning``, so that a project can filter it
+    by its class (``ignore::pytest_batchprof.BatchprofCacheWarning``).
+    """
+
+
+def warn(message: str, stacklevel: int = 2) -> None:
+    """Warn with :class:`BatchprofCacheWarning`; a filter may hide it (``ignore``), but not
+    make it an error.
+
+    The cache's trouble is never the test's: the run is trained again (or kept
+    uncached), and the test's figures are whole. So under an ``error`` filter
+    (``-W error``, ``filterwarnings = error``) the warning is caught and warned once
+    more, shown whatever the filters say, and lands in the session's warnings summary
+    instead of failing the test. ``stacklevel`` counts from the caller of this function.
+    """
+    try:
+        warnings.warn(message, BatchprofCacheWarning, stacklevel=stacklevel + 1)
+    except BatchprofCacheWarning:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", BatchprofCacheWarning)
+            warnings.warn(message, BatchprofCacheWarning, stacklevel=stacklevel + 1)
 
 
 class CacheEntryError(ValueError):
@@ -168,9 +195,8 @@ class RunCache:
             with atomic_file(path) as stream:  # readers see the old entry or the new one
                 torch.save(entry, stream)
         except Exception as error:  # a full disk must not fail the test that trained the run
-            warnings.warn(f"batchprof: could not write cache entry {path} "
-                          f"({one_line(error)}); the run is not cached",
-                          BatchprofCacheWarning, stacklevel=2)
+            warn(f"batchprof: could not write cache entry {path} ({one_line(error)}); the run "
+                 f"is not cached")
             return None
         return path
 
@@ -190,8 +216,7 @@ class RunCache:
     def _discard(self, path: Path, reason: str) -> None:
         with contextlib.suppress(OSError):
             path.unlink()
-        warnings.warn(f"batchprof: cache entry {path} {reason}; training the run again",
-                      BatchprofCacheWarning, stacklevel=3)
+        warn(f"batchprof: cache entry {path} {reason}; training the run again", stacklevel=3)
 
 
 def _restore(entry: Any, inputs: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> (

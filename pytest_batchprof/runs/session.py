@@ -29,7 +29,7 @@ from pytest_batchprof.engine.ensemble import (
 )
 from pytest_batchprof.engine.memory import MemoryLimit, OutOfMemory
 from pytest_batchprof.engine.parallel import Shard, train_data_parallel
-from pytest_batchprof.engine.precision import matmul_precision
+from pytest_batchprof.engine.precision import emulation_note, matmul_precision
 from pytest_batchprof.engine.steps import LoopStep, NoiseScaleEstimate
 from pytest_batchprof.engine.training import (
     Run,
@@ -81,8 +81,15 @@ class Say:
 
 @dataclass
 class DataSets:
-    """The session's data sets: each read from disk once, checked against the settings,
-    moved to the device and fingerprinted (for cache keys) on first use."""
+    """The session's data sets: each read from disk once, moved to the device and
+    fingerprinted (for cache keys) on first use.
+
+    Nothing here checks a data set against the session's settings: a data set smaller
+    than ``--batchprof-train-subset`` is used whole (the run's row says so), and a batch
+    size larger than a data set fails only the runs that ask for it
+    (:func:`~pytest_batchprof.experiment.build.build_experiment`), so one small data set
+    never stops a session that uses several.
+    """
 
     settings: Settings
     device: torch.device
@@ -91,13 +98,14 @@ class DataSets:
     """By data set name: hashing MNIST takes 0.2-0.4 s, and data sets are frozen."""
 
     def get(self, name: str | None = None, options: dict[str, object] | None = None) -> Dataset:
-        """The named data set (default: ``--dataset``), loaded on first use, on the device."""
+        """The named data set (default: ``--dataset``), loaded on first use, on the device;
+        raises what :func:`~pytest_batchprof.data.datasets.load_dataset` raises, each time
+        it is asked for (a registration that failed fails every test that uses it)."""
         name = name or self.settings.dataset
         key = dataset_key(name, options)
         if key not in self.loaded:
             loaded = load_dataset(name, self.settings.data_dir, self.settings.val_fraction,
                                   options)
-            self.check_fits(loaded)
             self.loaded[key] = loaded.to(self.device)
         return self.loaded[key]
 
@@ -105,23 +113,6 @@ class DataSets:
         if dataset.name not in self.fingerprints:
             self.fingerprints[dataset.name] = dataset.fingerprint()
         return self.fingerprints[dataset.name]
-
-    def check_fits(self, data: Dataset) -> None:
-        """Raise ``ValueError`` if the train subset or a batch size exceeds the training set."""
-        settings = self.settings
-        available = len(data.train)
-        if settings.train_subset is not None and settings.train_subset > available:
-            raise ValueError(
-                f"{flag_of('train_subset')} {settings.train_subset} is larger than the "
-                f"{available} training samples of {data.name}; use at most {available}"
-            )
-        usable = settings.train_subset or available
-        too_big = [size for size in settings.batch_sizes if size > usable]
-        if too_big:
-            raise ValueError(
-                f"{flag_of('batch_sizes')} has {too_big[0]}, which is larger than the {usable} "
-                f"training samples of {data.name}; use batch sizes of at most {usable}"
-            )
 
 
 @dataclass
@@ -209,7 +200,7 @@ class Trainer:
             try:
                 run = (loop.run() if loop is not None else
                        train_data_parallel(config, experiment.data, self.device,
-                                           experiment.recipe))
+                                           experiment.recipe, progress))
             finally:  # an interrupted run leaves no half-drawn progress line behind
                 if progress is not None:
                     progress.finish(run.history if run is not None else [])
@@ -430,7 +421,7 @@ class BatchprofSession:
         if limit is None:
             return None
         key = (config.model_name, config.architecture, config.dataset, config.input_shape,
-               config.optimizer, config.loss, config.callables, config.precision)
+               config.optimizer, config.loss, config.code, config.precision)
         if key not in self.max_batches:
             self.say(f"batchprof: finding the largest batch of {config.model_name} on "
                      f"{config.dataset}")
@@ -460,6 +451,11 @@ class BatchprofSession:
     def _train(self, experiments: list[Experiment], dataset: Dataset) -> None:
         """Train ``experiments`` (as one ensemble when there are several and they can be),
         measure them, cache them and keep them in :attr:`runs`."""
+        for experiment in experiments[:1]:  # they share a precision; said once a session
+            emulated = emulation_note(experiment.config.precision, self.device)
+            if emulated:
+                self.say.once(f"batchprof: {experiment.config.precision} is emulated here: "
+                              f"{emulated}")
         trained, reason = None, None
         if len(experiments) > 1:
             reason = self.settings.ensemble_obstacle()
