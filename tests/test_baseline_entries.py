@@ -22,7 +22,6 @@ import dataclasses
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,6 @@ import torch
 from session_output import assert_one_clean_error, failure_section
 
 from pytest_batchprof import cnn, mlp
-from pytest_batchprof.data.datasets import catalog, unregister_dataset
 from pytest_batchprof.experiment.config import (
     COMPARED_KEYS,
     EXPERIMENT_KEYS,
@@ -124,15 +122,6 @@ COMPARED = re.compile(r"^-+ compared with baseline (.+?) -+$")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True)
-def forget_registrations() -> Iterator[None]:
-    """Unregister the data set the inner sessions' conftest.py registered."""
-    before = set(catalog.REGISTERED)
-    yield
-    for name in set(catalog.REGISTERED) - before:
-        unregister_dataset(name)
 
 
 @pytest.fixture(scope="module")

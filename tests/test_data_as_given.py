@@ -11,12 +11,10 @@ inner conftest registered (registrations live in a process-global dict).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from session_output import failure_section, summary_rows
 
-from pytest_batchprof.data.datasets import catalog, unregister_dataset
 from pytest_batchprof.reports import storage
 
 BASE = ("-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
@@ -68,15 +66,6 @@ pytest_batchprof.register_dataset(
 pytest_batchprof.register_dataset("ragged", (torch.randn(10, 4), torch.arange(9) % 2),
                                   features(20))
 """
-
-
-@pytest.fixture(autouse=True)
-def forget_registrations() -> Iterator[None]:
-    """Unregister every name the inner sessions' conftest registered."""
-    before = set(catalog.REGISTERED)
-    yield
-    for name in set(catalog.REGISTERED) - before:
-        unregister_dataset(name)
 
 
 @pytest.fixture

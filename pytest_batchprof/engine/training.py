@@ -251,6 +251,9 @@ class Run:
     ensemble: str | None = None
     """``one of 4`` when the run was trained in an ensemble of runs that differ only in
     seed and learning rate (:mod:`~pytest_batchprof.engine.ensemble`); ``None`` alone."""
+    threads: int | None = None
+    """The torch intra-op threads the run trained with, in the process that trained it
+    (``None`` for a data-parallel run's forked processes, which choose their own)."""
     out_of_memory: OutOfMemory | None = None
     """Set when the run ran out of memory (the device's, or the budget's); the history
     then ends at the last whole epoch, and it is neither tested nor measured."""
@@ -338,6 +341,7 @@ class Run:
             "train_samples_per_second": self.train_samples_per_second,
             "train_clock": self.clock,
             "ensemble": self.ensemble,
+            "threads": self.threads,
             **({"precision_note": f"{self.config.precision} emulated: {emulated}"}
                if emulated else {}),
             **(self.measurements.summary() if self.measurements else {}),

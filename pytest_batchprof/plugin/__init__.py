@@ -62,8 +62,6 @@ RUNS_KEY = pytest.StashKey[list["Run"]]()
 THREADS_KEY = pytest.StashKey[ThreadShare]()
 """The torch threads this process trains with, and how they were chosen (made with the
 session's state)."""
-TRAINED_THREADS_KEY = pytest.StashKey[dict[int, int]]()
-"""The torch threads each run was trained with in this process, by ``id(run)``."""
 ALIASES = {"batch_size": "batchprof_batch_size", "dataset": "batchprof_dataset",
            "device": "batchprof_device"}
 """The public fixtures of generic names, each an alias of the plugin's own: a project's
@@ -675,7 +673,6 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
             pytest.fail(failure, pytrace=False)
         runs = _tuned(trained, grid, state) if grid else trained
         used = request.node.stash.setdefault(RUNS_KEY, [])
-        _note_threads(request.config, trained)
         for run in trained:
             if run not in used:
                 used.append(run)
@@ -725,36 +722,15 @@ def trained_mlp(trained_model: Callable[..., Run]) -> Callable[..., Run]:
 # ---------------------------------------------------------------- helpers
 
 
-def _note_threads(config: pytest.Config, runs: Sequence[Run]) -> None:
-    """Keep the torch threads that ``runs`` trained with (this process's count now, right
-    after training; a run met again keeps the count it first had)."""
-    import torch
-
-    threads = config.stash.setdefault(TRAINED_THREADS_KEY, {})
-    for run in runs:
-        threads.setdefault(id(run), torch.get_num_threads())
-
-
 def _row(config: pytest.Config, run: Run) -> dict[str, object]:
-    """The run's row: its figures, the torch threads it trained with, and in an xdist
-    worker a note that its times are a worker's (:mod:`~pytest_batchprof.plugin.threads`).
-
-    A data-parallel run forked processes of its own, which set their own threads
-    (:mod:`~pytest_batchprof.engine.parallel`): its row has no count of this process's
-    (under torchrun, this process is one of the run's, and its count is the run's)."""
-    import torch
-
+    """The run's row: its figures (the torch threads it trained with among them, kept in
+    the cache with it), and in an xdist worker a note that its times are a worker's
+    (:mod:`~pytest_batchprof.plugin.threads`)."""
     from pytest_batchprof.reports.summary import row_from_run
 
     row = row_from_run(run)
-    if run.config.processes > 1 and launched_rank() is None:
-        return row
-    threads = config.stash.get(TRAINED_THREADS_KEY, {}).get(id(run))
-    if threads is None:  # recorded: the test's own loop trained it in this process
-        threads = torch.get_num_threads()
-    row["threads"] = threads
     share = config.stash.get(THREADS_KEY, None)
-    note = share.note(threads) if share is not None else None
+    note = None if share is None or run.threads is None else share.note(run.threads)
     if note is not None:
         row["threads_note"] = note
     return row

@@ -90,6 +90,8 @@ class CachedRun:
     time_to_target: TimeToTarget | None
     ensemble: str | None
     """``one of 12`` for a run trained in an ensemble: its times are its share."""
+    threads: int | None
+    """The torch threads it trained with (its times are those of that many threads)."""
 
 
 _FIELDS = frozenset({"format", "inputs", "model", "optimizer",
@@ -186,6 +188,7 @@ class RunCache:
             "time_to_target": (None if run.time_to_target is None
                                else asdict(run.time_to_target)),
             "ensemble": run.ensemble,
+            "threads": run.threads,
         }
         if run.measurements is not None:
             entry["peak_memory"] = asdict(run.measurements.peak_memory)
@@ -256,6 +259,7 @@ def _restore(entry: Any, inputs: str, model: nn.Module, optimizer: torch.optim.O
         time_to_target=None if entry["time_to_target"] is None else TimeToTarget(
             **_typed(entry, "time_to_target", dict)),
         ensemble=None if entry["ensemble"] is None else _typed(entry, "ensemble", str),
+        threads=None if entry["threads"] is None else _typed(entry, "threads", int),
     )
 
 

@@ -210,14 +210,15 @@ def record(
         loss="cross_entropy" if loss in (None, F.cross_entropy) else callable_label(loss),
         trainer=f"{OWN_LOOP} ({item.nodeid})",
     )
-    if train_seconds is None:
-        train_seconds = sum(record.seconds for record in records)
+    if train_seconds is None:  # not known without a history: n/a, never a figure of 0 s
+        train_seconds = sum(record.seconds for record in records) if records else math.nan
     run = RecordedRun(config=config, model=model, optimizer=optimizer,
                       samples_per_epoch=samples_per_epoch, test_images=score.samples,
                       history=records, train_seconds=float(train_seconds),
                       test_loss=score.loss, test_accuracy=score.accuracy,
                       test_source=source,
-                      history_source=HISTORY_FROM_LOOP if records else NO_HISTORY)
+                      history_source=HISTORY_FROM_LOOP if records else NO_HISTORY,
+                      threads=torch.get_num_threads())  # the test's loop ran in this process
     run.measurements = measure(
         model, optimizer, score.samples, inference_batch,
         PeakMemory(0, f"not measured (trained by the test's {OWN_LOOP})"), None, state.carbon)

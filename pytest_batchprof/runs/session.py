@@ -319,7 +319,7 @@ class CachedRuns:
                   train_seconds=cached.train_seconds,
                   test_loss=cached.test_loss, test_accuracy=cached.test_accuracy,
                   diverged=cached.diverged, time_to_target=cached.time_to_target,
-                  ensemble=cached.ensemble)
+                  ensemble=cached.ensemble, threads=cached.threads)
         self.say(f"batchprof: loaded {config.describe()} from the cache")
         train_carbon = None
         if self.carbon:
@@ -490,7 +490,10 @@ class BatchprofSession:
 
     def _keep(self, experiment: Experiment, dataset: Dataset, run: Run, peak: PeakMemory,
               train_carbon: Carbon | None) -> None:
-        """Measure a trained run, store it in the cache (rank 0 only) and keep it."""
+        """Note the threads it trained with, measure a trained run, store it in the cache
+        (rank 0 only) and keep it."""
+        if run.config.processes == 1 or self.launched is not None:  # trained in this process
+            run.threads = torch.get_num_threads()
         self.measure(run, experiment, peak, train_carbon)
         stores = self.launched is None or self.launched.rank == 0
         if (self.cache is not None and experiment.cache_note is None
