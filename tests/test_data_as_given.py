@@ -311,14 +311,21 @@ def test_registered_split(dataset):
     test_x, test_y = features(60, seed=1)  # as registered: not normalised
     assert torch.equal(dataset.test.x, test_x)
     assert run.test_accuracy == pytest.approx(mine(model, test_x, test_y)[1], rel=1e-9)
+
+
+def test_no_history():
+    model, _ = own_loop(*features(20))
+    pytest_batchprof.record(model, batch_size=20, name="bare", test=features(30, seed=1))
 """
 
 
 def test_record_scores_exactly_the_test_data_it_is_given(project: pytest.Pytester) -> None:
     project.makepyfile(test_recorded=RECORDED)
     result = project.runpytest(*BASE, "--batchprof-report", "out", "--batchprof-seed", "3")
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     rows = {row["model"]: row for row in report(project)["rows"]}
+    bare = rows.pop("bare")  # no history, no train_seconds: no time figure, never 0 s
+    assert (bare["train_seconds"], bare["history_source"]) == (None, "none given to record")
     given = "test= given to record"
     assert {name: (row["dataset"], row["test_source"], row["history_source"], row["seed"])
             for name, row in rows.items()} == {

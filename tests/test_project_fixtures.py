@@ -362,3 +362,43 @@ def test_worker_share(threads: int, workers: int | None, environ: dict[str, str]
     assert share == expected
     assert share.note(share.threads) == note
 
+
+
+def test_a_cached_run_keeps_the_threads_it_trained_with(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run trained by a worker with its share of the threads and loaded from the cache
+    by a serial session reports the threads it trained with, not the loader's."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    before = torch.get_num_threads()
+    if before < 2:
+        pytest.skip("torch has one thread here: a worker's share would not differ")
+    pytester.makeconftest(
+        """
+        import os
+        import pytest
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_configure(config):
+            if os.environ.get("FAKE_WORKER"):
+                config.workerinput = {"workerid": "gw0", "workercount": 2}
+        """
+    )
+    pytester.makepyfile(
+        """
+        def test_run(trained_mlp):
+            trained_mlp(hidden=4, batch_size=32)
+        """
+    )
+    common = (*SMALL, f"--batchprof-cache={pytester.path / 'runs'}", "--batchprof-columns",
+              "model,threads", "-p", "no:rerunfailures", "-p", "no:randomly")
+    monkeypatch.setenv("FAKE_WORKER", "1")
+    trained = pytester.runpytest(*common)
+    trained.assert_outcomes(passed=1)
+    monkeypatch.delenv("FAKE_WORKER")
+    loaded = pytester.runpytest(*common, "-s")
+    loaded.assert_outcomes(passed=1)
+    loaded.stdout.fnmatch_lines(["*loaded 64-4-10 * from the cache*"])
+    # the worker reports no table of its own (xdist's controller would); the loader's row
+    # reads the worker's share, not its own count
+    assert summary_rows(loaded) == [{"model": "64-4-10", "threads": str(max(1, before // 2))}]
