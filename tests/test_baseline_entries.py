@@ -428,6 +428,22 @@ def test_a_run_shared_by_tests_matches_by_any_of_them() -> None:
     assert [item.verdict for item in compared([shared], [row()]).entries] == ["ok"]
 
 
+@pytest.mark.parametrize(("old", "now", "same"), [
+    ("test_a.py::test_net", "project/test_a.py::test_net", True),
+    ("project/test_a.py::test_net", "test_a.py::test_net", True),
+    ("a/test_a.py::test_net", "b/test_a.py::test_net", False),
+    ("test_a.py::test_net", "xtest_a.py::test_net", False),
+    ("test_a.py::test_net", "test_a.py::test_net[bs16]", False),
+], ids=["rootdir-above", "rootdir-below", "other-folder", "other-file", "other-parameter"])
+def test_a_test_named_from_another_rootdir_keeps_its_entry(old: str, now: str,
+                                                           same: bool) -> None:
+    """Without an ini file, pytest's rootdir (and so every node id) moves with the paths on
+    the command line (``--batchprof-report /tmp/out`` once it exists): the same test named
+    from a rootdir above or below matches; another test does not."""
+    verdicts = [item.verdict for item in compared([row(tests=[now])], [row(tests=[old])]).entries]
+    assert verdicts == (["ok"] if same else [NEW, NOT_RUN])
+
+
 def test_mlps_are_named_by_their_widths() -> None:
     """An MLP has no model id: its hidden widths name it, as the table does."""
     def mlp_row(hidden: list[int], **changes: object) -> dict[str, object]:

@@ -286,3 +286,48 @@ def test_drop_last_trains_each_epoch_on_its_whole_batches(synthetic, run_config)
                  torch.device("cpu"))
     assert kept.samples_per_epoch == available
     assert kept.history[0].train_loss != run.history[0].train_loss
+
+
+DROPOUT_TEST = """
+import os
+
+import torch
+from torch import nn
+
+
+class Dropped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5),
+                                 nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_run(trained_model):
+    torch.rand(int(os.environ["DRAWS"]))  # the process's random state, moved on or not
+    run = trained_model(Dropped, batch_size=32)
+    print("FIGURES", [record.train_loss for record in run.history], run.test_accuracy)
+"""
+
+
+def test_dropout_draws_from_the_runs_seed_not_from_the_process(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model with dropout gives the same figures whatever the global random state was
+    before it trained (what other tests drew, or the user's code), bit for bit on the CPU;
+    and the run leaves that state as it found it."""
+    pytester.makepyfile(DROPOUT_TEST)
+    figures = []
+    for draws in ("0", "7"):
+        monkeypatch.setenv("DRAWS", draws)
+        result = pytester.runpytest("--dataset", "synthetic", "--epochs", "2",
+                                    "--batchprof-no-report", "--batchprof-no-co2", "-s",
+                                    "-p", "no:randomly")
+        result.assert_outcomes(passed=1)
+        figures += [line for line in result.outlines if line.startswith("FIGURES")]
+    assert len(figures) == 2 and figures[0] == figures[1]
+    state = torch.random.get_rng_state()
+    with training.run_randomness(3, torch.device("cpu")):
+        torch.rand(5)
+    assert torch.equal(torch.random.get_rng_state(), state)

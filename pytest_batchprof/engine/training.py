@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -452,6 +453,23 @@ def initial_model(config: RunConfig, device: torch.device, recipe: Recipe | None
     return model, optimizer
 
 
+@contextmanager
+def run_randomness(seed: int, device: torch.device) -> Iterator[None]:
+    """The global random state a run draws from while it trains (dropout masks, random
+    layers of the user's model), seeded with ``seed`` and restored afterwards.
+
+    Weights and the shuffle have seeded generators of their own; without this, dropout
+    would draw from whatever state the process was in, so the same configuration gave
+    other figures depending on what ran before it. A data-parallel rank adds its rank to
+    the seed, so that its processes draw different masks for their different samples.
+    """
+    devices = [device.index if device.index is not None else torch.cuda.current_device()
+               ] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def warm_up(device: torch.device) -> None:
     """Pay torch's one-off costs before the first timed run.
 
@@ -644,7 +662,9 @@ class TrainingLoop:
         step held has been let go and the device's cache emptied.
         """
         config = self.config
-        with (denormals_flushed(config.flush_denormals and self.device.type == "cpu"),
+        rank = 0 if self.shard is None else self.shard.rank
+        with (run_randomness(config.seed + rank, self.device),
+              denormals_flushed(config.flush_denormals and self.device.type == "cpu"),
               matmul_precision(config.precision, self.device)):
             try:
                 return self._train()

@@ -21,6 +21,7 @@ data set ends the session once, with one line, instead of failing every test.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -297,7 +298,7 @@ def pytest_report_collectionfinish(config: pytest.Config,
     """
     held = [name for name in ALIASES if any(
         not _is_ours(definition) for item in items
-        for definition in item.session._fixturemanager.getfixturedefs(name, item) or ())]
+        for definition in _definitions(item, name))]
     if not held:
         return []
     ours = ", ".join(ALIASES[name] for name in held)
@@ -879,6 +880,16 @@ def _is_ours(fixturedef: object) -> bool:
     return getattr(getattr(fixturedef, "func", None), "__module__", None) == __name__
 
 
+def _definitions(node: pytest.Item, name: str) -> Sequence[object]:
+    """The definitions of fixture ``name`` visible to ``node``, the one it uses last.
+
+    pytest 8.1 and later look them up by the node; pytest 8.0, the oldest this plugin
+    supports, by its node id."""
+    manager = node.session._fixturemanager
+    by_node_id = "nodeid" in inspect.signature(manager.getfixturedefs).parameters
+    return manager.getfixturedefs(name, node.nodeid if by_node_id else node) or ()
+
+
 def _resolves_to_ours(node: pytest.Item, name: str) -> bool:
     """Whether ``name`` is among ``node``'s fixtures and its fixture there is the plugin's:
     pytest uses the last of a name's definitions visible to a test, so a conftest's, a
@@ -886,7 +897,7 @@ def _resolves_to_ours(node: pytest.Item, name: str) -> bool:
     the name overrides whichever that is; the question stays whose name it overrides."""
     if name not in getattr(node, "fixturenames", ()):
         return False
-    definitions = node.session._fixturemanager.getfixturedefs(name, node)
+    definitions = _definitions(node, name)
     return bool(definitions) and _is_ours(definitions[-1])
 
 
