@@ -28,7 +28,7 @@ import pytest
 import torch
 import torchvision.datasets.cifar
 from PIL import Image
-from session_output import assert_one_clean_error, summary_rows
+from session_output import assert_one_clean_error, failure_section, summary_rows
 
 from pytest_batchprof.data.datasets import (
     Dataset,
@@ -908,3 +908,79 @@ def test_missing_cifar10_stops_the_session_once(pytester: pytest.Pytester, herme
                                       str(hermetic)))
     assert line.startswith(f"ERROR: CIFAR10 is not in {hermetic / CIFAR_FOLDER}")
     assert not list(pytester.path.glob("ran-*"))
+
+
+# ---------------------------------------------------------------- built on first use
+
+
+LAZY_CONFTEST = """
+import torch
+import pytest_batchprof
+
+BUILT = []
+
+
+def features(count, seed):
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.arange(count) % 2
+    return torch.randn(count, 4, generator=generator) + 2 * y[:, None], y
+
+
+def train():
+    BUILT.append("train")
+    return features(200, 0)
+
+
+def broken():
+    raise OSError("the share is not mounted")
+
+
+pytest_batchprof.register_dataset("lazy", train=train, test=lambda: features(40, 1))
+pytest_batchprof.register_dataset("unreachable", train=broken, test=features(40, 1))
+"""
+
+LAZY_TESTS = """
+import pytest
+import conftest
+
+
+def test_nothing_built():
+    assert conftest.BUILT == []  # importing the conftest built nothing
+
+
+def test_unit():
+    pass
+
+
+@pytest.mark.dataset("lazy")
+def test_lazy(trained_mlp):
+    run = trained_mlp(hidden=8, batch_size=20)
+    assert run.test_accuracy > 0.6
+
+
+@pytest.mark.dataset("lazy")
+def test_lazy_again(trained_mlp):
+    trained_mlp(hidden=8, batch_size=40)
+    assert conftest.BUILT == ["train"]  # built once, when a test first needed it
+
+
+@pytest.mark.dataset("unreachable")
+def test_unreachable(trained_mlp):
+    trained_mlp(hidden=8, batch_size=20)
+"""
+
+
+def test_a_split_given_as_a_callable_is_built_on_first_use(pytester: pytest.Pytester) -> None:
+    """A zero-argument callable in place of a split is called once, when the session first
+    needs the data set (after collection, as every data set its selected tests use), and
+    never in a session whose tests do not use it, nor by importing the conftest; a build that
+    raises fails the tests of that data set with one line while the rest run."""
+    pytester.makeconftest(LAZY_CONFTEST)
+    pytester.makepyfile(test_lazy=LAZY_TESTS)
+    result = run(pytester, "--epochs", "1", "-k", "not nothing_built")
+    result.assert_outcomes(passed=3, failed=1)
+    assert failure_section(result, "test_unreachable") == [
+        "register_dataset('unreachable') train: building it failed: OSError: the share is not "
+        "mounted"]
+    unused = run(pytester, "--epochs", "1", "-k", "unit or nothing_built")
+    unused.assert_outcomes(passed=2)

@@ -9,6 +9,7 @@ adds the user's to :data:`REGISTERED`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 DATASET_NAMES: tuple[str, ...] = (
@@ -24,9 +25,19 @@ class RegistrationFailure:
     message: str
 
 
+@dataclass(frozen=True)
+class LazyRegistration:
+    """A data set registered with splits that are built when a test first needs it: ``build``
+    makes its data (or the :class:`RegistrationFailure` of a build or a check that fails),
+    which then replaces this entry."""
+
+    build: Callable[[], object]
+
+
 REGISTERED: dict[str, object] = {}
 """Data sets registered by the project: name -> :class:`pytest_batchprof.data.datasets.RawData`,
-or a :class:`RegistrationFailure` that loading the name raises."""
+a :class:`LazyRegistration` not built yet, or a :class:`RegistrationFailure` that loading
+the name raises."""
 
 
 def dataset_names() -> tuple[str, ...]:

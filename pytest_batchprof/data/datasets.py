@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from pytest_batchprof.data import catalog
-from pytest_batchprof.data.catalog import DATASET_NAMES, RegistrationFailure
+from pytest_batchprof.data.catalog import DATASET_NAMES, LazyRegistration, RegistrationFailure
 from pytest_batchprof.errors import one_line
 from pytest_batchprof.experiment.models import DataDescription
 
@@ -343,6 +343,8 @@ def load_dataset(
     """
     if name in catalog.REGISTERED:
         raw = catalog.REGISTERED[name]
+        if isinstance(raw, LazyRegistration):  # built now, once: the entry becomes its data
+            raw = catalog.REGISTERED[name] = raw.build()
         if isinstance(raw, RegistrationFailure):
             raise DatasetRegistrationError(raw.message)
         if options:
@@ -413,7 +415,8 @@ def _call_loader(name: str, data_dir: Path, options: dict[str, object]) -> RawDa
 _INTEGER_TYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 SplitData = object
-"""``(x, y)`` (tensors, arrays or lists) or a ``torch.utils.data.Dataset`` of ``(x, y)``."""
+"""``(x, y)`` (tensors, arrays or lists), a ``torch.utils.data.Dataset`` of ``(x, y)``, or a
+zero-argument callable returning either (the data set is then built on first use)."""
 
 
 def register_dataset(
@@ -449,6 +452,11 @@ def register_dataset(
     name is registered as failed, and each test that uses it fails with one line
     (:class:`DatasetRegistrationError`) while the rest of the session runs.
 
+    A split may also be a zero-argument callable that returns it (``train=load_train``):
+    the data set is then built when a test first needs it, not when the conftest is
+    imported, and a session whose tests do not use it never builds it. A build that
+    raises fails the tests that use the data set, with one line.
+
     Registering a name again replaces its data.
     """
     if not isinstance(name, str) or not name or name != name.strip() or "," in name:
@@ -457,12 +465,37 @@ def register_dataset(
     if name.lower() in DATASETS:
         raise ValueError(f"register_dataset({name!r}): {name.lower()} is a built-in data set; "
                          f"choose another name")
+    splits = {"train": train, "test": test, "val": val}
+
+    def build() -> RawData | RegistrationFailure:
+        try:
+            built = {part: _built(name, part, split) for part, split in splits.items()}
+            return _registered(name, built["train"], built["test"], built["val"],
+                               val_fraction, num_classes, normalize)
+        except ValueError as error:
+            return RegistrationFailure(str(error))  # one line, as every check's message
+
+    lazy = any(_builds_later(split) for split in splits.values())
+    catalog.REGISTERED[name] = LazyRegistration(build) if lazy else build()
+
+
+def _builds_later(split: object) -> bool:
+    """Whether a split is a zero-argument callable that makes it (built on first use),
+    rather than the data itself."""
+    return (callable(split) and not isinstance(split, torch.utils.data.Dataset | tuple | list
+                                               | torch.Tensor))
+
+
+def _built(name: str, part: str, split: object) -> object:
+    """A split as given, or what its callable returns; ``ValueError`` with one line if that
+    fails (the user's code: any exception)."""
+    if not _builds_later(split):
+        return split
     try:
-        registered: RawData | RegistrationFailure = _registered(
-            name, train, test, val, val_fraction, num_classes, normalize)
-    except ValueError as error:
-        registered = RegistrationFailure(str(error))  # one line, as every check's message
-    catalog.REGISTERED[name] = registered
+        return split()
+    except Exception as error:
+        raise ValueError(f"register_dataset({name!r}) {part}: building it failed: "
+                         f"{one_line(error)}") from None
 
 
 def _registered(name: str, train: SplitData, test: SplitData, val: SplitData | None,
