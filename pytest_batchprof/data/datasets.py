@@ -482,8 +482,7 @@ def register_dataset(
 def _builds_later(split: object) -> bool:
     """Whether a split is a zero-argument callable that makes it (built on first use),
     rather than the data itself."""
-    return (callable(split) and not isinstance(split, torch.utils.data.Dataset | tuple | list
-                                               | torch.Tensor))
+    return callable(split) and not isinstance(split, torch.utils.data.Dataset)
 
 
 def _built(name: str, part: str, split: object) -> object:

@@ -499,24 +499,37 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE,
              precision: str = "fp32") -> tuple[float, float]:
     """Mean loss per sample (nats for cross-entropy) and accuracy of ``model`` on ``split``,
     the forward pass in ``precision`` (the sums in fp32)."""
+    batches = ((split.x[start:start + batch_size], split.y[start:start + batch_size])
+               for start in range(0, len(split), batch_size))
+    mean_loss, accuracy, _ = evaluate_batches(model, batches, split.x.device, loss, metric,
+                                              precision)
+    return mean_loss, accuracy
+
+
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     device: torch.device, loss: LossFunction = F.cross_entropy,
+                     metric: Metric = correct_predictions,
+                     precision: str = "fp32") -> tuple[float, float, int]:
+    """Mean loss per sample and accuracy of ``model`` on ``(x, y)`` batches on ``device``,
+    and their samples: summed on the device, read once at the end."""
     was_training = model.training
     model.eval()
-    total = torch.zeros((), device=split.x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
-    in_precision = autocast(precision, split.x.device)
-    for start in range(0, len(split), batch_size):
+    total = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    in_precision = autocast(precision, device)
+    for x, labels in batches:
         with in_precision:
-            logits = model(split.x[start:start + batch_size])
+            logits = model(x)
         logits = logits.float()
-        labels = split.y[start:start + batch_size]
         if loss is F.cross_entropy:
             total += F.cross_entropy(logits, labels, reduction="sum")
         else:  # a mean over the batch, weighted back to a sum
             total += loss(logits, labels).detach() * len(labels)
         correct += metric(logits, labels)
+        count += len(labels)
     model.train(was_training)
-    count = max(len(split), 1)
-    return total.item() / count, correct.item() / count
+    return total.item() / max(count, 1), correct.item() / max(count, 1), count
 
 
 def train(

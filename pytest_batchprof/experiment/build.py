@@ -38,14 +38,12 @@ from pytest_batchprof.engine.training import (
 from pytest_batchprof.errors import one_line
 from pytest_batchprof.experiment.code import Code, code_of
 from pytest_batchprof.experiment.models import (
-    CNN,
-    MLP,
     ModelError,
     PreparedModel,
     ShapeMismatch,
     factory_identity,
-    factory_label,
     local_identity,
+    model_label,
     prepare_model,
 )
 from pytest_batchprof.plugin.options import OPTIMIZERS, Settings, flag_of
@@ -237,13 +235,9 @@ def _prepared(model: object, data: Dataset, name: str | None) -> PreparedModel:
     description = data.description()
     try:
         return prepare_model(model, description, name)
-    except ModelError as error:
-        cause = error if isinstance(error, ShapeMismatch) else error.__cause__
-        if not isinstance(cause, ShapeMismatch):
-            raise
-        label = name or (model.model_name(description) if isinstance(model, MLP | CNN)
-                         else factory_label(model))
-        raise ShapeMismatch(f"{label} cannot take {shape_words(data)}: {cause}") from None
+    except ShapeMismatch as error:
+        raise ShapeMismatch(f"{model_label(model, description, name)} cannot take "
+                            f"{shape_words(data)}: {error}") from None
 
 
 def check_recipe(config: RunConfig, recipe: Recipe, prepared: PreparedModel, data: Dataset,

@@ -276,11 +276,17 @@ def model_id(factory: object, data: DataDescription, name: str | None) -> str | 
     """What a baseline knows a model by, across commits: the ``name=`` given, else the
     factory's name without the parameter count (``LeNet5``, ``make_net``), a shipped CNN
     its layers (``c6-c16-120-84-10``); ``None`` for a shipped MLP, which its widths name."""
+    if name is None and isinstance(factory, MLP):
+        return None
+    return model_label(factory, data, name)
+
+
+def model_label(factory: object, data: DataDescription, name: str | None = None) -> str:
+    """A model's name without its parameter count: the ``name=`` given, a shipped family's
+    layers (``784-1024-10``, ``c6-c16-120-84-10``), else the factory's name (``LeNet5``)."""
     if name is not None:
         return name
-    if isinstance(factory, MLP):
-        return None
-    if isinstance(factory, CNN):
+    if isinstance(factory, MLP | CNN):
         return factory.model_name(data)
     return factory_label(factory)
 
@@ -414,6 +420,8 @@ def prepare_model(factory: object, data: DataDescription, name: str | None = Non
 
     try:
         model = build()
+    except ShapeMismatch:  # the model says it cannot take this data: the caller names it
+        raise
     except Exception as error:  # the user's code: any failure is theirs to read in one line
         raise ModelError(f"model {label} failed to build: {one_line(error)}") from error
     if not isinstance(model, nn.Module):
@@ -426,7 +434,7 @@ def prepare_model(factory: object, data: DataDescription, name: str | None = Non
     code = code_of(factory, "its factory") | model_code(model)
     known_as = model_id(factory, data, name)
     if name is None:
-        name = (factory.model_name(data) if isinstance(factory, MLP | CNN)
+        name = (model_label(factory, data) if isinstance(factory, MLP | CNN)
                 else f"{label} ({params:,})")
     return PreparedModel(
         build=build, name=name, architecture=digest, params=params,

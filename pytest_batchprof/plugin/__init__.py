@@ -21,7 +21,6 @@ data set ends the session once, with one line, instead of failing every test.
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -294,11 +293,18 @@ def pytest_report_collectionfinish(config: pytest.Config,
     ``batchprof_`` fixtures the plugin reads instead; nothing when there is none.
 
     Said after collection, when every conftest and test module has added its fixtures.
-    (Under pytest-xdist the workers collect, and pytest shows no worker's line.)
+    (Under pytest-xdist the workers collect, and pytest shows no worker's line.) Only
+    the tests that use a name are looked at, once per module or class: fixtures are
+    visible by where a test is defined, and this runs in every session of the
+    environment, the project's own included.
     """
-    held = [name for name in ALIASES if any(
-        not _is_ours(definition) for item in items
-        for definition in _definitions(item, name))]
+    held = []
+    for name in ALIASES:
+        places = {item.parent.nodeid if item.parent is not None else item.nodeid: item
+                  for item in items if name in getattr(item, "fixturenames", ())}
+        if any(not _is_ours(definition) for item in places.values()
+               for definition in _definitions(item, name)):
+            held.append(name)
     if not held:
         return []
     ours = ", ".join(ALIASES[name] for name in held)
@@ -886,8 +892,11 @@ def _definitions(node: pytest.Item, name: str) -> Sequence[object]:
     pytest 8.1 and later look them up by the node; pytest 8.0, the oldest this plugin
     supports, by its node id."""
     manager = node.session._fixturemanager
-    by_node_id = "nodeid" in inspect.signature(manager.getfixturedefs).parameters
-    return manager.getfixturedefs(name, node.nodeid if by_node_id else node) or ()
+    return manager.getfixturedefs(name, node.nodeid if _BY_NODE_ID else node) or ()
+
+
+_BY_NODE_ID = pytest.version_tuple < (8, 1)
+"""Whether this pytest's ``FixtureManager.getfixturedefs`` takes a node id (8.0)."""
 
 
 def _resolves_to_ours(node: pytest.Item, name: str) -> bool:

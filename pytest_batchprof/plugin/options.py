@@ -736,12 +736,24 @@ def _ini_value(config: pytest.Config, key: str) -> object:
         return native
 
 
+NATIVE_TOML_KEY = pytest.StashKey[dict[str, object]]()
+"""The native TOML table of the session's config file, read once (see
+:func:`_native_toml_value`)."""
+
+
 def _native_toml_value(config: pytest.Config, key: str) -> object:
     """``key`` of the native TOML table pytest reads (``[tool.pytest]`` in pyproject.toml,
-    ``[pytest]`` in pytest.toml or another .toml file), or ``_ABSENT``."""
-    path = config.inipath
+    ``[pytest]`` in pytest.toml or another .toml file), or ``_ABSENT``; the file is read
+    once a session, when the first value pytest's ini types cannot hold asks for it."""
+    if NATIVE_TOML_KEY not in config.stash:
+        config.stash[NATIVE_TOML_KEY] = _native_toml_table(config.inipath)
+    return config.stash[NATIVE_TOML_KEY].get(key, _ABSENT)
+
+
+def _native_toml_table(path: Path | None) -> dict[str, object]:
+    """The native pytest table of the TOML file at ``path``; empty when there is none."""
     if path is None or path.suffix != ".toml":
-        return _ABSENT
+        return {}
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pytest itself depends on tomli there
@@ -749,10 +761,10 @@ def _native_toml_value(config: pytest.Config, key: str) -> object:
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return _ABSENT
+        return {}
     table = (document.get("tool", {}).get("pytest", {}) if path.name == "pyproject.toml"
              else document.get("pytest", {}))
-    return table.get(key, _ABSENT) if isinstance(table, dict) else _ABSENT
+    return table if isinstance(table, dict) else {}
 
 
 def _ini_text(value: object) -> str | None:

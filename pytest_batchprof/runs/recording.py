@@ -31,7 +31,7 @@ from pytest_batchprof.engine.training import (
     EpochRecord,
     Run,
     RunConfig,
-    correct_predictions,
+    evaluate_batches,
 )
 from pytest_batchprof.experiment.build import callable_label
 from pytest_batchprof.experiment.code import model_code
@@ -296,12 +296,13 @@ class _Score:
 
 def _score(model: nn.Module, batches: Iterable[object], loss: Callable[..., torch.Tensor],
            device: torch.device, keep: int) -> _Score:
-    """Mean loss per sample and accuracy of ``model`` on ``batches`` of ``(x, y)``, exactly
-    as :func:`~pytest_batchprof.engine.training.evaluate` sums them; the first ``keep``
-    samples are kept (on ``device``) to measure latency and FLOPs on."""
-    total, correct, count, classes = 0.0, 0, 0, 0
+    """Mean loss per sample and accuracy of ``model`` on ``batches`` of ``(x, y)``, as
+    :func:`~pytest_batchprof.engine.training.evaluate_batches` sums them (each batch
+    checked and moved to ``device`` first); the first ``keep`` samples are kept (on
+    ``device``) to measure latency and FLOPs on."""
     kept: list[torch.Tensor] = []
-    with torch.no_grad():
+
+    def checked() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for index, batch in enumerate(batches):
             if not isinstance(batch, tuple | list) or len(batch) != 2 or not all(
                     isinstance(part, torch.Tensor) for part in batch):
@@ -312,20 +313,17 @@ def _score(model: nn.Module, batches: Iterable[object], loss: Callable[..., torc
                 raise ValueError(f"record(test=...): y of batch {index} is {y.dtype} of shape "
                                  f"{tuple(y.shape)}; give one integer class index per sample "
                                  f"(y.long() if they are class indices)")
-            logits = model(x).float()
-            labels = y.long()
-            if loss is F.cross_entropy:
-                total += F.cross_entropy(logits, labels, reduction="sum").item()
-            else:  # a mean over the batch, weighted back to a sum
-                total += loss(logits, labels).item() * len(labels)
-            correct += int(correct_predictions(logits, labels))
-            count += len(labels)
-            classes = int(logits.shape[-1])
             if sum(len(part) for part in kept) < keep:
                 kept.append(x[:keep])
-    if count == 0:
-        raise ValueError("record(test=...): the test data holds no samples")
-    return _Score(total / count, correct / count, classes, torch.cat(kept)[:keep])
+            yield x, y.long()
+
+    with torch.no_grad():
+        mean_loss, accuracy, count = evaluate_batches(model, checked(), device, loss=loss)
+        if count == 0:
+            raise ValueError("record(test=...): the test data holds no samples")
+        samples = torch.cat(kept)[:keep]
+        classes = int(model(samples[:1]).shape[-1])  # what the model scores: its classes
+    return _Score(mean_loss, accuracy, classes, samples)
 
 
 def _epoch_record(entry: EpochRecord | Mapping[str, float], index: int) -> EpochRecord:

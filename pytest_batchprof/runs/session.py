@@ -451,11 +451,12 @@ class BatchprofSession:
     def _train(self, experiments: list[Experiment], dataset: Dataset) -> None:
         """Train ``experiments`` (as one ensemble when there are several and they can be),
         measure them, cache them and keep them in :attr:`runs`."""
-        for experiment in experiments[:1]:  # they share a precision; said once a session
-            emulated = emulation_note(experiment.config.precision, self.device)
-            if emulated:
-                self.say.once(f"batchprof: {experiment.config.precision} is emulated here: "
-                              f"{emulated}")
+        if not experiments:  # all of them trained already, or cached
+            return
+        precision = experiments[0].config.precision  # they share it; said once a session
+        emulated = emulation_note(precision, self.device)
+        if emulated:
+            self.say.once(f"batchprof: {precision} is emulated here: {emulated}")
         trained, reason = None, None
         if len(experiments) > 1:
             reason = self.settings.ensemble_obstacle()
