@@ -5,8 +5,10 @@
 #   make bench-fast                             (make bench-fast-baseline re-records it)
 # and the scaling study of the README (repeats, an lr grid, time to accuracy):
 #   make study
-# and what the installed plugin costs a session that does not use it, and the wheel as
-# users install it:
+# and what a session costs outside training against the textbook script, then what
+# measuring costs a run (make overhead ARGS=... MEASURING_ARGS=...), and what the installed
+# plugin costs a session that does not use it, and the wheel as users install it:
+#   make overhead
 #   make startup
 #   make wheel-check
 VENV ?= .venv
@@ -57,16 +59,23 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest tests/ $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info .ci-reports
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info .ci-reports .import_linter_cache
 
+# A session's cost outside training, phase by phase, side by side with the posts' textbook
+# script (benchmarks/session_overhead.py; ARGS="--pairs 5"), then, as a second step, what
+# measuring costs a run against the bare engine (benchmarks/measurement_overhead.py;
+# MEASURING_ARGS="--pairs 5").
 overhead: $(STAMP)
-	$(PY) benchmarks/measurement_overhead.py $(ARGS)
+	$(PY) benchmarks/session_overhead.py $(ARGS)
+	$(PY) benchmarks/measurement_overhead.py $(MEASURING_ARGS)
 
 speed: $(STAMP)
 	$(PY) benchmarks/speed/compare_loops.py $(ARGS)

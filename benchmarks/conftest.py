@@ -14,9 +14,13 @@ More samples than the budget never raise the floor.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import pytest
+
+from pytest_batchprof import register_dataset
 
 SMALL_BATCH = 16
 """Batches below this get the small-batch floor: noisier steps, as the posts' batch 1."""
@@ -56,3 +60,57 @@ def accuracy_floor(dataset):
                          run.samples_per_epoch * run.config.epochs, len(dataset.train),
                          relax_pp_per_halving)
     return floor
+
+
+# ---------------------------------------------------------------- the pipelines study's data
+
+PIPELINE_LOADER = {"num_workers": 2, "persistent_workers": True}
+"""How the ``pipelines`` study's images are read: a DataLoader with two worker processes,
+kept from one epoch to the next, as a CIFAR-10 training script reads its images."""
+
+
+def shapes_split(part: str, augment: bool = False) -> Callable[[], object]:
+    """A zero-argument callable that builds one split of the generated images of
+    ``shapes.py`` (a ``Dataset``) when a session first needs them: a session that does
+    not run the ``pipelines`` study never generates them."""
+    def build() -> object:
+        from shapes import Shapes  # this folder, on sys.path as the conftest's
+
+        return Shapes(part, augment)
+    return build
+
+
+for _name, _augment in (("shapes", False), ("shapes-augmented", True)):
+    register_dataset(_name, train=shapes_split("train", _augment), val=shapes_split("val"),
+                     test=shapes_split("test"), num_classes=10, loader=PIPELINE_LOADER)
+
+DIABETES_TEST, DIABETES_VAL = 90, 70
+"""Samples of scikit-learn's 442-sample diabetes set held out for test and validation."""
+DIABETES_SEED = 0
+
+
+@functools.cache
+def diabetes() -> dict[str, tuple[object, object]]:
+    """scikit-learn's bundled diabetes regression set (10 features, disease progression a
+    year on) in seeded train, val and test splits, features and target standardised with
+    the training split's mean and standard deviation (an RMSE of 1 is the training
+    targets' spread; predicting their mean scores about that)."""
+    import torch
+    from sklearn.datasets import load_diabetes
+
+    features, target = load_diabetes(return_X_y=True)
+    x = torch.as_tensor(features, dtype=torch.float32)
+    y = torch.as_tensor(target, dtype=torch.float32)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(DIABETES_SEED))
+    parts = {"test": order[:DIABETES_TEST],
+             "val": order[DIABETES_TEST:DIABETES_TEST + DIABETES_VAL],
+             "train": order[DIABETES_TEST + DIABETES_VAL:]}
+    train = parts["train"]
+    x_mean, x_std = x[train].mean(0), x[train].std(0)
+    y_mean, y_std = y[train].mean(), y[train].std()
+    return {part: ((x[index] - x_mean) / x_std, (y[index] - y_mean) / y_std)
+            for part, index in parts.items()}
+
+
+register_dataset("diabetes", train=lambda: diabetes()["train"], val=lambda: diabetes()["val"],
+                 test=lambda: diabetes()["test"], task="regression")

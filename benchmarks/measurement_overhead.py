@@ -24,9 +24,9 @@ from tabulate import tabulate
 from pytest_batchprof.data.datasets import load_dataset
 from pytest_batchprof.engine import training
 from pytest_batchprof.engine.training import RunConfig, train
-from pytest_batchprof.plugin.options import Settings, default_data_dir
-from pytest_batchprof.plugin.progress import RunProgress
+from pytest_batchprof.runs.progress import RunProgress
 from pytest_batchprof.runs.session import BatchprofSession
+from pytest_batchprof.settings import Settings, default_data_dir
 
 NO_CURVE = "engine without learning-curve points"
 BARE = "bare engine (train only, curve points included)"

@@ -9,21 +9,17 @@ session of its environment, and these names bring torch with them.
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-try:
-    __version__ = version("pytest-batchprof")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+from pytest_batchprof._version import __version__
 
 _EXPORTS = {
     "register_dataset": "pytest_batchprof.data.datasets",
     "unregister_dataset": "pytest_batchprof.data.datasets",
-    "record": "pytest_batchprof.runs.recording",
+    "record": "pytest_batchprof.plugin.recording",
     "mlp": "pytest_batchprof.experiment.models",
     "cnn": "pytest_batchprof.experiment.models",
-    "DataDescription": "pytest_batchprof.experiment.models",
+    "DataDescription": "pytest_batchprof.data.description",
     "ModelError": "pytest_batchprof.experiment.models",
     "ShapeMismatch": "pytest_batchprof.experiment.models",
     "Recipe": "pytest_batchprof.engine.training",
@@ -34,24 +30,23 @@ _EXPORTS = {
     "Run": "pytest_batchprof.engine.training",
     "RunConfig": "pytest_batchprof.engine.training",
     "BatchprofCacheWarning": "pytest_batchprof.runs.cache",
+    "metric": "pytest_batchprof.experiment.tasks",
+    "MetricSpec": "pytest_batchprof.experiment.tasks",
 }
 
 __all__ = ["BatchprofCacheWarning", "CurvePoint", "DataDescription", "Dataset", "EpochRecord",
-           "ModelError", "Recipe", "Run", "RunConfig", "ShapeMismatch", "Split", "__version__",
-           "cnn", "mlp", "record", "register_dataset", "unregister_dataset"]
+           "MetricSpec", "ModelError", "Recipe", "Run", "RunConfig", "ShapeMismatch", "Split",
+           "__version__", "cnn", "metric", "mlp", "record", "register_dataset",
+           "unregister_dataset"]
 
 if TYPE_CHECKING:
     from pytest_batchprof.data.datasets import Dataset, Split, register_dataset, unregister_dataset
+    from pytest_batchprof.data.description import DataDescription
     from pytest_batchprof.engine.training import CurvePoint, EpochRecord, Recipe, Run, RunConfig
-    from pytest_batchprof.experiment.models import (
-        DataDescription,
-        ModelError,
-        ShapeMismatch,
-        cnn,
-        mlp,
-    )
+    from pytest_batchprof.experiment.models import ModelError, ShapeMismatch, cnn, mlp
+    from pytest_batchprof.experiment.tasks import MetricSpec, metric
+    from pytest_batchprof.plugin.recording import record
     from pytest_batchprof.runs.cache import BatchprofCacheWarning
-    from pytest_batchprof.runs.recording import record
 
 
 def __getattr__(name: str) -> object:

@@ -29,6 +29,7 @@ import torch
 from session_output import assert_one_clean_error, failure_section
 
 from pytest_batchprof import cnn, mlp
+from pytest_batchprof.data.description import DataDescription
 from pytest_batchprof.experiment.config import (
     COMPARED_KEYS,
     EXPERIMENT_KEYS,
@@ -36,7 +37,7 @@ from pytest_batchprof.experiment.config import (
     MODEL_ID_KEY,
     RunConfig,
 )
-from pytest_batchprof.experiment.models import DataDescription, prepare_model
+from pytest_batchprof.experiment.models import prepare_model
 from pytest_batchprof.gating import NEW, NOT_RUN, compare, missing_entries, same_entry
 from pytest_batchprof.reports.storage import load_report
 
@@ -382,6 +383,14 @@ CHANGED = {  # a value of each compared key other than row()'s, and how the chan
     "trainer": ("own loop (test_a.py::test_net)", "trainer batchprof -> own loop "
                                                   "(test_a.py::test_net)"),
     "params": (75018, "params 610 -> 75,018"),
+    "task": ("multilabel", "task classification -> multilabel"),
+    "metric": ("f1", "metric accuracy -> f1"),
+    "higher_is_better": (False, "direction higher is better -> lower is better"),
+    "target_metric": (0.3, "target metric none -> 0.3"),
+    "data_feed": ("DataLoader, 2 workers", "data feed in memory -> DataLoader, 2 workers"),
+    "forward": ("my_forward", "forward none -> my_forward"),
+    "scheduler": ("cosine", "scheduler none -> cosine"),
+    "sync_batchnorm": (True, "sync BatchNorm off -> on"),
 }
 
 
@@ -393,8 +402,10 @@ def test_every_compared_key_has_a_change_to_say() -> None:
     assert set(EXPERIMENT_KEYS) == {"dataset", "batch_size", "processes", MODEL_ID_KEY}
 
 
-@pytest.mark.parametrize("key", COMPARED_KEYS)
+@pytest.mark.parametrize("key", [key for key in COMPARED_KEYS if key != "metric"])
 def test_a_compared_change_is_said_and_judged(key: str) -> None:
+    """Accuracy is judged in its direction whatever else changed (a ``higher_is_better``
+    that says otherwise included: accuracy's is always up)."""
     value, said = CHANGED[key]
     worse = compared([row(**{key: value}, test_accuracy=0.8)], [row()])
     (entry_,) = worse.entries
@@ -403,6 +414,67 @@ def test_a_compared_change_is_said_and_judged(key: str) -> None:
     assert worse.regressions == [entry_]
     (same,) = compared([row(**{key: value})], [row()]).entries
     assert same.verdict == f"ok; {said}"
+
+
+def test_a_run_scored_by_another_metric_is_not_compared_with_its_entry() -> None:
+    """An accuracy of 90% and an F1 of 0.5 do not compare: the run is neither failed nor
+    passed on them, and the change of metric is said."""
+    (entry_,) = compared([row(metric="f1", test_metric=0.5)], [row()]).entries
+    assert entry_.verdict == ("not compared: scored by another metric than in the baseline; "
+                              "metric accuracy -> f1")
+    assert (entry_.baseline, entry_.now, entry_.change) == (None, 0.5, None)
+
+
+def test_a_row_written_before_tasks_and_metrics_reads_as_their_defaults() -> None:
+    """A baseline row without task, metric, data_feed... is a classification run scored by
+    accuracy, fed from memory: today's such run matches it with no change said; a run
+    that differs from those defaults says so."""
+    old = {key: value for key, value in row().items() if key not in (
+        "task", "metric", "higher_is_better", "target_metric", "data_feed", "forward",
+        "scheduler", "sync_batchnorm")}
+    assert [item.verdict for item in compared([row()], [old]).entries] == ["ok"]
+    (moved,) = compared([row(data_feed="DataLoader", scheduler="cosine")], [old]).entries
+    assert moved.verdict == "ok; data feed in memory -> DataLoader; scheduler none -> cosine"
+
+
+def metric_row(metric: str, value: float | None, higher_is_better: bool,
+               **changes: object) -> dict[str, object]:
+    """A row of a run scored by ``metric`` (no accuracy counted): a regression's RMSE, a
+    multilabel set's F1."""
+    task = "multilabel" if higher_is_better else "regression"
+    return row(task=task, metric=metric, higher_is_better=higher_is_better,
+               test_accuracy=None, test_metric=value, **changes)
+
+
+def test_a_rising_rmse_is_the_regression_in_percent_of_the_baseline() -> None:
+    before = [metric_row("rmse", 0.52, False)]
+    (worse,) = compared([metric_row("rmse", 0.61, False)], before, fail_drop=2).entries
+    assert worse.verdict == "REGRESSION: rmse 0.52 -> 0.61 (+17.3% > 2% allowed)"
+    assert (worse.change, worse.drop_pp) == ("+17.3%", None)
+    (slightly,) = compared([metric_row("rmse", 0.53, False)], before, fail_drop=2).entries
+    assert slightly.verdict == "ok"  # +1.9%: within the 2% allowed
+    (better,) = compared([metric_row("rmse", 0.40, False)], before, fail_drop=2).entries
+    assert better.verdict == "improved"
+
+
+def test_a_falling_f1_is_the_regression_and_a_rising_one_improved() -> None:
+    before = [metric_row("f1", 0.80, True)]
+    (worse,) = compared([metric_row("f1", 0.70, True)], before, fail_drop=5).entries
+    assert worse.verdict == "REGRESSION: f1 0.8 -> 0.7 (-12.5% > 5% allowed)"
+    (better,) = compared([metric_row("f1", 0.90, True)], before, fail_drop=5).entries
+    assert better.verdict == "improved"
+    (diverged,) = compared([metric_row("f1", None, True, diverged="nan")], before).entries
+    assert diverged.verdict == "REGRESSION: no test f1 (diverged)"
+
+
+def test_a_comparison_of_metrics_titles_its_table_by_score() -> None:
+    comparison_ = compared([metric_row("rmse", 0.61, False), row(batch_size=64)],
+                           [metric_row("rmse", 0.52, False), row(batch_size=64)])
+    table = comparison_.table()
+    assert "| baseline test score " in table and "now test score" in table
+    assert "rmse 0.52 " in table and "rmse 0.61 " in table and "+17.3%" in table
+    assert "accuracy 90.00%" in table
+    assert "percent of the baseline's value" in comparison_.markdown()
 
 
 def test_changes_are_said_fingerprints_first_then_params() -> None:

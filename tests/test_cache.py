@@ -113,7 +113,7 @@ def patch_torch_version(patch: pytest.MonkeyPatch) -> None:
 
 
 def patch_plugin_version(patch: pytest.MonkeyPatch) -> None:
-    patch.setattr(pytest_batchprof, "__version__", "999.0")
+    patch.setattr(cache, "plugin_version", lambda: "999.0")
 
 
 MISMATCHES = [
@@ -327,7 +327,7 @@ def test_key_depends_on_every_input(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setattr(cache, "torch_version", lambda: "0.0.1")
     changed.add(runs.key(CONFIG, "data"))
     monkeypatch.undo()
-    monkeypatch.setattr(pytest_batchprof, "__version__", "999.0")
+    monkeypatch.setattr(cache, "plugin_version", lambda: "999.0")
     changed.add(runs.key(CONFIG, "data"))
     monkeypatch.undo()
     monkeypatch.setattr(cache, "CACHE_FORMAT", 999)

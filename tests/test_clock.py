@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from pytest_batchprof.engine import clock
-from pytest_batchprof.engine.clock import CUDA_EVENTS, HOST_CLOCK, Stopwatch
 from pytest_batchprof.experiment.models import build_mlp
+from pytest_batchprof.hardware import clock
+from pytest_batchprof.hardware.clock import CUDA_EVENTS, HOST_CLOCK, Stopwatch
 from pytest_batchprof.measuring import metrics
 
 

@@ -29,8 +29,9 @@ import pytest
 import torch
 from torch import nn
 
+from pytest_batchprof.data.description import DataDescription
 from pytest_batchprof.experiment.code import Code, code_of, model_code
-from pytest_batchprof.experiment.models import DataDescription, cnn, mlp, prepare_model
+from pytest_batchprof.experiment.models import cnn, mlp, prepare_model
 
 BASE = ("-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
         "--device", "cpu", "--no-co2", "--epochs", "1", "--dataset", "digits",

@@ -52,6 +52,7 @@ SAMPLES: dict[str, tuple[str | None, str]] = {
     "lr_base_batch": ("256", "lr-base-batch=256"),
     "lr_warmup_epochs": ("0.5", "lr-warmup-epochs=0.5"),
     "target_accuracy": ("0.9", "target-accuracy=0.9"),
+    "target_metric": ("0.3", "target-metric=0.3"),
     "train_subset": ("100", "train-subset=100"),
     "val_fraction": ("0.25", "val-fraction=0.25"),
     "inference_batch_size": ("128", "inference-batch-size=128"),
@@ -423,6 +424,32 @@ def test_unused_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(*NO_HYPOTHESIS)
     result.assert_outcomes(passed=1)
     assert imported(pytester) == set()
+
+
+FREEZE_AT_EXIT = """
+import atexit
+import gc
+from pathlib import Path
+
+# Registered before the plugin's handler, so it runs after it (atexit is last in, first out).
+atexit.register(lambda: Path("frozen.txt").write_text(str(gc.get_freeze_count())))
+"""
+
+
+@pytest.mark.parametrize(("test", "frozen"), [
+    ("def test_device(batchprof_device):\n    assert batchprof_device.type == 'cpu'\n", True),
+    ("def test_plain():\n    assert 1 + 1 == 2\n", False),
+])
+def test_a_session_that_uses_the_plugin_skips_the_collections_at_exit(
+        pytester: pytest.Pytester, test: str, frozen: bool) -> None:
+    """A fresh process: once the plugin's session state exists (torch imported), every object
+    left at exit is frozen, so that the interpreter's last collections skip them; a session
+    that never uses the plugin is left as it is."""
+    pytester.makeconftest(FREEZE_AT_EXIT)
+    pytester.makepyfile(test)
+    result = pytester.runpytest_subprocess(*NO_HYPOTHESIS, "--batchprof-device", "cpu")
+    result.assert_outcomes(passed=1)
+    assert (int((pytester.path / "frozen.txt").read_text()) > 0) is frozen
 
 
 PROJECT_FIXTURES = MODULE_LISTER + """

@@ -12,10 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_batchprof.reports.plots import build_figures
-from pytest_batchprof.reports.summary import SummaryTables, _markdown, summary_table
-from pytest_batchprof.reports.tables import table_columns
-from pytest_batchprof.runs.critical_batch import (
+from pytest_batchprof.plugin.report import SummaryTables, _markdown
+from pytest_batchprof.reports.critical_batch import (
     BOOTSTRAP_RESAMPLES,
     CriticalBatchFit,
     NoFit,
@@ -26,6 +24,9 @@ from pytest_batchprof.runs.critical_batch import (
     fit_pareto,
     fit_studies,
 )
+from pytest_batchprof.reports.plots import build_figures
+from pytest_batchprof.reports.summary import summary_table
+from pytest_batchprof.reports.tables import table_columns
 
 B_CRIT, S_MIN = 500.0, 50.0
 SIZES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import struct
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +177,47 @@ def test_idx_helper_writes_big_endian_headers(tmp_path: Path) -> None:
     labels = files.raw_dir / "t10k-labels-idx1-ubyte"
     assert labels.read_bytes()[:8] == struct.pack(">2I", LABEL_MAGIC, N_TEST)
     assert len(labels.read_bytes()) == 8 + N_TEST
+
+
+@pytest.mark.parametrize("name", IDX_CLASSES)
+def test_idx_files_are_read_as_torchvision_reads_them(tmp_path: Path, name: str) -> None:
+    """The plugin reads the IDX files itself; torchvision's class, on the same files,
+    gives the same images (as floats / 255) and labels, in the same order."""
+    import torchvision.datasets
+
+    write_idx_dataset(tmp_path, IDX_CLASSES[name])
+    raw = DATASETS[name](tmp_path)
+    dataset_class = getattr(torchvision.datasets, IDX_CLASSES[name])
+    train, test = (dataset_class(str(tmp_path), train=is_train, download=False)
+                   for is_train in (True, False))
+    assert torch.equal(raw.train_x, train.data.float().div_(255))
+    assert torch.equal(raw.train_y, train.targets.long())
+    assert torch.equal(raw.test_x, test.data.float().div_(255))
+    assert torch.equal(raw.test_y, test.targets.long())
+
+
+def test_an_idx_data_set_loads_without_importing_torchvision(tmp_path: Path) -> None:
+    """torchvision's import (a second or more) is paid only to download missing files."""
+    write_idx_dataset(tmp_path)
+    code = ("import sys; from pathlib import Path; "
+            "from pytest_batchprof.data.datasets import load_dataset; "
+            "load_dataset('mnist', Path(sys.argv[1]), 1 / 12); "
+            "print(sorted(name for name in sys.modules if name.startswith('torchvision')))")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    (lambda data: data[:-1], "holds 47039 bytes of data where its header announces 47040"),
+    (lambda data: b"\x00\x00\x0d" + data[3:], "is not an IDX file of unsigned bytes"),
+])
+def test_a_damaged_idx_file_is_named(tmp_path: Path, damage, says: str) -> None:
+    files = write_idx_dataset(tmp_path)
+    images = files.raw_dir / "t10k-images-idx3-ubyte"
+    images.write_bytes(damage(images.read_bytes()))
+    with pytest.raises(ValueError, match=f"{re.escape(str(images))} .*{says}; delete it to"):
+        load_dataset("mnist", tmp_path, 1 / 12)
 
 
 def test_session_trains_on_generated_mnist(pytester: pytest.Pytester, tmp_path: Path) -> None:

@@ -217,11 +217,11 @@ def test_a_data_set_that_cannot_be_registered_fails_only_its_tests(
     assert "Traceback" not in output and "ImportError" not in output
     assert failure_section(result, "test_floaty") == [
         "register_dataset('floaty') train: y holds torch.float32 targets, and a "
-        "classification data set needs integer class indices; if they are class indices, "
-        "cast them with y.long() (regression targets are not supported yet)"]
+        "classification data set needs integer class indices; pass task='regression' (or "
+        "'multilabel' for 0/1 labels per class), or cast class indices with y.long()"]
     assert failure_section(result, "test_ragged") == [
-        "register_dataset('ragged') train: y has shape (9,); expected (10,), one class index "
-        "per sample"]
+        "register_dataset('ragged') train: y has shape (9,); expected 10 targets, one per "
+        "sample"]
     assert [row["data set"] for row in summary_rows(result)] == ["shifted"]
 
 

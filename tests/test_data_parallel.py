@@ -1,14 +1,31 @@
 """Data-parallel runs: real 2-process gloo runs on the CPU against 1 process, the row, the
-usage errors, and a rank that fails."""
+usage errors, a rank that fails, and a registered Dataset read by a DataLoader in each
+process (its DistributedSampler share of every epoch)."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import psutil
 import pytest
+import torch
+import torch.distributed as dist
 from session_output import assert_one_clean_error, failure_section, summary_rows
+
+from pytest_batchprof.data.datasets import load_dataset, register_dataset
+from pytest_batchprof.engine.parallel import train_data_parallel
+from pytest_batchprof.engine.training import EpochRecord, Recipe, score
+from pytest_batchprof.experiment.config import RunConfig
+from pytest_batchprof.experiment.models import build_mlp
+
+CPU = torch.device("cpu")
+
+
+def figures(record: EpochRecord) -> tuple[float, ...]:
+    """An epoch's results without its timings, which always differ."""
+    return (record.train_loss, record.train_accuracy, record.val_loss, record.val_accuracy)
 
 BASE = ("-p", "no:cacheprovider", "--no-co2", "--device", "cpu", "--epochs", "2",
         "--batchprof-no-report")
@@ -243,7 +260,7 @@ def test_two_nodes_under_torchrun_train_each_run_together_and_write_one_report(
 
 
 def test_the_launcher_is_read_from_torchruns_environment() -> None:
-    from pytest_batchprof.plugin.launch import launched_rank
+    from pytest_batchprof.engine.launch import launched_rank
 
     environ = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node0",
                "MASTER_PORT": "29500"}
@@ -269,3 +286,124 @@ def test_under_torchrun_bad_settings_are_one_usage_error(pytester: pytest.Pytest
         monkeypatch.setenv(name, value)
     pytester.makepyfile(TORCHRUN)
     assert words in assert_one_clean_error(pytester.runpytest(*BASE, *args))
+
+
+# ---------------------------------------------------------------- DataLoader-fed runs
+
+class LoggedFeatures(torch.utils.data.Dataset):
+    """Learnable features of 3 classes; in a process of a data-parallel run, every read
+    appends its index to that rank's log (``rank0.txt``, ``rank1.txt``)."""
+
+    def __init__(self, count: int, seed: int, logs: Path | None = None) -> None:
+        prototypes = torch.randn(3, 6, generator=torch.Generator().manual_seed(99)) * 2
+        self.y = torch.arange(count) % 3
+        self.x = prototypes[self.y] + 0.3 * torch.randn(
+            count, 6, generator=torch.Generator().manual_seed(seed))
+        self.logs = logs
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.logs is not None and dist.is_initialized():
+            with (self.logs / f"rank{dist.get_rank()}.txt").open("a") as log:
+                log.write(f"{index}\n")
+        return self.x[index], self.y[index]
+
+
+def loader_config(**changes: object) -> RunConfig:
+    values = dict(dataset="logged", input_shape=(6,), hidden=(16,), num_classes=3,
+                  activation="relu", batch_size=16, epochs=2, lr=1e-2, optimizer="adam",
+                  seed=0, device="cpu", train_subset=None, val_fraction=0.2,
+                  data_feed="DataLoader", processes=2)
+    values.update(changes)
+    return RunConfig(**values)
+
+
+def test_a_loader_fed_run_shares_every_epoch_among_the_processes_and_repeats(
+        tmp_path: Path) -> None:
+    """Each process reads its DistributedSampler share of every epoch (the shares make the
+    whole split, reshuffled each epoch); a rerun repeats bit for bit with ``num_workers=0``;
+    validation and test are sharded, and their figures are those of the whole splits."""
+    register_dataset("logged", train=LoggedFeatures(160, 0, tmp_path),
+                     test=LoggedFeatures(60, 1), val=LoggedFeatures(40, 2), num_classes=3)
+    data = load_dataset("logged", None, 0.2)
+    assert not data.train.in_memory
+    recipe = Recipe(lambda: build_mlp(6, (16,), 3))
+    run = train_data_parallel(loader_config(), data, CPU, recipe)
+    reads = {rank: [int(index) for index in (tmp_path / f"rank{rank}.txt").read_text().split()]
+             for rank in (0, 1)}
+    assert [len(indices) for indices in reads.values()] == [2 * 80, 2 * 80]
+    epochs = [[reads[rank][epoch * 80:(epoch + 1) * 80] for rank in (0, 1)] for epoch in (0, 1)]
+    for first, second in epochs:
+        assert sorted(first + second) == list(range(160))  # disjoint shares of the whole
+    assert epochs[0][0] != epochs[1][0]  # reshuffled for the second epoch
+    assert run.test_accuracy > 0.8
+
+    for log in tmp_path.glob("rank*.txt"):
+        log.unlink()
+    again = train_data_parallel(loader_config(), data, CPU, recipe)
+    assert [int(index) for index in (tmp_path / "rank0.txt").read_text().split()] == reads[0]
+    assert [figures(record) for record in again.history] == [
+        figures(record) for record in run.history]
+    assert (again.test_loss, again.test_accuracy) == (run.test_loss, run.test_accuracy)
+    for (name, first), (_, second) in zip(run.model.state_dict().items(),
+                                          again.model.state_dict().items(), strict=True):
+        assert torch.equal(first, second), name
+
+    test = score(run.model, data.test, recipe, CPU)
+    val = score(run.model, data.val, recipe, CPU)
+    assert (test.count, val.count) == (60, 40)
+    assert (run.test_loss, run.test_accuracy) == pytest.approx((test.loss, test.accuracy),
+                                                               rel=1e-6)
+    last = run.history[-1]
+    assert (last.val_loss, last.val_accuracy) == pytest.approx((val.loss, val.accuracy),
+                                                               rel=1e-6)
+    assert torch.equal(run.test_images, data.test.first(60)[0])  # what inference is timed on
+    assert run.predictor(8)().shape == (8, 3)
+
+
+LOADER_CONFTEST = """
+import torch
+import pytest_batchprof
+
+
+class Features(torch.utils.data.Dataset):
+    def __init__(self, count, seed):
+        prototypes = torch.randn(3, 6, generator=torch.Generator().manual_seed(99)) * 2
+        self.y = torch.arange(count) % 3
+        self.x = prototypes[self.y] + 0.3 * torch.randn(
+            count, 6, generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, index):
+        return self.x[index], self.y[index]
+
+
+pytest_batchprof.register_dataset("features", train=Features(160, 0), test=Features(60, 1),
+                                  val=Features(40, 2), num_classes=3)
+"""
+
+LOADER_TEST = """
+import pytest
+
+
+@pytest.mark.dataset("features")
+def test_run(trained_mlp):
+    run = trained_mlp(hidden=16, batch_size=16, lr=1e-2, data_parallel=2)
+    assert run.config.data_feed == "DataLoader" and run.test_accuracy > 0.8
+"""
+
+
+def test_a_session_trains_a_loader_fed_set_in_two_processes(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(LOADER_CONFTEST)
+    pytester.makepyfile(test_features=LOADER_TEST)
+    result = pytester.runpytest(*BASE[:-1], "--batchprof-report", "report")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["batchprof: training 6-16-3 on features, batch 16, *, "
+                                 "2 processes of batch 8, DataLoader"])
+    (row,) = json.loads((pytester.path / "report" / "latest.json").read_text())["rows"]
+    assert (row["processes"], row["data_feed"]) == (2, "DataLoader")
+    assert row["latency_median_s"] > 0 and row["flops"] > 0  # measured on the test's inputs

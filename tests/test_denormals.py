@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pytest_batchprof.data.datasets import load_dataset
-from pytest_batchprof.engine import denormals
-from pytest_batchprof.engine.denormals import denormals_flushed, flush_state, set_flush
 from pytest_batchprof.engine.training import RunConfig, train
+from pytest_batchprof.hardware import denormals
+from pytest_batchprof.hardware.denormals import denormals_flushed, flush_state, set_flush
 
 pytestmark = pytest.mark.skipif(not torch.set_flush_denormal(False),
                                 reason="this CPU cannot flush denormals")

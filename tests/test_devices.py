@@ -13,8 +13,8 @@ from unittest import mock
 import pytest
 import torch
 
-from pytest_batchprof.engine import devices
-from pytest_batchprof.engine.devices import (
+from pytest_batchprof.hardware import devices
+from pytest_batchprof.hardware.devices import (
     Accelerators,
     DeviceError,
     select_device,

@@ -292,14 +292,14 @@ def test_one_status_line_for_the_ensemble_and_every_members_epoch_lines(syntheti
                                                                          monkeypatch):
     """The members advance together: only the first still training draws the status
     line; every member prints its own epoch lines, named by seed and lr."""
-    from pytest_batchprof.experiment.build import build_experiment
-    from pytest_batchprof.plugin.options import Settings
+    from pytest_batchprof.runs.build import build_experiment
     from pytest_batchprof.runs.session import Trainer
+    from pytest_batchprof.settings import Settings
     from tests.test_progress import FakeConsole
 
     monkeypatch.setattr(training, "PROGRESS_POLL_SECONDS", 0.0)
-    monkeypatch.setattr("pytest_batchprof.plugin.progress.SHOW_AFTER_SECONDS", 0.0)
-    monkeypatch.setattr("pytest_batchprof.plugin.progress.REDRAW_SECONDS", 0.0)
+    monkeypatch.setattr("pytest_batchprof.runs.progress.SHOW_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr("pytest_batchprof.runs.progress.REDRAW_SECONDS", 0.0)
     console = FakeConsole(is_terminal=True, verbose=True)
     settings = Settings(epochs=2, no_co2=True)
     experiments = [build_experiment(settings, synthetic, lambda: build_mlp(64, (8,), 10), 16,

@@ -734,7 +734,7 @@ def test_bad_marker_failure_is_not_chained() -> None:
 def test_threshold_from_marker(args: tuple, kwargs: dict, expected: Threshold) -> None:
     threshold = Threshold.from_marker(args, kwargs)
     assert threshold == expected
-    assert isinstance(threshold.minimum, float)
+    assert isinstance(threshold.bound, float)
 
 
 @pytest.mark.parametrize(("args", "kwargs", "message"), [

@@ -77,7 +77,7 @@ def test_the_budget_reads_the_allocator_peak(pytester: pytest.Pytester) -> None:
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
 def test_each_precision_trains_on_cuda(pytester: pytest.Pytester, precision: str) -> None:
-    from pytest_batchprof.engine.precision import unsupported
+    from pytest_batchprof.hardware.precision import unsupported
 
     reason = unsupported(precision, torch.device("cuda"))
     if reason is not None:

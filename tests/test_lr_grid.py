@@ -20,7 +20,8 @@ def fake_run(lr: float, val: float, test: float, steps: int | None = None,
              diverged: str | None = None, target: float | None = None) -> SimpleNamespace:
     """What :func:`choose_lr` may read of a run, plus a test accuracy it must not."""
     return SimpleNamespace(
-        config=SimpleNamespace(lr=lr), val_accuracy=val, test_accuracy=test,
+        config=SimpleNamespace(lr=lr, higher_is_better=True), metric_name="accuracy",
+        val_accuracy=val, val_metric=val, test_accuracy=test,
         history=[object()], diverged=diverged, out_of_memory=None,
         time_to_target=None if target is None else TimeToTarget(target, steps))
 

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from pytest_batchprof.gating import compare
+from pytest_batchprof.plugin.report import SummaryCollector, SummaryTables
 from pytest_batchprof.reports import figures as declared
 from pytest_batchprof.reports.lr_grid import (
     ACCURACY_CRITERION,
@@ -29,11 +30,7 @@ from pytest_batchprof.reports.lr_grid import (
     lr_moved,
 )
 from pytest_batchprof.reports.plots import build_figures
-from pytest_batchprof.reports.summary import (
-    SummaryCollector,
-    SummaryTables,
-    table_from_report,
-)
+from pytest_batchprof.reports.summary import table_from_report
 from pytest_batchprof.reports.tables import table_columns
 from tests.test_report import markdown_tables
 

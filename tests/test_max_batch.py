@@ -9,8 +9,8 @@ import re
 import pytest
 from session_output import assert_one_clean_error, summary_rows
 
-from pytest_batchprof.engine.memory import MemoryLimit
-from pytest_batchprof.runs.max_batch import MaxBatch, Probe, search
+from pytest_batchprof.engine.memory import MaxBatch, MemoryLimit, Probe
+from pytest_batchprof.runs.max_batch import search
 
 BASE = ("-p", "no:cacheprovider", "--no-co2", "--device", "cpu", "--epochs", "1",
         "--batchprof-no-report")

@@ -23,10 +23,10 @@ import pytest
 import torch
 from torch import nn
 
+from pytest_batchprof.data.description import DataDescription
 from pytest_batchprof.experiment.models import (
     CNN,
     MLP,
-    DataDescription,
     ModelError,
     cnn,
     factory_identity,

@@ -10,9 +10,9 @@ from torch import nn
 from pytest_batchprof.data.datasets import load_dataset
 from pytest_batchprof.engine.steps import NoiseScaleEstimate
 from pytest_batchprof.engine.training import Recipe, train
-from pytest_batchprof.experiment.build import Experiment
 from pytest_batchprof.measuring import noise_scale
 from pytest_batchprof.runs import session
+from pytest_batchprof.runs.build import Experiment
 
 DIM, NOISE_SD, SAMPLES = 8, 2.0, 100_000
 

@@ -6,6 +6,7 @@ for ``batch_size``, so no data set is ever loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_batchprof.engine import devices
-from pytest_batchprof.engine.devices import Accelerators
-from pytest_batchprof.plugin.options import OptionError, parse_batch_sizes
+from pytest_batchprof.hardware import devices
+from pytest_batchprof.hardware.devices import Accelerators
+from pytest_batchprof.plugin.options import OPTIONS, OptionError, parse_batch_sizes
+from pytest_batchprof.settings import Settings, flag_of
 
 TRIVIAL_TEST = """
 def test_bs(batch_size):
@@ -146,6 +148,16 @@ def test_parse_batch_sizes_rejects_repeats(sizes: list[int], data: st.DataObject
     items.insert(data.draw(st.integers(0, len(items))), str(repeated))
     with pytest.raises(OptionError, match=f"repeats {repeated}"):
         parse_batch_sizes(",".join(items))
+
+
+def test_every_setting_has_an_option_and_flag_of_spells_it() -> None:
+    """:func:`flag_of`, which the layers below the plugin name options with, spells every
+    setting as the plugin registers it; a name that is no setting is refused."""
+    assert {field.name for field in dataclasses.fields(Settings)} == {
+        option.field for option in OPTIONS}
+    assert [flag_of(option.field) for option in OPTIONS] == [option.flag for option in OPTIONS]
+    with pytest.raises(ValueError, match=r"flag_of\('epoch'\): not a field of Settings"):
+        flag_of("epoch")
 
 
 # ---------------------------------------------------------------- bad command-line values
@@ -420,7 +432,8 @@ def test_without_env_data_dir_defaults_to_user_cache(pytester: pytest.Pytester,
 
 SHORT_FLAGS = ["--batch-sizes", "--epochs", "--dataset", "--data-dir", "--device", "--seed",
                "--repeats", "--lr", "--optimizer", "--lr-scaling", "--lr-base-batch",
-               "--lr-warmup-epochs", "--target-accuracy", "--train-subset", "--drop-last",
+               "--lr-warmup-epochs", "--target-accuracy", "--target-metric", "--train-subset",
+               "--drop-last",
                "--val-fraction",
                "--inference-batch-size", "--noise-scale", "--precision", "--keep-denormals",
                "--no-co2", "--co2-country"]

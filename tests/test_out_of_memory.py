@@ -13,8 +13,9 @@ from pytest_batchprof.data.datasets import load_dataset
 from pytest_batchprof.engine import memory
 from pytest_batchprof.engine.memory import MemoryLimit, OutOfMemory
 from pytest_batchprof.engine.training import Recipe, TrainingLoop
-from pytest_batchprof.plugin.options import OptionError, format_size, parse_size
+from pytest_batchprof.plugin.options import OptionError, parse_size
 from pytest_batchprof.reports.plots import build_figures
+from pytest_batchprof.settings import format_size
 
 BUDGET = "200MB"
 """Between the peaks of the MLP's small batches (up to 90 MB here) and batch 32,768's (about
@@ -233,8 +234,8 @@ def test_release_empties_the_device_cache(monkeypatch: pytest.MonkeyPatch, kind:
 
 
 def test_the_default_limit_on_cuda_is_the_device_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_batchprof.plugin.options import Settings
     from pytest_batchprof.runs.session import memory_limit
+    from pytest_batchprof.settings import Settings
 
     class Properties:
         total_memory = 80 * 2**30

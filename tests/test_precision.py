@@ -10,10 +10,10 @@ import torch
 from session_output import assert_one_clean_error, summary_rows
 
 from pytest_batchprof.data.datasets import load_dataset
-from pytest_batchprof.engine import precision
 from pytest_batchprof.engine.training import train
 from pytest_batchprof.experiment.config import EXPERIMENT_KEYS, LINE_KEYS, RUN_KEYS
 from pytest_batchprof.experiment.models import build_mlp
+from pytest_batchprof.hardware import precision
 
 BASE = ("-p", "no:cacheprovider", "--no-co2", "--device", "cpu", "--epochs", "1",
         "--batchprof-no-report")

@@ -2,7 +2,7 @@
 
 Three layers, from the inside out:
 
-* :mod:`pytest_batchprof.plugin.progress` on its own: which epochs a run prints, how a
+* :mod:`pytest_batchprof.runs.progress` on its own: which epochs a run prints, how a
   duration and a :class:`TrainingStatus` read, and when :class:`RunProgress`
   draws, clears and prints, driven by a fake console and a fake clock;
 * :class:`pytest_batchprof.plugin.terminal.TerminalConsole` on a real pytest
@@ -29,27 +29,26 @@ from typing import cast
 import pytest
 
 from pytest_batchprof.engine import training
+from pytest_batchprof.engine.status import TrainingStatus, duration
 from pytest_batchprof.engine.training import EpochRecord, RunConfig
-from pytest_batchprof.plugin import progress as progress_module
-from pytest_batchprof.plugin.progress import (
+from pytest_batchprof.plugin.terminal import TerminalConsole
+from pytest_batchprof.runs import progress as progress_module
+from pytest_batchprof.runs.progress import (
     ALL_EPOCHS_UP_TO,
     CONDENSED_EPOCHS,
     PLAIN_EVERY_SECONDS,
     REDRAW_SECONDS,
     SHOW_AFTER_SECONDS,
     RunProgress,
-    TrainingStatus,
-    duration,
     shown_epochs,
 )
-from pytest_batchprof.plugin.terminal import TerminalConsole
 
 # ---------------------------------------------------------------- fakes and helpers
 
 
 @dataclass
 class FakeConsole:
-    """A :class:`~pytest_batchprof.plugin.progress.Console` that records every call in order."""
+    """A :class:`~pytest_batchprof.runs.progress.Console` that records every call in order."""
 
     is_terminal: bool = True
     verbose: bool = False

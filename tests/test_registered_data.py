@@ -187,8 +187,8 @@ def test_float_targets_are_refused_at_first_use_never_made_classes(
     assert "floaty" in catalog.dataset_names()
     assert refusal("floaty", tmp_path) == (
         f"register_dataset('floaty') train: y holds {dtype} targets, and a classification "
-        f"data set needs integer class indices; if they are class indices, cast them with "
-        f"y.long() (regression targets are not supported yet)")
+        f"data set needs integer class indices; pass task='regression' (or 'multilabel' for 0/1 "
+        f"labels per class), or cast class indices with y.long()")
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
@@ -367,11 +367,11 @@ class Pairs(torch.utils.data.Dataset):
 def test_a_torch_dataset_is_read_into_the_same_tensors(tmp_path: Path) -> None:
     (x, y), (test_x, test_y) = learnable((3, 4, 4), 3, counts=(90, 21))
     register_dataset("direct", (x, y), (test_x, test_y))
-    register_dataset("custom", Pairs(x, y), Pairs(test_x, test_y))
+    register_dataset("custom", Pairs(x, y), Pairs(test_x, test_y), in_memory=True)
     register_dataset("tensor-dataset", torch.utils.data.TensorDataset(x, y),
-                     torch.utils.data.TensorDataset(test_x, test_y))
+                     torch.utils.data.TensorDataset(test_x, test_y), in_memory=True)
     register_dataset("mixed", torch.utils.data.TensorDataset(x, y), (test_x, test_y),
-                     val=Pairs(test_x[:9], test_y[:9]))
+                     val=Pairs(test_x[:9], test_y[:9]), in_memory=True)
     expected = load_dataset("direct", tmp_path, 0.1)
     for name in ("custom", "tensor-dataset"):
         assert_same_data(load_dataset(name, tmp_path, 0.1), expected)
@@ -385,7 +385,7 @@ def test_a_torch_dataset_of_uint8_images_is_kept_unscaled(tmp_path: Path) -> Non
     y = torch.arange(40) % 2
     register_dataset("bytes", (x, y), (x[:8], y[:8]))
     register_dataset("byte-dataset", torch.utils.data.TensorDataset(x, y),
-                     torch.utils.data.TensorDataset(x[:8], y[:8]))
+                     torch.utils.data.TensorDataset(x[:8], y[:8]), in_memory=True)
     data = load_dataset("byte-dataset", tmp_path, 0.1)
     assert_same_data(data, load_dataset("bytes", tmp_path, 0.1))
     assert data.train.x.dtype == torch.uint8
@@ -448,9 +448,44 @@ def test_a_bad_torch_dataset_fails_at_first_use_naming_its_split(
 ) -> None:
     good = (torch.zeros(4, 3), torch.tensor([0, 1, 0, 1]))
     splits = {"train": good, "test": good, part: split}
-    register_dataset("name", splits["train"], splits["test"])
+    register_dataset("name", splits["train"], splits["test"], in_memory=True)
     text = refusal("name", tmp_path)
     assert text.startswith(f"register_dataset('name') {part}: {message}"), text
+
+
+@pytest.mark.parametrize(
+    ("split", "message"),
+    [
+        (Unpaired(), "item 0 is a Tensor; the dataset must give (x, y) pairs, (x1, ..., y) "
+                     "tuples or mappings with 'labels'"),
+        (Lengthless(), "the dataset has no len(); give a map-style torch.utils.data.Dataset"),
+        (Empty(), "the dataset is empty"),
+        (Broken(), "reading item 0 failed (FileNotFoundError: image-0.png)"),
+    ],
+    ids=["not-pairs", "no-len", "empty", "broken"],
+)
+def test_a_bad_dataset_read_by_a_dataloader_fails_at_first_use(
+    split: torch.utils.data.Dataset, message: str, tmp_path: Path
+) -> None:
+    """A DataLoader-fed Dataset (the default) is checked on its first item at first use."""
+    register_dataset("name", split, (torch.zeros(4, 3), torch.tensor([0, 1, 0, 1])),
+                     num_classes=2)
+    text = refusal("name", tmp_path)
+    assert text.startswith(f"register_dataset('name') train: {message}"), text
+
+
+def test_a_dataloader_fed_dataset_declares_its_classes(tmp_path: Path) -> None:
+    """Counting the classes of a Dataset a DataLoader reads would read every sample: it
+    declares them (``classes``, ``targets``) or ``num_classes=`` gives them."""
+    (x, y), (test_x, test_y) = learnable((3,), 3, counts=(30, 9))
+    register_dataset("undeclared", Pairs(x, y), Pairs(test_x, test_y))
+    assert "pass num_classes=" in refusal("undeclared", tmp_path)
+    register_dataset("given", Pairs(x, y), Pairs(test_x, test_y), num_classes=3)
+    assert load_dataset("given", tmp_path, 0.1).num_classes == 3
+    declared = Pairs(x, y)
+    declared.targets = y.tolist()
+    register_dataset("targets", declared, Pairs(test_x, test_y))
+    assert load_dataset("targets", tmp_path, 0.1).num_classes == 3
 
 
 def test_a_torch_dataset_too_large_for_memory_is_refused_before_it_is_read(
@@ -460,7 +495,8 @@ def test_a_torch_dataset_too_large_for_memory_is_refused_before_it_is_read(
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=2**30))
     huge = Pairs(torch.zeros(1, 3, 32, 32), torch.zeros(1), length=1_000_000)  # 11.4 GiB
-    register_dataset("huge", huge, (torch.zeros(2, 3, 32, 32), torch.tensor([0, 1])))
+    register_dataset("huge", huge, (torch.zeros(2, 3, 32, 32), torch.tensor([0, 1])),
+                     in_memory=True)
     assert huge.reads <= 2  # it looked at one sample, not all of them
     message = refusal("huge", tmp_path)
     assert message.startswith("register_dataset('huge') train: 1,000,000 samples of shape "
@@ -533,16 +569,18 @@ BAD_INPUT = [
     ("x-1d", dict(test=(torch.zeros(8), _good()[1])),
      "register_dataset('bad') test: x has shape (8,); expected (N, D) features"),
     ("y-2d", dict(train=(torch.zeros(8, 3), torch.zeros(8, 1, dtype=torch.long))),
-     "register_dataset('bad') train: y has shape (8, 1); expected (8,), one class index"),
+     "register_dataset('bad') train: y has shape (8, 1); a classification data set needs one "
+     "class index per sample (N,)"),
     ("y-length", dict(test=(torch.zeros(8, 3), torch.zeros(7, dtype=torch.long))),
-     "register_dataset('bad') test: y has shape (7,); expected (8,), one class index"),
+     "register_dataset('bad') test: y has shape (7,); expected 8 targets, one per sample"),
     ("no-samples", dict(train=(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))),
      "register_dataset('bad') train: has no samples"),
     ("negative-label", dict(train=(torch.zeros(8, 3), torch.tensor([0, 1, -1, 0, 1, 2, 0, 1]))),
      "register_dataset('bad') train: a label is -1; labels must be 0 or more"),
     ("fractional-labels", dict(train=(torch.zeros(8, 3), torch.linspace(0, 2, 8))),
      "register_dataset('bad') train: y holds torch.float32 targets, and a classification "
-     "data set needs integer class indices; if they are class indices, cast them with y.long()"),
+     "data set needs integer class indices; pass task='regression' (or 'multilabel' for 0/1 "
+     "labels per class), or cast class indices with y.long()"),
     ("bool-labels", dict(test=(torch.zeros(8, 3), torch.arange(8) % 2 == 0)),
      "register_dataset('bad') test: y holds torch.bool values; give integer class indices"),
     ("bool-samples", dict(train=(torch.zeros(8, 3, dtype=torch.bool), _good()[1])),

@@ -19,17 +19,17 @@ from scipy import stats as scipy_stats
 
 from pytest_batchprof.gating import Threshold, compare
 from pytest_batchprof.reports.plots import build_figures
-from pytest_batchprof.reports.storage import load_report
-from pytest_batchprof.reports.summary import table_from_report
-from pytest_batchprof.reports.tables import render_table, table_columns
-from pytest_batchprof.runs.repeats import aggregate_seeds, fold, group_seeds
-from pytest_batchprof.runs.stats import (
+from pytest_batchprof.reports.seeds import aggregate_seeds, fold, group_seeds
+from pytest_batchprof.reports.stats import (
     Interval,
     difference_interval,
     mean_interval,
     seed_label,
     t_quantile,
 )
+from pytest_batchprof.reports.storage import load_report
+from pytest_batchprof.reports.summary import table_from_report
+from pytest_batchprof.reports.tables import render_table, table_columns
 
 DIGITS = ("-p", "no:cacheprovider", "--dataset", "digits", "--epochs", "1", "--no-co2",
           "--device", "cpu")

@@ -19,28 +19,27 @@ import pytest
 import torch
 from markdown_it import MarkdownIt
 
-from pytest_batchprof.plugin.options import Settings
+from pytest_batchprof.plugin.report import SummaryCollector, turned_off
 from pytest_batchprof.reports import storage
-from pytest_batchprof.reports.figures import (
-    BYTE_UNITS,
-    COLUMNS,
-    DEFAULT_COLUMNS,
-    ENERGY_UNITS,
-    MASS_UNITS,
-    OPTIONAL_COLUMNS,
-    TIME_UNITS,
-)
+from pytest_batchprof.reports.figures import COLUMNS, DEFAULT_COLUMNS, OPTIONAL_COLUMNS
 from pytest_batchprof.reports.storage import ReportError, load_report, report_json, write_atomic
-from pytest_batchprof.reports.summary import SummaryCollector, table_from_report, turned_off
+from pytest_batchprof.reports.summary import table_from_report
 from pytest_batchprof.reports.tables import (
     KNOWN_COLUMNS,
     format_column,
-    human_number,
     merge_outcome,
-    pick_unit,
     render_table,
     sort_rows,
     table_columns,
+)
+from pytest_batchprof.settings import Settings
+from pytest_batchprof.units import (
+    BYTE_UNITS,
+    ENERGY_UNITS,
+    MASS_UNITS,
+    TIME_UNITS,
+    human_number,
+    pick_unit,
 )
 
 DIGITS = ("--dataset", "digits", "--epochs", "1", "--no-co2")
@@ -571,7 +570,9 @@ def test_session_report_files_table_and_step_summary(pytester: pytest.Pytester,
                                 f"{row['hidden'][0]}]"]
         [epoch] = row["history"]
         assert set(epoch) == {"epoch", "train_loss", "train_accuracy", "val_loss",
-                              "val_accuracy", "train_seconds", "eval_seconds"}
+                              "val_accuracy", "train_seconds", "eval_seconds",
+                              "train_metric", "val_metric"}
+        assert (epoch["train_metric"], epoch["val_metric"]) == (None, None)  # scored by accuracy
         assert epoch["epoch"] == 1
         assert epoch["val_accuracy"] == row["val_accuracy"]
         assert f"{100 * row['test_accuracy']:.1f}" in column(table, "test acc (%)")
@@ -947,12 +948,13 @@ def test_one_declaration_gives_the_default_columns_folding_and_compared_figures(
     assert figures.DEFAULT_COLUMNS == (
         "model", "dataset", "batch_size", "epochs", "lr_grid_note", "threads_note",
         "train_seconds", "seconds_per_epoch", "scaling_efficiency", "train_accuracy",
-        "val_accuracy", "test_accuracy", "latency_median_s", "flops", "params",
+        "val_accuracy", "test_accuracy", "train_metric", "val_metric", "test_metric",
+        "latency_median_s", "flops", "params",
         "checkpoint_bytes", "train_co2eq_kg", "target_steps", "target_samples",
         "target_epochs", "target_seconds", "critical_batch", "critical_batch_low",
         "critical_batch_high", "critical_batch_fit", "critical_batch_fit_low",
         "critical_batch_fit_high", "critical_batch_ratio", "max_batch_size", "data_note",
-        "test_source", "history_source", "outcome")
+        "val_note", "test_source", "history_source", "outcome")
     assert {column.key for column in figures.FIGURES if column.off == "no_co2"} == {
         "train_energy_kwh", "train_co2eq_kg", "inference_per_1000_energy_kwh",
         "inference_per_1000_co2eq_kg"}

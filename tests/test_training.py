@@ -185,14 +185,14 @@ def test_measuring_the_curve_is_kept_out_of_training_times(synthetic, run_config
                                                             monkeypatch):
     monkeypatch.setattr(training, "CURVE_EVERY_SAMPLES", 240)
     monkeypatch.setattr(training, "CURVE_PROBE_SAMPLES", 7)
-    real_evaluate = training.evaluate
+    real_score = training.score
 
     def slow_probe(model, split, *args, **kwargs):
         if len(split) == 7:  # a curve point: make it cost 0.2 s
             time.sleep(0.2)
-        return real_evaluate(model, split, *args, **kwargs)
+        return real_score(model, split, *args, **kwargs)
 
-    monkeypatch.setattr(training, "evaluate", slow_probe)
+    monkeypatch.setattr(training, "score", slow_probe)
     started = time.perf_counter()
     run = train(run_config(synthetic, epochs=2, target_accuracy=0.9999), synthetic,
                 torch.device("cpu"))
@@ -331,3 +331,37 @@ def test_dropout_draws_from_the_runs_seed_not_from_the_process(
     with training.run_randomness(3, torch.device("cpu")):
         torch.rand(5)
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_warm_up_steps_only_the_optimizers_it_is_given(synthetic, monkeypatch) -> None:
+    """The engine's warm-up steps Adam and SGD unless told otherwise; the session's trainer
+    asks for none, since every run's own optimizer stepped when its experiment was built
+    (check_recipe), before the trainer's warm-up."""
+    from pytest_batchprof.runs.build import build_experiment
+    from pytest_batchprof.runs.session import Trainer
+    from pytest_batchprof.settings import Settings
+
+    made: list[str] = []
+    make = training.make_optimizer
+
+    def recorded(name, parameters, lr):
+        made.append(name)
+        return make(name, parameters, lr)
+
+    monkeypatch.setattr(training, "make_optimizer", recorded)
+    cpu = torch.device("cpu")
+    training.warm_up(cpu)
+    assert made == ["adam", "sgd"]
+    made.clear()
+    training.warm_up(cpu, optimizers=())
+    assert made == []
+    experiment = build_experiment(Settings(epochs=1, no_co2=True), synthetic,
+                                  lambda: build_mlp(64, (8,), 10), 16, cpu, optimizer="sgd",
+                                  name="tiny")
+    assert made == ["sgd"]  # the experiment's check stepped its own optimizer
+    made.clear()
+    trainer = Trainer(cpu, None, None)
+    trainer.warm_up()
+    assert made == [] and trainer.warmed_up
+    run, _, _ = trainer(experiment)
+    assert made == ["sgd"] and run.test_accuracy is not None  # the run's own optimizer

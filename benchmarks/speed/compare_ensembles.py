@@ -42,9 +42,9 @@ from pytest_batchprof.data.datasets import Dataset, load_dataset
 from pytest_batchprof.engine.ensemble import Ensemble, MemberLoop, VmappedModel
 from pytest_batchprof.engine.training import Recipe, RunConfig, train, warm_up
 from pytest_batchprof.experiment.models import mlp_name
-from pytest_batchprof.plugin.options import DEFAULT_VAL_FRACTION, default_data_dir
+from pytest_batchprof.reports.stats import Interval, mean_interval
 from pytest_batchprof.reports.storage import cpu_name
-from pytest_batchprof.runs.stats import Interval, mean_interval
+from pytest_batchprof.settings import DEFAULT_VAL_FRACTION, default_data_dir
 
 CPU = torch.device("cpu")
 VAL_SAMPLES = 1_000

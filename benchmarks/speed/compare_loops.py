@@ -24,6 +24,24 @@ from ``data.SPLIT_SEED``), for the same number of samples and optimizer steps:
   as the next, and its speed drifts over minutes: many short alternated bursts
   give both sides their turns in its fast spells.
 
+Fed by a DataLoader: the same comparison for a training split a DataLoader reads
+every epoch (a registered ``Dataset``), on MNIST's training images kept as uint8 and
+normalised as each is read (:class:`NormalisedImages`, the tutorials' per-item
+transform), with 0 and 2 worker processes (``--loader-workers``) at batch 16 and 128
+(``--loader-batch-sizes``), 784-1024-10:
+
+* hand-written: ``DataLoader(shuffle=True)`` from a seeded generator with the row's
+  workers (kept across epochs), the same model, fused Adam, denormals flushed, and
+  nothing else (:func:`hand_loader_samples_per_second`);
+* engine: its ``train`` on the data set whose training split is a ``LoaderSplit`` of
+  the same Dataset and DataLoader arguments, as ``register_dataset`` makes it
+  (validation and test stay in memory and are left out of its samples/s).
+
+Both sides train ``--pairs`` alternated one-epoch bursts of about
+:data:`LOADER_BURST_SECONDS` (each starts its loader's workers, both sides alike), and
+the table sets each side's best throughput against the other's, with the pairs' mean
+ratio and its interval beside it; the verdict reads as the lean loop's.
+
 The engine's seconds per epoch include its per-epoch validation pass; the
 textbook's include no evaluation at all. Rows capped by ``--max-steps`` train
 both sides on the first ``steps x batch`` samples of the split, extrapolate the
@@ -48,6 +66,7 @@ between the engine and the floor goes.
     make speed                                       # both models, batch 1,16,64,128: long
     make speed ARGS="--quick --data-dir=/path/to/data"   # smoke test, about two minutes
     make speed ARGS="--profile --max-steps 300"          # where the engine's time goes
+    make speed ARGS="--loader-only --pairs 9"            # the DataLoader comparison alone
     .venv/bin/python benchmarks/speed/compare_loops.py --models 784-1024-10 \\
         --batch-sizes 1 --max-steps 200
 """
@@ -69,14 +88,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from pytest_batchprof.data.datasets import SPLIT_SEED, Dataset, load_dataset
-from pytest_batchprof.engine.denormals import denormals_flushed
-from pytest_batchprof.engine.training import Run, train
+from pytest_batchprof.data.loading import LoaderSplit
+from pytest_batchprof.engine.training import Run, RunConfig, train
 from pytest_batchprof.experiment.models import build_mlp, mlp, mlp_name
+from pytest_batchprof.hardware.denormals import denormals_flushed
 from pytest_batchprof.measuring.metrics import benchmark_timer
-from pytest_batchprof.plugin.options import DEFAULT_VAL_FRACTION, Settings, default_data_dir
+from pytest_batchprof.reports.stats import Interval, mean_interval
 from pytest_batchprof.reports.storage import cpu_name
 from pytest_batchprof.runs.session import BatchprofSession
-from pytest_batchprof.runs.stats import Interval, mean_interval
+from pytest_batchprof.settings import DEFAULT_VAL_FRACTION, Settings, default_data_dir
 
 MODELS: dict[str, tuple[int, ...]] = {
     "784-1024-10": (1024,),
@@ -93,6 +113,11 @@ BATCH1_DEFAULT_CAP = 3000
 ACCURACY_TOLERANCE_PP = 1.0
 BURST_SECONDS = 1.0
 BURST_MIN_STEPS = 50
+LOADER_BURST_SECONDS = 2.0
+"""A DataLoader burst's length: longer than the in-memory one's, since each burst starts
+its loader's worker processes (both sides alike)."""
+LOADER_WORKERS = (0, 2)
+LOADER_MODEL = "784-1024-10"
 
 
 @dataclass(frozen=True)
@@ -442,10 +467,11 @@ def ratio_interval(interval: Interval) -> str:
     return f"{interval.mean:.2f} ({interval.low:.2f}-{interval.high:.2f})"
 
 
-def lean_verdict(rows: list[Row]) -> str:
-    """``holds`` when each side's best puts the engine at or above the lean loop in every
-    row; ``parity within noise`` when it does not, but no row's pairs show the engine
-    slower (their interval reaches 1.0); ``MISSED`` when some row's pairs do."""
+def lean_verdict(rows: list[Row] | list[LoaderRow]) -> str:
+    """``holds`` when each side's best puts the engine at or above the loop it is set
+    against (the lean loop, or the hand-written DataLoader loop) in every row; ``parity
+    within noise`` when it does not, but no row's pairs show the engine slower (their
+    interval reaches 1.0); ``MISSED`` when some row's pairs do."""
     if not rows:
         return "not run"
     if all(row.engine_over_lean >= 1.0 for row in rows):
@@ -480,6 +506,136 @@ def table(rows: list[Row], peak: float) -> str:
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+# ---------------------------------------------------------------- DataLoader comparison
+
+
+class NormalisedImages(torch.utils.data.Dataset):
+    """MNIST's training images as uint8, each normalised as it is read (what the
+    tutorials' ``ToTensor()`` + ``Normalize`` do to one image): a Dataset with a cheap
+    per-item transform, read by a DataLoader on both sides."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.images[index].float() / 255 - MNIST_MEAN) / MNIST_STD, self.labels[index]
+
+
+@dataclass(frozen=True)
+class LoaderRow:
+    """The engine fed by a DataLoader against a hand-written DataLoader loop, one row."""
+
+    workers: int
+    batch_size: int
+    samples: int
+    """Training samples of each burst (one epoch)."""
+    hand_samples_per_second: float
+    engine_samples_per_second: float
+    pair_ratios: Interval
+
+    @property
+    def engine_over_lean(self) -> float:
+        """The engine's samples/s over the hand-written loop's (:func:`lean_verdict`'s name)."""
+        return self.engine_samples_per_second / self.hand_samples_per_second
+
+
+def loader_options(workers: int) -> dict[str, object]:
+    """The DataLoader arguments of both sides: ``workers`` processes, kept across epochs."""
+    return {"num_workers": workers, "persistent_workers": workers > 0}
+
+
+def hand_loader_samples_per_second(dataset: torch.utils.data.Dataset, hidden: tuple[int, ...],
+                                   batch_size: int, workers: int) -> float:
+    """Samples per second of the DataLoader loop a user writes, over one epoch of
+    ``dataset``: seeded shuffle, ``workers`` worker processes, the engine's model and fused
+    Adam, denormals flushed as the engine flushes them; no running loss, no evaluation.
+    The clock runs from the loader's first batch asked (its workers started) to the last
+    step, as the engine's epoch clock does."""
+    model = seeded_mlp(hidden)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(SEED), **loader_options(workers))
+    with denormals_flushed(True):
+        started = time.perf_counter()
+        for images, labels in loader:
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        seconds = time.perf_counter() - started
+    del loader  # its persistent workers end here, not during the other side's burst
+    return len(dataset) / seconds
+
+
+def loader_config(settings: Settings, data: Dataset, hidden: tuple[int, ...], batch_size: int,
+                  samples: int, workers: int) -> RunConfig:
+    """The engine's configuration of a DataLoader-fed epoch of ``samples`` samples: the one
+    its session makes for the MLP at ``batch_size`` (from a run of one batch), with the
+    row's feed."""
+    feed = "DataLoader" + (f", {workers} workers" if workers else "")
+    base, _ = engine_run(replace(settings, epochs=1), data, hidden, batch_size, batch_size)
+    return replace(base.config, train_subset=samples, epochs=1, data_feed=feed)
+
+
+def engine_loader_samples_per_second(config: RunConfig, data: Dataset,
+                                     dataset: torch.utils.data.Dataset, workers: int) -> float:
+    """The engine's optimisation samples/s (validation left out) over one epoch of
+    ``dataset``, fed by a DataLoader as a registered ``Dataset`` is: its training split a
+    :class:`~pytest_batchprof.data.loading.LoaderSplit` of ``dataset`` with the same
+    options (validation and test stay in memory)."""
+    fed = replace(data, train=LoaderSplit(dataset, loader_options(workers)))
+    return train(config, fed, torch.device("cpu")).train_samples_per_second
+
+
+def compare_loader(args: argparse.Namespace, settings: Settings, data: Dataset,
+                   images: NormalisedImages, workers: int, batch_size: int) -> LoaderRow:
+    """Train one (workers, batch) row both ways in ``args.pairs`` alternated bursts of
+    about :data:`LOADER_BURST_SECONDS`, each one epoch over the first samples of
+    ``images``, as many as the hand-written loop reads in that time."""
+    hidden = MODELS[LOADER_MODEL]
+    probe = Subset(images, range(min(len(images), batch_size * BURST_MIN_STEPS * 4)))
+    rate = hand_loader_samples_per_second(probe, hidden, batch_size, workers)
+    samples = min(len(images), max(batch_size * BURST_MIN_STEPS,
+                                   round(rate * LOADER_BURST_SECONDS / batch_size) * batch_size))
+    burst = Subset(images, range(samples))
+    config = loader_config(settings, data, hidden, batch_size, samples, workers)
+    engine_rates, hand_rates = [], []
+    for _ in range(args.pairs):
+        engine_rates.append(engine_loader_samples_per_second(config, data, burst, workers))
+        hand_rates.append(hand_loader_samples_per_second(burst, hidden, batch_size, workers))
+    if args.profile:
+        print(f"\ntorch.profiler, engine, DataLoader with {workers} workers, batch "
+              f"{batch_size}, {samples:,} samples:")
+        print(profile_loader_engine(config, data, burst, workers))
+    return LoaderRow(workers, batch_size, samples, max(hand_rates), max(engine_rates),
+                     mean_interval([e / h for e, h in zip(engine_rates, hand_rates,
+                                                          strict=True)]))
+
+
+def profile_loader_engine(config: RunConfig, data: Dataset, dataset: torch.utils.data.Dataset,
+                          workers: int) -> str:
+    """torch.profiler's busiest operators while the engine trains an epoch of ``dataset``
+    through a DataLoader."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        engine_loader_samples_per_second(config, data, dataset, workers)
+    return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+
+
+def loader_table(rows: list[LoaderRow]) -> str:
+    """The DataLoader comparison as a GitHub-flavoured markdown table."""
+    body = [[row.workers, row.batch_size, f"{row.samples:,}",
+             f"{row.hand_samples_per_second:,.0f}", f"{row.engine_samples_per_second:,.0f}",
+             f"{row.engine_over_lean:.2f}", ratio_interval(row.pair_ratios)] for row in rows]
+    headers = ["workers", "batch", "samples per burst", "hand-written loop samples/s",
+               "engine samples/s", "engine / hand-written (x)", "pairs' mean (95% CI)"]
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
@@ -502,9 +658,17 @@ def parse_args() -> argparse.Namespace:
                              "(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None,
                         help=f"torch threads (default: torch's, {torch.get_num_threads()})")
+    parser.add_argument("--loader-batch-sizes", default="16,128",
+                        help=f"batch sizes of the DataLoader comparison ({LOADER_MODEL}; "
+                             "'none' leaves it out; default: %(default)s)")
+    parser.add_argument("--loader-workers", default=",".join(map(str, LOADER_WORKERS)),
+                        help="DataLoader worker processes of its rows (default: %(default)s)")
+    parser.add_argument("--loader-only", action="store_true",
+                        help="run the DataLoader comparison alone")
     args = parser.parse_args()
     if args.quick:
         args.models, args.batch_sizes = "784-1024-10", "64,128"
+        args.loader_batch_sizes = "128"
     args.models = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = [name for name in args.models if name not in MODELS]
     if unknown:
@@ -515,6 +679,17 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--batch-sizes must be whole numbers, got {args.batch_sizes!r}")
     if args.epochs < 1 or min(args.batch_sizes) < 1 or (args.max_steps or 1) < 1:
         parser.error("--epochs, --batch-sizes and --max-steps must be >= 1")
+    try:
+        args.loader_batch_sizes = ([] if args.loader_batch_sizes.strip() == "none" else
+                                   [int(size) for size in args.loader_batch_sizes.split(",")])
+        args.loader_workers = [int(count) for count in args.loader_workers.split(",")]
+    except ValueError:
+        parser.error(f"--loader-batch-sizes and --loader-workers must be whole numbers, got "
+                     f"{args.loader_batch_sizes!r} and {args.loader_workers!r}")
+    if min(args.loader_batch_sizes, default=1) < 1 or min(args.loader_workers) < 0:
+        parser.error("--loader-batch-sizes must be >= 1 and --loader-workers >= 0")
+    if args.loader_only and not args.loader_batch_sizes:
+        parser.error("--loader-only needs --loader-batch-sizes")
     return args
 
 
@@ -542,21 +717,39 @@ def main() -> None:
           f"{args.epochs} epoch(s), Adam lr {LR:g}, seed {SEED}. Engine s/epoch includes its "
           f"validation pass; 'engine call s' is the whole session.run call, measuring included.")
 
-    for name in args.models:
+    models = [] if args.loader_only else args.models
+    for name in {*models, LOADER_MODEL}:
         warm_up(settings, data, train_set, test_set, MODELS[name])
     rows = []
-    for name in args.models:
+    for name in models:
         for batch_size in args.batch_sizes:
             rows.append(compare(args, settings, data, indices, train_set, test_set,
                                 name, batch_size))
             peak.read()
             print(f"  done: {mlp_name(784, MODELS[name], 10)} batch {batch_size}", flush=True)
-    print()
-    print(table(rows, peak.best))
-    print()
-    print(peak.describe())
-    for target, result in targets(rows, peak.best):
-        print(f"{target}: {result}")
+    images = NormalisedImages(train_set.data[indices], train_set.targets[indices])
+    loader_rows = []
+    for workers in args.loader_workers if args.loader_batch_sizes else ():
+        for batch_size in args.loader_batch_sizes:
+            loader_rows.append(compare_loader(args, settings, data, images, workers,
+                                              batch_size))
+            print(f"  done: DataLoader, {workers} workers, batch {batch_size}", flush=True)
+    if rows:
+        print()
+        print(table(rows, peak.best))
+        print()
+        print(peak.describe())
+        for target, result in targets(rows, peak.best):
+            print(f"{target}: {result}")
+    if loader_rows:
+        print(f"\nFed by a DataLoader ({LOADER_MODEL}, MNIST's images as uint8 normalised per "
+              f"item, one epoch of each burst's samples, {args.pairs} alternated pairs): the "
+              f"engine's train against a hand-written DataLoader loop")
+        print(loader_table(loader_rows))
+        ratios = ", ".join(f"{row.engine_over_lean:.2f}x (pairs {ratio_interval(row.pair_ratios)})"
+                           for row in loader_rows)
+        print(f">= 1.0x the hand-written DataLoader loop's samples/s: "
+              f"{lean_verdict(loader_rows)}: {ratios}")
 
 
 if __name__ == "__main__":

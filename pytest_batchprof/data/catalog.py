@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+TASKS: tuple[str, ...] = ("classification", "regression", "multilabel", "tokens")
+"""What a data set's targets may hold (``register_dataset(..., task=...)``); each task's
+loss and metric are in :mod:`pytest_batchprof.experiment.tasks`."""
+
 DATASET_NAMES: tuple[str, ...] = (
     "mnist", "fashion-mnist", "kmnist", "cifar10", "digits", "synthetic")
 

@@ -48,10 +48,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from pytest_batchprof.data.datasets import Dataset, Split
-from pytest_batchprof.engine.denormals import denormals_flushed
-from pytest_batchprof.engine.devices import synchronize
 from pytest_batchprof.engine.memory import is_out_of_memory, release_device_memory
-from pytest_batchprof.engine.precision import autocast, matmul_precision
 from pytest_batchprof.engine.training import (
     GATHER_CHUNK_BYTES,
     EpochRecord,
@@ -62,6 +59,10 @@ from pytest_batchprof.engine.training import (
     TrainingLoop,
 )
 from pytest_batchprof.errors import one_line
+from pytest_batchprof.experiment.libraries import is_keras_model
+from pytest_batchprof.hardware.denormals import denormals_flushed
+from pytest_batchprof.hardware.devices import synchronize
+from pytest_batchprof.hardware.precision import autocast, matmul_precision
 
 ELEMENTWISE_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
     torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.RMSprop,
@@ -221,6 +222,12 @@ def ensemble_obstacle(loops: Sequence[TrainingLoop], recipe: Recipe) -> str | No
     if recipe.optimizer is not None:
         return ("a custom optimizer callable would see the stacked weights, whose shapes "
                 "are not the model's")
+    if not loops[0].data.train.in_memory:
+        return "a DataLoader reads its data (an ensemble slices tensors in memory)"
+    if not recipe.metric_is_accuracy or recipe.forward is not None:
+        return "it is scored by another metric than accuracy, or called through forward="
+    if recipe.scheduler is not None:
+        return "a scheduler= callable would see the stacked weights' optimizer"
     if not isinstance(loops[0].optimizer, ELEMENTWISE_OPTIMIZERS):
         return f"{type(loops[0].optimizer).__name__} does not update each weight on its own"
     if any(True for _ in loops[0].model.buffers()):
@@ -228,6 +235,9 @@ def ensemble_obstacle(loops: Sequence[TrainingLoop], recipe: Recipe) -> str | No
                 "stacked members cannot keep apart")
     if first.precision == "fp16":
         return "fp16's gradient scaler would skip every member's step when one overflows"
+    if is_keras_model(loops[0].model):
+        return ("a Keras model computes with its own variables, which torch.func's stacked "
+                "weights cannot stand in for")
     return _probe_obstacle(loops[0], recipe)
 
 

@@ -9,7 +9,8 @@ the failed step held before the next run starts. The budget is checked against
 the same peak the report shows (:class:`~pytest_batchprof.measuring.metrics.
 PeakMemoryMeter`), at a few points of the first steps and after every epoch
 (:class:`~pytest_batchprof.engine.steps.MemoryCheck`), never as a per-step
-device sync.
+device sync. A run may also hold the largest batch size of its model that fits the
+limit (:class:`MaxBatch`, which :mod:`pytest_batchprof.runs.max_batch` searches).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import gc
 from dataclasses import dataclass
 
 import torch
+
+from pytest_batchprof.units import BYTE_UNITS, human_number, pick_unit
 
 MPS_OUT_OF_MEMORY = "MPS backend out of memory"
 """How the MPS backend's out-of-memory ``RuntimeError`` begins (it has no class of its own)."""
@@ -49,9 +52,6 @@ class OutOfMemory:
 
     def describe(self) -> str:
         """``out of memory at batch 4,096 (reached 2.3 GB; ...)``: the row's outcome."""
-        from pytest_batchprof.reports.figures import BYTE_UNITS
-        from pytest_batchprof.reports.tables import human_number, pick_unit
-
         reached = ""
         if self.reached_bytes is not None:  # in the report's byte units
             unit, scale = pick_unit([self.reached_bytes], BYTE_UNITS)
@@ -59,6 +59,48 @@ class OutOfMemory:
         where = ("" if self.epoch is None else
                  f", epoch {self.epoch} step {self.step}")
         return f"out of memory at batch {self.batch_size:,} ({reached}{self.cause}{where})"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One batch size tried: whether it fitted, and the peak it reached (``None``: the
+    device ran out before anything measured it)."""
+
+    batch_size: int
+    fits: bool
+    peak_bytes: int | None
+
+
+@dataclass(frozen=True)
+class MaxBatch:
+    """The largest batch of one model whose training fits a memory limit, as
+    :func:`~pytest_batchprof.runs.max_batch.find_max_batch` found it; a run holds it
+    (``run.max_batch``)."""
+
+    batch_size: int
+    """The answer: ``largest_fit`` less the margin (0 when not even batch 1 fits)."""
+    largest_fit: int
+    first_failure: int | None
+    """``None`` when every size up to the cap fitted."""
+    cap: int
+    margin: float
+    limit: MemoryLimit
+    probes: tuple[Probe, ...]
+
+    def describe(self) -> str:
+        """One line for the live output."""
+        if not self.largest_fit:
+            return f"no batch size fits {self.limit.source}, not even 1"
+        failure = (f"{self.first_failure:,} does not" if self.first_failure is not None
+                   else f"every size up to the cap of {self.cap:,} does")
+        return (f"largest batch that fits {self.limit.source}: {self.batch_size:,} "
+                f"({self.largest_fit:,} fits, {failure}; {self.margin:.0%} margin; "
+                f"{len(self.probes)} probes)")
+
+    def summary(self) -> dict[str, object]:
+        """Row figures of every run of the model."""
+        return {"max_batch_size": self.batch_size, "max_batch_fits": self.largest_fit,
+                "max_batch_fails": self.first_failure, "max_batch_limit": self.limit.source}
 
 
 class MemoryBudgetExceeded(Exception):

@@ -6,10 +6,13 @@ model factory and the loss, with nothing to pickle, and meets the others through
 c10d TCP rendezvous on a free local port. They train with ``DistributedDataParallel``:
 gloo on the CPU (each process on its share of the cores), NCCL on CUDA (one device per
 process). ``batch_size`` stays the global batch: every process walks the same seeded
-permutation and takes its slice of each global batch (the role of ``DistributedSampler``),
-and the loss of a slice is weighted so that the averaged gradient is that of the global
-batch's mean loss, the last short batch included. Validation and test are sharded and
-their sums all-reduced. Rank 0 tells its progress and each epoch's figures, as they
+permutation of tensors in memory and takes its slice of each global batch (the role of
+``DistributedSampler``), and the loss of a slice is weighted so that the averaged gradient
+is that of the global batch's mean loss, the last short batch included; a split a
+DataLoader reads is given to each process by a ``DistributedSampler``, reshuffled every
+epoch. Validation and test are sharded and their sums all-reduced. With
+``sync_batchnorm=True`` each process's BatchNorm layers normalise with the global batch's
+statistics (:mod:`.batchnorm`). Rank 0 tells its progress and each epoch's figures, as they
 come, through a queue the parent reads while it waits (so the console shows every epoch
 line live, as for a run in the test's process), and hands the trained weights and
 figures back through a file; the parent rebuilds the
@@ -30,15 +33,15 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from pytest_batchprof.plugin.launch import launched_rank
+from pytest_batchprof.engine.launch import launched_rank
 
 if TYPE_CHECKING:
     from multiprocessing.queues import SimpleQueue
 
     from pytest_batchprof.data.datasets import Dataset
+    from pytest_batchprof.engine.status import TrainingStatus
     from pytest_batchprof.engine.training import EpochRecord, Recipe, Run, TrainingObserver
     from pytest_batchprof.experiment.config import RunConfig
-    from pytest_batchprof.plugin.progress import TrainingStatus
 
 COLLECTIVE_TIMEOUT_SECONDS = 30.0
 """How long a collective (or the rendezvous) waits for a process that has stopped: a failed
@@ -131,7 +134,7 @@ def train_data_parallel(config: RunConfig, data: Dataset, device: torch.device,
 
     import torch.multiprocessing as mp
 
-    from pytest_batchprof.engine.training import Run, initial_model
+    from pytest_batchprof.engine.training import Run, initial_model, measured_inputs
 
     queue = multiprocessing.get_context("fork").SimpleQueue()  # no feeder thread to flush
     with tempfile.TemporaryDirectory(prefix="batchprof-ddp-") as folder:
@@ -155,8 +158,9 @@ def train_data_parallel(config: RunConfig, data: Dataset, device: torch.device,
     model.load_state_dict(figures.pop("model"))
     optimizer.load_state_dict(figures.pop("optimizer"))
     model.eval()
-    return Run(config=config, model=model, optimizer=optimizer, test_images=data.test.x,
-               **figures)
+    measured, call = measured_inputs(data.test, recipe)
+    return Run(config=config, model=model, optimizer=optimizer, test_images=measured,
+               call=call, val_note=data.val_note, **figures)
 
 
 def _join(context, poll: Callable[[], None] = lambda: None) -> None:
@@ -199,7 +203,8 @@ def _worker(rank: int, config: RunConfig, data: Dataset, device: torch.device,
                 "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                 "samples_per_epoch": run.samples_per_epoch, "history": run.history,
                 "train_seconds": run.train_seconds, "test_loss": run.test_loss,
-                "test_accuracy": run.test_accuracy, "diverged": run.diverged,
+                "test_accuracy": run.test_accuracy, "test_metric": run.test_metric,
+                "diverged": run.diverged,
                 "time_to_target": run.time_to_target, "curve": run.curve,
                 "curve_seconds": run.curve_seconds, "clock": run.clock,
             }, result)

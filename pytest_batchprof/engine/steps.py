@@ -8,6 +8,8 @@ meters have stopped.
 
 * :class:`WarmUp`: the learning rate's linear ramp (``--lr-warmup-epochs``),
   by ``torch.optim.lr_scheduler.LinearLR``;
+* :class:`Schedule`: the user's learning-rate schedule (``scheduler=``), stepped per
+  step, the warm-up's ramp composed with it;
 * :class:`DivergenceCheck`: stop the epoch when the loss became NaN or inf;
 * :class:`CurvePoints`: the learning curve between epochs, kept out of the
   training time;
@@ -25,15 +27,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 
 from pytest_batchprof.engine import training
-from pytest_batchprof.engine.devices import synchronize
 from pytest_batchprof.engine.memory import MemoryBudgetExceeded
+from pytest_batchprof.engine.status import TrainingStatus
+from pytest_batchprof.hardware.devices import synchronize
 from pytest_batchprof.measuring import noise_scale
-from pytest_batchprof.plugin.progress import TrainingStatus
 
 if TYPE_CHECKING:
     from pytest_batchprof.engine.training import EpochRecord, TrainingLoop
@@ -82,7 +85,7 @@ class WarmUp(LoopStep):
 
     def start(self) -> None:
         config, optimizer = self.loop.config, self.loop.optimizer
-        if not self.total:
+        if not self.total or self.loop.recipe.scheduler is not None:  # Schedule ramps it
             return
         start = config.lr if config.lr_warmup_start is None else config.lr_warmup_start
         factor = start / config.lr
@@ -105,6 +108,62 @@ class WarmUp(LoopStep):
             self.due = self.loop.steps_done + 1
 
 
+class Schedule(LoopStep):
+    """The user's learning-rate schedule (``scheduler=``), made from the optimizer, the
+    steps per epoch and the epochs, and stepped after every optimizer step; a warm-up
+    composes with it by scaling the schedule's rate, step by step, by the warm-up's linear
+    factor (from ``lr_warmup_start / lr`` at the first step to 1 after the warm-up).
+
+    The schedule always steps from its own last rate (the factor is taken off before it
+    steps), so a chainable schedule (StepLR, CosineAnnealingLR) and one that writes
+    absolute rates (OneCycleLR, LambdaLR) compose alike.
+    """
+
+    def __init__(self, loop: TrainingLoop) -> None:
+        super().__init__(loop)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        config = loop.config
+        self.warmup = math.ceil(config.lr_warmup_epochs * loop.steps_per_epoch)
+        start = config.lr if config.lr_warmup_start is None else config.lr_warmup_start
+        self.start_factor = start / config.lr
+        self.scheduled: list[float] = []
+        """Each parameter group's rate as the schedule set it, before the warm-up's factor."""
+
+    def factor(self, step: int) -> float:
+        """The warm-up's factor at optimizer step ``step`` (1-based); 1 after it."""
+        if step > self.warmup:
+            return 1.0
+        return self.start_factor + (1 - self.start_factor) * (step - 1) / self.warmup
+
+    def start(self) -> None:
+        loop = self.loop
+        make = loop.recipe.scheduler
+        if make is None:
+            return
+        self.scheduler = make(loop.optimizer, loop.steps_per_epoch, loop.config.epochs)
+        if not isinstance(self.scheduler, torch.optim.lr_scheduler.LRScheduler):
+            raise TypeError(f"scheduler= returned a {type(self.scheduler).__name__}; it must "
+                            f"return a torch.optim.lr_scheduler.LRScheduler of the optimizer")
+        self._scale(1)
+        self.due = 1
+
+    def _scale(self, step: int) -> None:
+        groups = self.loop.optimizer.param_groups
+        self.scheduled = [group["lr"] for group in groups]
+        factor = self.factor(step)
+        if factor != 1.0:
+            for group, rate in zip(groups, self.scheduled, strict=True):
+                group["lr"] = rate * factor
+
+    def fire(self) -> None:
+        assert self.scheduler is not None
+        for group, rate in zip(self.loop.optimizer.param_groups, self.scheduled, strict=True):
+            group["lr"] = rate
+        self.scheduler.step()
+        self._scale(self.loop.steps_done + 1)
+        self.due = self.loop.steps_done + 1
+
+
 PENDING_OUTPUT_BYTES = 64 << 20
 """The most memory the outputs kept between two folds of the running figures may take."""
 
@@ -118,6 +177,8 @@ class DivergenceCheck(LoopStep):
     def __init__(self, loop: TrainingLoop) -> None:
         super().__init__(loop)
         output_bytes = 4 * loop.config.batch_size * loop.config.num_classes
+        if loop.recipe.task.name == "tokens":  # one row of scores per token
+            output_bytes *= max(1, math.prod(loop.config.input_shape))
         self.every = max(1, min(training.DIVERGENCE_CHECK_STEPS,
                                 PENDING_OUTPUT_BYTES // output_bytes))
 
@@ -159,9 +220,10 @@ class CurvePoints(LoopStep):
             run = loop.run_record
             synchronize(loop.device)  # the steps queued so far are training time
             started = time.perf_counter()
-            loss, accuracy = loop.evaluate(self.probe)
+            scores = loop.score(self.probe)
             run.curve.append(training.CurvePoint(loop.samples_done,
-                                                 loop.samples_done / loop.count, loss, accuracy))
+                                                 loop.samples_done / loop.count, scores.loss,
+                                                 scores.accuracy, scores.metric))
             run.curve_seconds += time.perf_counter() - started
             every = training.CURVE_EVERY_SAMPLES
             self.next_point = (loop.samples_done // every + 1) * every
@@ -169,43 +231,50 @@ class CurvePoints(LoopStep):
 
 
 class TargetCheck(LoopStep):
-    """With a target accuracy, measure the validation accuracy every
-    :data:`~.training.TARGET_CHECK_SAMPLES` training samples (in whole steps) and after
-    every epoch; the first time it reaches the target, record the steps, samples,
-    epochs and seconds it took (MLPerf's time to train) and end the run."""
+    """With a target accuracy (or a target of the run's metric, in its direction), measure
+    it on the validation split every :data:`~.training.TARGET_CHECK_SAMPLES` training
+    samples (in whole steps) and after every epoch; the first time it reaches the target,
+    record the steps, samples, epochs and seconds it took (MLPerf's time to train) and end
+    the run."""
 
     def __init__(self, loop: TrainingLoop) -> None:
         super().__init__(loop)
         config = loop.config
-        self.target = config.target_accuracy
+        self.on_metric = config.target_metric is not None
+        self.target = config.target_metric if self.on_metric else config.target_accuracy
+        self.lower_is_better = self.on_metric and not config.higher_is_better
         self.every = max(1, round(training.TARGET_CHECK_SAMPLES / config.batch_size))
 
     def start(self) -> None:
         if self.target is None:
             return
-        self.loop.run_record.time_to_target = training.TimeToTarget(self.target)
+        self.loop.run_record.time_to_target = training.TimeToTarget(
+            self.target, metric=self.loop.config.metric if self.on_metric else "accuracy")
         self.due = self.every
 
     def fire(self) -> None:
         loop = self.loop
-        if self._reached(loop.evaluate(loop.data.val)[1]):
+        if self._reached(loop.target_score(loop.data.val)):
             loop.stop_epoch = True  # the epoch ends here; its record covers the samples seen
         self.due = loop.steps_done + self.every
 
     def epoch_end(self, record: EpochRecord) -> None:
         if self.target is not None:
-            self._reached(record.val_accuracy)
+            self._reached(record.val_metric if self.on_metric and record.val_metric is not None
+                          else record.val_accuracy)
             if self.loop.run_record.time_to_target.reached:
                 self.loop.stop_run = True
 
-    def _reached(self, val_accuracy: float) -> bool:
-        """Record the target as reached now, if it is (and was not before)."""
+    def _reached(self, value: float) -> bool:
+        """Record the target as reached now, if ``value`` (the validation figure) reaches
+        it (and did not before)."""
         loop, run = self.loop, self.loop.run_record
-        if run.time_to_target.reached or val_accuracy < self.target:
+        short = value > self.target if self.lower_is_better else value < self.target
+        if run.time_to_target.reached or short or math.isnan(value):
             return False
-        run.time_to_target = training.TimeToTarget(
-            self.target, loop.steps_done, loop.samples_done, loop.samples_done / loop.count,
-            loop.run_seconds)
+        run.time_to_target = replace(
+            run.time_to_target, steps=loop.steps_done, samples=loop.samples_done,
+            epochs=loop.samples_done / loop.count, seconds=loop.run_seconds)
         self.due = NEVER
         return True
 
@@ -231,7 +300,8 @@ class ProgressReport(LoopStep):
                 epoch=loop.epoch, epochs=config.epochs, step=loop.step,
                 steps_per_epoch=loop.steps_per_epoch, samples_done=loop.samples_done,
                 total_samples=loop.count * config.epochs, run_seconds=loop.run_seconds,
-                stops_early=config.target_accuracy is not None))
+                stops_early=(config.target_accuracy is not None
+                             or config.target_metric is not None)))
         elapsed = now - loop.started
         rate = loop.steps_done / elapsed if elapsed > 0 else 0.0
         self.due = loop.steps_done + max(1, int(rate * training.PROGRESS_POLL_SECONDS))
@@ -285,7 +355,7 @@ class NoiseScaleEstimate(LoopStep):
                 seed=loop.config.seed)
 
 
-STEPS: tuple[type[LoopStep], ...] = (WarmUp, DivergenceCheck, CurvePoints, TargetCheck,
+STEPS: tuple[type[LoopStep], ...] = (WarmUp, Schedule, DivergenceCheck, CurvePoints, TargetCheck,
                                      ProgressReport, MemoryCheck)
 """The steps of every run, in the order they fire when due at once."""
 

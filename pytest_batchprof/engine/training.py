@@ -28,10 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytest_batchprof.data.datasets import Dataset, Split
-from pytest_batchprof.engine.clock import HOST_CLOCK, Stopwatch
-from pytest_batchprof.engine.denormals import denormals_flushed
-from pytest_batchprof.engine.devices import synchronize
+from pytest_batchprof.data.batches import (
+    BatchModel,
+    Forward,
+    call_model,
+    default_forward,
+    model_outputs,
+    split_batch,
+)
+from pytest_batchprof.data.datasets import AnySplit, Dataset, Split
+from pytest_batchprof.data.loading import EVAL_LOADER_BATCH
 from pytest_batchprof.engine.memory import (
     MemoryBudgetExceeded,
     MemoryLimit,
@@ -40,15 +46,20 @@ from pytest_batchprof.engine.memory import (
     is_out_of_memory,
     release_device_memory,
 )
-from pytest_batchprof.engine.precision import (
+from pytest_batchprof.engine.status import TrainingStatus
+from pytest_batchprof.experiment.config import RunConfig
+from pytest_batchprof.experiment.models import build_mlp
+from pytest_batchprof.experiment.tasks import TASK_BY_NAME, RunMetric, Task, run_metric
+from pytest_batchprof.hardware.clock import HOST_CLOCK, Stopwatch
+from pytest_batchprof.hardware.denormals import denormals_flushed
+from pytest_batchprof.hardware.devices import synchronize
+from pytest_batchprof.hardware.precision import (
     autocast,
     emulation_note,
     grad_scaler,
     in_precision,
     matmul_precision,
 )
-from pytest_batchprof.experiment.config import RunConfig
-from pytest_batchprof.experiment.models import build_mlp
 from pytest_batchprof.measuring.metrics import (
     Latency,
     Measurements,
@@ -57,13 +68,12 @@ from pytest_batchprof.measuring.metrics import (
     predictor,
 )
 from pytest_batchprof.measuring.noise_scale import NoiseScale
-from pytest_batchprof.plugin.progress import TrainingStatus
 
 if TYPE_CHECKING:
+    from pytest_batchprof.engine.lr_choice import LrChoice
+    from pytest_batchprof.engine.memory import MaxBatch
     from pytest_batchprof.engine.parallel import Shard
     from pytest_batchprof.engine.steps import LoopStep
-    from pytest_batchprof.runs.lr_grid import LrChoice
-    from pytest_batchprof.runs.max_batch import MaxBatch
 
 DIVERGENCE_CHECK_STEPS = 200
 """How often (in optimizer steps) the running loss is checked for NaN or inf."""
@@ -90,6 +100,10 @@ GATHER_CHUNK_BYTES = 1 << 20
 """Training samples are gathered in their shuffled order this many bytes at a time (at
 least one batch): small enough to stay in cache until its batches are used."""
 
+MEASURED_SAMPLES = 256
+"""The test samples a DataLoader-fed run keeps for its latency, FLOPs and predictor (an
+in-memory run keeps its whole test split: the inputs of a timed batch cycle through them)."""
+
 PROGRESS_POLL_SECONDS = 0.25
 """How often the training loop tells its observer where it stands (a clock read per step)."""
 
@@ -102,6 +116,9 @@ def correct_predictions(outputs: torch.Tensor, targets: torch.Tensor) -> torch.T
     """The accuracy metric: how many arg-max classes equal the class-index targets."""
     return (outputs.argmax(dim=1) == targets).sum()
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer, int, int], torch.optim.lr_scheduler.LRScheduler]
+"""``scheduler(optimizer, steps_per_epoch, epochs)``: a learning-rate schedule stepped after
+every optimizer step."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +134,29 @@ class Recipe:
     run's learning rate is written into its parameter groups either way."""
     metric: Metric = correct_predictions
     """``metric(outputs, targets)``: how many of the batch's predictions are right (a 0-d
-    tensor, kept on the device); every accuracy of the run is its sum over the samples."""
+    tensor, kept on the device); every accuracy of the run is its sum over the samples.
+    Counted by classification runs only."""
+    task: Task = TASK_BY_NAME["classification"]
+    """What the run learns (its loss is ``loss``; its default metric the task's)."""
+    scores: object = None
+    """The run's metric when it is not the task's default: a torchmetrics ``Metric`` or a
+    :class:`~pytest_batchprof.experiment.tasks.MetricSpec` (``trained_model(metric=...)``)."""
+    forward: Forward | None = None
+    """``forward(model, batch) -> (outputs, targets)`` for batches or results the
+    conventions of :mod:`pytest_batchprof.data.batches` do not take apart."""
+    scheduler: SchedulerFactory | None = None
+    """A learning-rate schedule stepped after every optimizer step (after any warm-up's
+    step), made once the optimizer is."""
+
+    @property
+    def counts_accuracy(self) -> bool:
+        """Whether the run counts accuracy (classification does, beside any other metric)."""
+        return self.task.name == "classification"
+
+    @property
+    def metric_is_accuracy(self) -> bool:
+        """Whether the run's metric is the accuracy it counts."""
+        return self.counts_accuracy and self.scores is None
 
     @classmethod
     def of_mlp(cls, config: RunConfig) -> Recipe:
@@ -144,19 +183,27 @@ class EpochRecord:
     val_accuracy: float
     train_seconds: float
     eval_seconds: float
+    train_metric: float | None = None
+    """The run's metric over the epoch's batches, when it is not accuracy (RMSE, F1,
+    perplexity, the user's): running, as the training accuracy is."""
+    val_metric: float | None = None
+    """... and on the validation split after the epoch."""
 
     @property
     def seconds(self) -> float:
         """Wall time of the epoch: optimisation plus the validation pass."""
         return self.train_seconds + self.eval_seconds
 
-    def line(self) -> str:
-        """The posts' progress line: ``Epoch 01, Train acc=0.911, Val acc=0.935, ...``."""
-        return (
-            f"Epoch {self.epoch:02d}, Train acc={self.train_accuracy:.3f}, "
-            f"Val acc={self.val_accuracy:.3f}, Train loss={self.train_loss:.3f}, "
-            f"Val loss={self.val_loss:.3f}"
-        )
+    def line(self, metric: str = "accuracy") -> str:
+        """The posts' progress line: ``Epoch 01, Train acc=0.911, Val acc=0.935, ...``; the
+        run's ``metric`` by its name when it is not accuracy (``Train rmse=0.52, ...``)."""
+        if self.val_metric is None:
+            scores = f"Train acc={self.train_accuracy:.3f}, Val acc={self.val_accuracy:.3f}"
+        else:
+            scores = (f"Train {metric}={self.train_metric:.4g}, "
+                      f"Val {metric}={self.val_metric:.4g}")
+        return (f"Epoch {self.epoch:02d}, {scores}, Train loss={self.train_loss:.3f}, "
+                f"Val loss={self.val_loss:.3f}")
 
 
 @dataclass(frozen=True)
@@ -171,11 +218,13 @@ class CurvePoint:
     """The same position in epochs: ``samples`` over the samples of one epoch."""
     val_loss: float
     val_accuracy: float
+    val_metric: float | None = None
+    """The run's metric on the same samples, when it is not accuracy."""
 
 
 class TrainingObserver(Protocol):
     """What the engine tells while it trains (the plugin's
-    :class:`~pytest_batchprof.plugin.progress.RunProgress` shows it)."""
+    :class:`~pytest_batchprof.runs.progress.RunProgress` shows it)."""
 
     def on_progress(self, status: TrainingStatus) -> None:
         """Where the run stands, at most every :data:`PROGRESS_POLL_SECONDS` during an epoch."""
@@ -198,17 +247,24 @@ class TimeToTarget:
     samples: int | None = None
     epochs: float | None = None
     seconds: float | None = None
+    metric: str = "accuracy"
+    """The figure the target is on: ``accuracy``, or the run's metric by its name
+    (``--batchprof-target-metric``), reached in its direction."""
 
     @property
     def reached(self) -> bool:
         return self.steps is not None
 
     def summary(self) -> dict[str, object]:
-        """Row figures; ``"not reached"`` in place of a number that does not exist."""
+        """Row figures; ``"not reached"`` in place of a number that does not exist. A
+        target of the run's metric is ``target_metric`` with its ``target_metric_name``
+        (``target_accuracy`` is then the config's, none)."""
         def figure(value: object) -> object:
             return value if self.reached else "not reached"
 
-        return {"target_accuracy": self.target, "target_reached": self.reached,
+        target = ({"target_accuracy": self.target} if self.metric == "accuracy" else
+                  {"target_metric": self.target, "target_metric_name": self.metric})
+        return {**target, "target_reached": self.reached,
                 "target_steps": figure(self.steps), "target_samples": figure(self.samples),
                 "target_epochs": figure(self.epochs), "target_seconds": figure(self.seconds)}
 
@@ -226,7 +282,9 @@ class Run:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     samples_per_epoch: int
-    test_images: torch.Tensor = field(repr=False)
+    test_images: object = field(repr=False)
+    """What inference is timed on: the test split's inputs (a tensor, or the tuple or
+    mapping a model takes), or whole test batches when ``call`` takes batches."""
     history: list[EpochRecord] = field(default_factory=list)
     train_seconds: float = 0.0
     test_loss: float | None = None
@@ -243,7 +301,7 @@ class Run:
     curve_seconds: float = 0.0
     """Wall time spent measuring ``curve``: part of no training time."""
     clock: str = HOST_CLOCK
-    """What timed the epochs (:mod:`~pytest_batchprof.engine.clock`): CUDA events on CUDA."""
+    """What timed the epochs (:mod:`~pytest_batchprof.hardware.clock`): CUDA events on CUDA."""
     max_batch: MaxBatch | None = None
     """With ``--batchprof-find-max-batch``: the largest batch of this run's model that fits."""
     lr_choice: LrChoice | None = None
@@ -258,10 +316,45 @@ class Run:
     out_of_memory: OutOfMemory | None = None
     """Set when the run ran out of memory (the device's, or the budget's); the history
     then ends at the last whole epoch, and it is neither tested nor measured."""
+    test_metric: float | None = None
+    """The run's metric on the test split, when it is not accuracy (``test_accuracy`` is)."""
+    val_note: str | None = None
+    """Why the validation figures may not be what they seem: a validation split cut from a
+    training ``Dataset`` is read with its training transforms
+    (:data:`~pytest_batchprof.data.datasets.VAL_CUT_NOTE`)."""
+    call: Callable[[nn.Module, object], object] | None = field(default=None, repr=False)
+    """How inference calls the model on ``test_images``: ``None`` for ``model(inputs)``;
+    else ``call(model, inputs)`` (inputs given by name or position, or the user's
+    ``forward=`` on whole batches)."""
 
     @property
     def name(self) -> str:
         return self.config.model_name
+
+    @property
+    def metric_name(self) -> str:
+        """The name of the run's metric: ``accuracy``, ``rmse``, ``f1``, ``perplexity``, or
+        the one given with ``metric=``."""
+        return self.config.metric
+
+    @property
+    def metric(self) -> float | None:
+        """The run's metric on the test split (its accuracy for a classification run
+        scored by accuracy); ``None`` for a run that was not tested."""
+        return self.test_accuracy if self.config.metric == "accuracy" else self.test_metric
+
+    @property
+    def val_metric(self) -> float:
+        """The run's metric on the validation split after the last epoch."""
+        if self.config.metric == "accuracy":
+            return self.val_accuracy
+        value = self.history[-1].val_metric if self.history else None
+        return math.nan if value is None else value
+
+    def inference_model(self) -> nn.Module:
+        """The model as inference is timed and counted: itself, or wrapped so that it takes
+        ``test_images`` as they are (:class:`~pytest_batchprof.data.batches.BatchModel`)."""
+        return self.model if self.call is None else BatchModel(self.model, self.call)
 
     @property
     def lr_discarded(self) -> bool:
@@ -321,7 +414,8 @@ class Run:
             batch_size = (self.measurements.latency.batch_size if self.measurements
                           else self.config.batch_size)
         self.model.eval()
-        model = in_precision(self.model, self.config.precision, self.test_images.device)
+        model = in_precision(self.inference_model(), self.config.precision,
+                             torch.device(self.config.device))
         return predictor(model, inference_inputs(self.test_images, batch_size))
 
     def summary(self) -> dict[str, object]:
@@ -338,11 +432,15 @@ class Run:
             "val_accuracy": self.val_accuracy,
             "test_accuracy": self.test_accuracy,
             "test_loss": self.test_loss,
+            **({} if self.config.metric == "accuracy" else {
+                "train_metric": self.history[-1].train_metric if self.history else None,
+                "val_metric": self.val_metric, "test_metric": self.test_metric}),
             "diverged": self.diverged,
             "train_samples_per_second": self.train_samples_per_second,
             "train_clock": self.clock,
             "ensemble": self.ensemble,
             "threads": self.threads,
+            **({"val_note": self.val_note} if self.val_note else {}),
             **({"precision_note": f"{self.config.precision} emulated: {emulated}"}
                if emulated else {}),
             **(self.measurements.summary() if self.measurements else {}),
@@ -351,11 +449,10 @@ class Run:
             **(self.out_of_memory_summary() if self.out_of_memory else {}),
             **(self.max_batch.summary() if self.max_batch else {}),
             **(self.lr_choice.summary(self.config.lr) if self.lr_choice else {}),
-            "history": [asdict(record) for record in self.history],
-            "curve": [asdict(point) for point in self.curve],
+            "history": [_without_nan(asdict(record)) for record in self.history],
+            "curve": [_without_nan(asdict(point)) for point in self.curve],
         }
-        return {key: None if isinstance(value, float) and math.isnan(value) else value
-                for key, value in figures.items()}
+        return _without_nan(figures)
 
     def out_of_memory_summary(self) -> dict[str, object]:
         """The row of a run that ran out: its outcome, and the memory it had reached."""
@@ -369,12 +466,28 @@ class Run:
         def percent(value: float | None) -> str:
             return "n/a" if value is None or math.isnan(value) else f"{value:.2%}"
 
+        def figure(value: float | None) -> str:
+            return "n/a" if value is None or math.isnan(value) else f"{value:.4g}"
+
         state = f", diverged: {self.diverged}" if self.diverged else ""
         if self.out_of_memory:
             state = f", {self.out_of_memory.describe()}"
-        return (f"<Run {self.config.describe()}: test acc {percent(self.test_accuracy)}, "
-                f"val acc {percent(self.val_accuracy)}, train acc {percent(self.train_accuracy)}"
-                f", {self.train_seconds:.2f} s{state}>")
+        if self.config.metric != "accuracy":  # the run's metric, by its name
+            name = self.config.metric
+            train = self.history[-1].train_metric if self.history else None
+            scores = (f"test {name} {figure(self.test_metric)}, val {name} "
+                      f"{figure(self.val_metric)}, train {name} {figure(train)}")
+        else:
+            scores = (f"test acc {percent(self.test_accuracy)}, val acc "
+                      f"{percent(self.val_accuracy)}, train acc {percent(self.train_accuracy)}")
+        return f"<Run {self.config.describe()}: {scores}, {self.train_seconds:.2f} s{state}>"
+
+
+def _without_nan(figures: dict[str, object]) -> dict[str, object]:
+    """``figures`` with ``None`` for NaN (a figure the run has none of: the accuracy of a
+    regression's epochs), as JSON can hold them."""
+    return {key: None if isinstance(value, float) and math.isnan(value) else value
+            for key, value in figures.items()}
 
 
 def epoch_samples(config: RunConfig, available: int) -> int:
@@ -470,18 +583,20 @@ def run_randomness(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def warm_up(device: torch.device) -> None:
+def warm_up(device: torch.device, optimizers: Sequence[str] = ("adam", "sgd")) -> None:
     """Pay torch's one-off costs before the first timed run.
 
     The first optimizer step in a process imports parts of torch (about 2 s
     for Adam on the CPU), and the first kernels on a device initialise it; a
-    study's first run would otherwise look seconds slower than the rest.
+    study's first run would otherwise look seconds slower than the rest. Two steps of a
+    tiny model with each of ``optimizers`` (none: a caller whose runs' own optimizers
+    have stepped already), then an evaluation, which no optimizer step pays for.
     """
     with torch.random.fork_rng(devices=[]):
         model = build_mlp(4, (4,), 2).to(device)
     inputs = torch.zeros(2, 2, 2, device=device)
     labels = torch.zeros(2, dtype=torch.int64, device=device)
-    for name in ("adam", "sgd"):
+    for name in optimizers:
         optimizer = make_optimizer(name, model.parameters(), 1e-3)
         for _ in range(2):
             loss = F.cross_entropy(model(inputs), labels)
@@ -490,6 +605,17 @@ def warm_up(device: torch.device) -> None:
             optimizer.step()
     evaluate(model, Split(inputs, labels))
     synchronize(device)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A model's figures on a split: mean loss per sample, accuracy (NaN when the run
+    counts none), the run's metric when it is not accuracy, and the samples scored."""
+
+    loss: float
+    accuracy: float
+    metric: float | None
+    count: int
 
 
 @torch.inference_mode()
@@ -506,30 +632,95 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE,
     return mean_loss, accuracy
 
 
-def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+def split_batches(split: AnySplit, batch_size: int = EVAL_BATCH_SIZE) -> Iterable[object]:
+    """A split's batches in order, for scoring: slices of its tensors in memory (of
+    ``batch_size``), or a DataLoader's batches of :data:`~.loading.EVAL_LOADER_BATCH`."""
+    if split.in_memory:
+        return ((split.x[start:start + batch_size], split.y[start:start + batch_size])
+                for start in range(0, len(split), batch_size))
+    return split.batches(split.loader(EVAL_LOADER_BATCH))
+
+
+@torch.inference_mode()
+def score(model: nn.Module, split: AnySplit, recipe: Recipe, device: torch.device,
+          precision: str = "fp32", scores: RunMetric | None = None,
+          shard: Shard | None = None) -> Scores:
+    """``model``'s :class:`Scores` on ``split`` with the run's loss, accuracy count and
+    metric (``scores``, reset first; ``None`` when accuracy is the metric); with
+    ``shard``, this process scores its share of the split and the figures are every
+    process's."""
+    if shard is not None:
+        low, high = shard.bounds(len(split))
+        split = (Split(split.x[low:high], split.y[low:high]) if split.in_memory
+                 else split.subset(list(range(low, high))))
+    if scores is not None:
+        scores.reset()
+    mean_loss, accuracy, count = evaluate_batches(
+        model, split_batches(split), device, recipe.loss, recipe.metric, precision,
+        forward=recipe.forward, counts_accuracy=recipe.counts_accuracy, scores=scores)
+    if shard is not None:
+        total_loss, correct, count = (float(value) for value in shard.sum(
+            *(torch.tensor(value, device=device)
+              for value in (mean_loss * count, accuracy * count, float(count)))))
+        mean_loss, accuracy = total_loss / max(count, 1), correct / max(count, 1)
+    metric = scores.compute(shard) if scores is not None else None
+    return Scores(mean_loss, accuracy if recipe.counts_accuracy else math.nan, metric,
+                  int(count))
+
+
+def evaluate_batches(model: nn.Module, batches: Iterable[object],
                      device: torch.device, loss: LossFunction = F.cross_entropy,
                      metric: Metric = correct_predictions,
-                     precision: str = "fp32") -> tuple[float, float, int]:
-    """Mean loss per sample and accuracy of ``model`` on ``(x, y)`` batches on ``device``,
-    and their samples: summed on the device, read once at the end."""
+                     precision: str = "fp32", *, forward: Forward | None = None,
+                     counts_accuracy: bool = True,
+                     scores: RunMetric | None = None) -> tuple[float, float, int]:
+    """Mean loss per sample and accuracy of ``model`` on batches on ``device`` (``(x, y)``,
+    or any batch :mod:`~pytest_batchprof.data.batches` takes apart, or ``forward``
+    does), and their samples: summed on the device, read once at the end. ``scores``
+    hears every batch's outputs and targets."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     in_precision = autocast(precision, device)
-    for x, labels in batches:
+    for batch in batches:
         with in_precision:
-            logits = model(x)
+            if forward is not None:
+                logits, labels = forward(model, batch)
+            else:
+                inputs, labels = split_batch(batch)
+                logits = model_outputs(call_model(model, inputs))
         logits = logits.float()
+        size = len(labels)
         if loss is F.cross_entropy:
             total += F.cross_entropy(logits, labels, reduction="sum")
         else:  # a mean over the batch, weighted back to a sum
-            total += loss(logits, labels).detach() * len(labels)
-        correct += metric(logits, labels)
-        count += len(labels)
+            total += loss(logits, labels).detach() * size
+        if counts_accuracy:
+            correct += metric(logits, labels)
+        if scores is not None:
+            scores.update(logits, labels)
+        count += size
     model.train(was_training)
     return total.item() / max(count, 1), correct.item() / max(count, 1), count
+
+
+def measured_inputs(split: AnySplit, recipe: Recipe) -> tuple[object, Callable | None]:
+    """What a run's inference is timed and counted on (``Run.test_images``), and how the
+    model is called on it (``Run.call``): the test split's inputs, as many as
+    :data:`MEASURED_SAMPLES` when a DataLoader reads it; whole batches for ``forward=``."""
+    if split.in_memory and recipe.forward is None:
+        return split.x, None
+    batch = (split.x, split.y) if split.in_memory else split.first(
+        min(len(split), MEASURED_SAMPLES))
+    if recipe.forward is not None:
+        forward = recipe.forward
+        return batch, lambda model, batch: forward(model, batch)[0]
+    inputs, _ = split_batch(batch)
+    if isinstance(inputs, torch.Tensor):
+        return inputs, None
+    return inputs, lambda model, inputs: model_outputs(call_model(model, inputs))
 
 
 def train(
@@ -596,16 +787,31 @@ class TrainingLoop:
         if shard is not None:
             from torch.nn.parallel import DistributedDataParallel
 
+            if config.sync_batchnorm:  # the same parameters: the optimizer still steps them
+                from pytest_batchprof.engine.batchnorm import synchronise_batchnorm
+
+                self.model = synchronise_batchnorm(self.model, device)
             self.forward = DistributedDataParallel(self.model)
             self.local_batch = config.batch_size // shard.world
         self.loss_fn, self.metric = recipe.loss, recipe.metric
+        self.recipe = recipe
+        self.scores: RunMetric | None = (
+            None if recipe.metric_is_accuracy
+            else run_metric(recipe.scores, recipe.task, config.num_classes, device))
+        """The run's metric when it is not accuracy, over each epoch's training batches."""
+        self.val_scores: RunMetric | None = (
+            None if recipe.metric_is_accuracy
+            else run_metric(recipe.scores, recipe.task, config.num_classes, device))
+        """... a second one, for the validation and test splits."""
         self.available = len(data.train)
         """The training samples each epoch's shuffled order is drawn from."""
         self.count = epoch_samples(config, self.available)
         """The samples an epoch trains on: all of them, or with ``drop_last`` those of its
         whole batches (what its steps count epochs and samples by)."""
+        measured, call = measured_inputs(data.test, recipe)
         self.run_record = Run(config=config, model=self.model, optimizer=self.optimizer,
-                              samples_per_epoch=self.count, test_images=data.test.x)
+                              samples_per_epoch=self.count, test_images=measured, call=call,
+                              val_note=data.val_note)
         self.steps_per_epoch = math.ceil(self.count / config.batch_size)
         self.epoch = self.step = self.steps_done = self.samples_done = 0
         self.started = 0.0
@@ -618,6 +824,8 @@ class TrainingLoop:
         self.loss_total = torch.zeros((), device=device)
         self.correct_total = torch.zeros((), dtype=torch.int64, device=device)
         self.steps = loop_steps(self, extra_steps)
+        self._gathered: torch.Tensor | None = None
+        self._chunk = 0
 
     # -- what steps read
 
@@ -626,22 +834,25 @@ class TrainingLoop:
         """Wall time since the first step, measuring (curve points) excluded."""
         return time.perf_counter() - self.started - self.run_record.curve_seconds
 
-    def evaluate(self, split: Split) -> tuple[float, float]:
-        """Mean loss and accuracy of the model now on ``split`` (the run's loss, metric and
-        precision); in a data-parallel run, each process evaluates its shard and the sums
-        are all-reduced."""
-        if self.shard is None:
-            return evaluate(self.model, split, loss=self.loss_fn, metric=self.metric,
-                            precision=self.config.precision)
-        low, high = self.shard.bounds(len(split))
-        local = Split(split.x[low:high], split.y[low:high])
-        loss, accuracy = evaluate(self.model, local, loss=self.loss_fn, metric=self.metric,
-                                  precision=self.config.precision)
-        count = len(local)
-        total_loss, correct, samples = self.shard.sum(
-            *(torch.tensor(value, device=self.device)
-              for value in (loss * count, accuracy * count, float(count))))
-        return float(total_loss / samples), float(correct / samples)
+    def score(self, split: AnySplit) -> Scores:
+        """The model's :class:`Scores` now on ``split`` (the run's loss, accuracy, metric and
+        precision); in a data-parallel run, each process scores its shard and the figures
+        are every process's."""
+        return score(self.model, split, self.recipe, self.device, self.config.precision,
+                     self.val_scores, self.shard)
+
+    def evaluate(self, split: AnySplit) -> tuple[float, float]:
+        """Mean loss and accuracy of the model now on ``split`` (see :meth:`score`)."""
+        scores = self.score(split)
+        return scores.loss, scores.accuracy
+
+    def target_score(self, split: AnySplit) -> float:
+        """What a target is checked against on ``split``: the run's metric with
+        ``target_metric``, else its accuracy."""
+        scores = self.score(split)
+        if self.config.target_metric is not None and scores.metric is not None:
+            return scores.metric
+        return scores.accuracy
 
     def finite(self, loss_total: torch.Tensor) -> bool:
         """Whether the running loss is finite (on every process, in a data-parallel run)."""
@@ -659,7 +870,12 @@ class TrainingLoop:
                                     + stacked[-1] * self.short_batch)
             else:
                 self.loss_total += stacked.sum() * self.local_batch
-            self.correct_total += self.metric(torch.cat(outputs), torch.cat(labels))
+            if self.recipe.counts_accuracy or self.scores is not None:
+                outputs_seen, labels_seen = torch.cat(outputs), torch.cat(labels)
+                if self.recipe.counts_accuracy:
+                    self.correct_total += self.metric(outputs_seen, labels_seen)
+                if self.scores is not None:
+                    self.scores.update(outputs_seen.float(), labels_seen)
             for pending in self.pending:
                 pending.clear()
             self.short_batch = 0
@@ -718,20 +934,25 @@ class TrainingLoop:
 
     def _train(self) -> Run:
         run, config, device = self.run_record, self.config, self.device
-        shuffle = torch.Generator().manual_seed(config.seed)
-        train_split = self.data.train
-        batch_size, count = config.batch_size, self.count
         model, optimizer, loss_fn = self.model, self.optimizer, self.loss_fn
-        forward, shard, local_batch = self.forward, self.shard, self.local_batch
+        forward, shard = self.forward, self.shard
+        world = 1 if shard is None else shard.world
         clear_grads = _grad_clearer(optimizer)
         in_precision = autocast(config.precision, device)  # nothing for fp32 and tf32
         scaler = grad_scaler(config.precision, device)  # fp16 only
         losses, outputs, labels_seen = self.pending
-        sample_bytes = max(1, train_split.x[:1].nelement() * train_split.x.element_size())
-        chunk = max(1, GATHER_CHUNK_BYTES // (sample_bytes * batch_size)) * batch_size
-        # Every chunk is gathered into the same memory: a fresh chunk per gather can cost a
-        # page fault per 4 KiB on the CPU, when the allocator has handed the last one back.
-        gathered = train_split.x.new_empty((min(chunk, count), *train_split.x.shape[1:]))
+        in_memory = self.data.train.in_memory
+        plain = in_memory and self.recipe.forward is None
+        """Batches are (x, y) tensors and the model is called on x: the lean step."""
+        call = self.recipe.forward or default_forward
+        if in_memory:
+            shuffle = torch.Generator().manual_seed(config.seed)
+            batches = self._memory_batches
+        else:
+            loader = self.data.train.loader(
+                self.local_batch, shuffle=True, seed=config.seed, drop_last=config.drop_last,
+                rank=0 if shard is None else shard.rank, world=world)
+            batches = self._loader_batches
         for step in self.steps:
             step.start()
         next_due = min(step.due for step in self.steps)
@@ -744,61 +965,57 @@ class TrainingLoop:
             stopwatch.start()
             measured_before = run.curve_seconds
             model.train()
-            # the whole order is drawn, so that drop_last drops another tail every epoch
-            order = torch.randperm(self.available, generator=shuffle)[:count].to(device)
             self.loss_total = torch.zeros((), device=device)
             self.correct_total = torch.zeros((), dtype=torch.int64, device=device)
+            if self.scores is not None:
+                self.scores.reset()
             seen = 0
-            for first in range(0, count, chunk):
-                index = order[first:first + chunk]
-                chunk_images = torch.index_select(train_split.x, 0, index,
-                                                  out=gathered[:len(index)])
-                chunk_labels = train_split.y[index]  # kept by the pending steps: not reused
-                for start in range(0, len(index), batch_size):
-                    labels = chunk_labels[start:start + batch_size]
-                    size = len(labels)  # the global batch's
-                    if shard is None:
-                        with in_precision:
-                            logits = forward(chunk_images[start:start + batch_size])
-                            loss = objective = loss_fn(logits, labels)
-                    else:  # this process's slice, its loss weighted to the global mean's
-                        low, high = shard.bounds(size)
-                        labels = labels[low:high]
-                        with in_precision:
-                            logits = forward(chunk_images[start + low:start + high])
-                            loss = loss_fn(logits, labels) if high > low else logits.sum()
-                        objective = loss * ((high - low) * shard.world / size)
-                    clear_grads()
-                    if scaler is None:
-                        objective.backward()
-                        optimizer.step()
+            for item, size in (batches(shuffle) if in_memory else batches(loader, epoch)):
+                with in_precision:
+                    if plain:
+                        inputs, labels = item
+                        logits = forward(inputs)
+                        if not isinstance(logits, torch.Tensor):
+                            logits = model_outputs(logits)
                     else:
-                        scaler.scale(objective).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
+                        logits, labels = call(forward, item)
                     local = len(labels)
-                    if local:
-                        losses.append(loss.detach())
-                        outputs.append(logits.detach())
-                        labels_seen.append(labels)
-                        if local != local_batch:
-                            self.short_batch = local
-                    seen += local
-                    self.step += 1
-                    self.steps_done += 1
-                    self.samples_done += size
-                    if self.steps_done >= next_due:
-                        next_due = self._fire()
-                        if self.stop_epoch:
-                            break
-                if self.stop_epoch:
-                    break
+                    loss = loss_fn(logits, labels) if local else logits.sum()
+                if shard is None:
+                    objective = loss
+                else:  # this process's slice, its loss weighted to the global mean's
+                    size = size or local * world
+                    objective = loss * (local * world / size)
+                clear_grads()
+                if scaler is None:
+                    objective.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(objective).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                if local:
+                    losses.append(loss.detach())
+                    outputs.append(logits.detach())
+                    labels_seen.append(labels)
+                    if local != self.local_batch:
+                        self.short_batch = local
+                seen += local
+                self.step += 1
+                self.steps_done += 1
+                self.samples_done += size or local * world
+                if self.steps_done >= next_due:
+                    next_due = self._fire()
+                    if self.stop_epoch:
+                        break
             loss_total, correct_total = self.fold(), self.correct_total
             if shard is not None:  # the global figures: every process's sums
                 loss_total, correct_total, seen = shard.sum(
                     loss_total, correct_total, torch.tensor(float(seen), device=device))
             train_loss = loss_total.item() / float(seen)
-            train_accuracy = correct_total.item() / float(seen)
+            train_accuracy = (correct_total.item() / float(seen) if self.recipe.counts_accuracy
+                              else math.nan)
+            train_metric = self.scores.compute(shard) if self.scores is not None else None
             train_seconds = stopwatch.stop() - (run.curve_seconds - measured_before)
             trained = time.perf_counter()
             run.train_seconds += train_seconds
@@ -806,20 +1023,60 @@ class TrainingLoop:
                 run.diverged = (f"training loss became {train_loss} in epoch {epoch} "
                                 f"(lr={config.lr:g}, {config.optimizer})")
                 break
-            val_loss, val_accuracy = self.evaluate(self.data.val)
+            val = self.score(self.data.val)
             eval_seconds = time.perf_counter() - trained
             run.train_seconds += eval_seconds
-            record = EpochRecord(epoch, train_loss, train_accuracy, val_loss, val_accuracy,
-                                 train_seconds, eval_seconds)
+            record = EpochRecord(epoch, train_loss, train_accuracy, val.loss, val.accuracy,
+                                 train_seconds, eval_seconds, train_metric, val.metric)
             run.history.append(record)
             for loop_step in self.steps:
                 loop_step.epoch_end(record)
             if self.stop_run or self.stop_epoch:
                 break
         if run.diverged is None:
-            run.test_loss, run.test_accuracy = self.evaluate(self.data.test)
+            test = self.score(self.data.test)
+            run.test_loss, run.test_accuracy, run.test_metric = (
+                test.loss, test.accuracy if self.recipe.counts_accuracy else None, test.metric)
         model.eval()
         return run
+
+    def _memory_batches(self, shuffle: torch.Generator) -> Iterator[tuple[object, int]]:
+        """One epoch of an in-memory training split: ``((x, y), global batch size)`` of this
+        process's share of each batch, in an order drawn from ``shuffle``.
+
+        The shuffled order is gathered in chunks of about :data:`GATHER_CHUNK_BYTES` into
+        one buffer reused for every chunk (a fresh chunk per gather can cost a page fault
+        per 4 KiB on the CPU, when the allocator has handed the last one back), still in
+        cache when its batches, slices of it, are used."""
+        train_split, batch_size, count = self.data.train, self.config.batch_size, self.count
+        shard = self.shard
+        if self._gathered is None:
+            sample_bytes = max(1, train_split.x[:1].nelement() * train_split.x.element_size())
+            self._chunk = max(1, GATHER_CHUNK_BYTES // (sample_bytes * batch_size)) * batch_size
+            self._gathered = train_split.x.new_empty((min(self._chunk, count),
+                                                      *train_split.x.shape[1:]))
+        chunk, gathered = self._chunk, self._gathered
+        # the whole order is drawn, so that drop_last drops another tail every epoch
+        order = torch.randperm(self.available, generator=shuffle)[:count].to(self.device)
+        for first in range(0, count, chunk):
+            index = order[first:first + chunk]
+            chunk_images = torch.index_select(train_split.x, 0, index, out=gathered[:len(index)])
+            chunk_labels = train_split.y[index]  # kept by the pending steps: not reused
+            for start in range(0, len(index), batch_size):
+                labels = chunk_labels[start:start + batch_size]
+                size = len(labels)  # the global batch's
+                if shard is None:
+                    yield (chunk_images[start:start + size], labels), size
+                else:
+                    low, high = shard.bounds(size)
+                    yield (chunk_images[start + low:start + high], labels[low:high]), size
+
+    def _loader_batches(self, loader: torch.utils.data.DataLoader, epoch: int) -> (
+            Iterator[tuple[object, int]]):
+        """One epoch of a DataLoader-fed training split: its batches (this process's, with
+        a ``DistributedSampler``), their global size counted from their targets."""
+        for batch in self.data.train.batches(loader, epoch):
+            yield batch, 0
 
     def _fire(self) -> int:
         """Run every step that is due; the next step count at which one is."""
@@ -844,3 +1101,4 @@ def _grad_clearer(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
             parameter.grad = None
 
     return clear
+

@@ -8,7 +8,9 @@ source files that define it:
 * the file of the model factory, of the loss and of the optimizer callables (the
   whole file, so that an edit of a helper function beside them counts);
 * the file of every class in the method resolution order of every module in the
-  built model's tree (``type(m).__mro__`` for ``m`` in ``model.modules()``);
+  built model's tree (``type(m).__mro__`` for ``m`` in ``model.modules()``), and of
+  every layer of a Keras model (:func:`~.libraries.keras_layers`), whose layers are not
+  torch submodules;
 * every file of the project those files import (``import blocks``, ``from
   .layers import Block``), read from their import statements, transitively, so
   that a helper function in another of the project's modules counts too.
@@ -42,6 +44,8 @@ from importlib.machinery import ModuleSpec, PathFinder
 from pathlib import Path
 
 from torch import nn
+
+from pytest_batchprof.experiment.libraries import keras_layers
 
 IN_THE_KEY = frozenset({"torch", "pytest_batchprof"})
 """Top-level packages whose versions every cache key holds (see
@@ -87,10 +91,12 @@ def code_of(value: object, subject: str) -> Code:
 
 
 def model_code(model: nn.Module) -> Code:
-    """The code of every module class in ``model``'s tree, and of their base classes."""
+    """The code of every module class in ``model``'s tree, and of their base classes; for a
+    Keras model, of every layer class too (its layers are not torch submodules: a layer
+    class of Keras counts as Keras's version, one of the user's by its file)."""
     code = Code()
     seen: set[type] = set()
-    for module in model.modules():
+    for module in [*model.modules(), *keras_layers(model)]:
         for cls in type(module).__mro__:
             if cls not in seen:
                 seen.add(cls)

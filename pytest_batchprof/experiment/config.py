@@ -30,9 +30,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-"""Numeric precisions of training and inference (see :mod:`pytest_batchprof.engine.precision`)."""
-
 
 def _role(*roles: str, default: object = dataclass, said: str | None = None) -> object:
     """A dataclass field carrying its roles (and its default, when it has one).
@@ -83,7 +80,7 @@ class RunConfig:
     val_fraction: float = _role("compared", "lines")
     flush_denormals: bool = _role("compared", default=True)
     """Flush denormal floats to zero on the CPU while training
-    (see :mod:`pytest_batchprof.engine.denormals`)."""
+    (see :mod:`pytest_batchprof.hardware.denormals`)."""
     drop_last: bool = _role("compared", "lines", default=False)
     """Drop each epoch's last partial batch (``--batchprof-drop-last``, ``drop_last=True``):
     an epoch then trains on the whole batches of its shuffled order only. ``False`` (every
@@ -122,6 +119,29 @@ class RunConfig:
     trainer: str = _role("compared", default="batchprof")
     """Who trained the run: the plugin's engine, or ``own loop (<test id>)`` for a run
     a test trained itself and recorded (:func:`pytest_batchprof.record`)."""
+    task: str = _role("compared", default="classification")
+    """What the data's targets are: ``classification``, ``regression``, ``multilabel`` or
+    ``tokens`` (:mod:`pytest_batchprof.experiment.tasks`)."""
+    metric: str = _role("compared", default="accuracy")
+    """The name of the metric the run is scored, asserted and gated by: ``accuracy``, a
+    task's default (``rmse``, ``f1``, ``perplexity``) or the one given (``metric=``)."""
+    higher_is_better: bool = _role("compared", default=True)
+    """The metric's direction: a baseline's regression is a drop when higher is better
+    (accuracy, F1), a rise when lower is (RMSE, perplexity)."""
+    target_metric: float | None = _role("compared", default=None)
+    """Stop when the validation metric reaches this value, in its direction
+    (``--batchprof-target-metric``)."""
+    data_feed: str = _role("compared", "lines", default="in memory")
+    """How the training split is read: ``in memory`` (tensors batched by index) or
+    ``DataLoader`` with its workers (``DataLoader, 2 workers``), its transforms applied on
+    every read."""
+    forward: str | None = _role("compared", default=None)
+    """The user's ``forward(model, batch)``, by its qualified name; ``None`` for the
+    conventions of :mod:`pytest_batchprof.data.batches`."""
+    scheduler: str | None = _role("compared", "lines", default=None)
+    """The learning-rate schedule stepped per step (``scheduler=``), by its name."""
+    sync_batchnorm: bool = _role("compared", default=False)
+    """BatchNorm statistics synchronised across a data-parallel run's processes."""
 
     @property
     def input_size(self) -> int:
@@ -151,6 +171,10 @@ class RunConfig:
             + ("" if self.processes == 1 else
                f", {self.processes} processes of batch {self.per_process_batch}")
             + (", drop_last" if self.drop_last else "")
+            + ("" if self.scheduler is None else f", scheduler {self.scheduler}")
+            + (", sync_batchnorm" if self.sync_batchnorm else "")
+            + ("" if self.data_feed == "in memory" else f", {self.data_feed}")
+            + ("" if self.metric == "accuracy" else f", scored by {self.metric}")
         )
 
 

@@ -3,8 +3,9 @@
 A *model factory* is anything that makes a fresh ``nn.Module``: an ``nn.Module``
 subclass, a function, or one of the shipped factories :func:`mlp` and
 :func:`cnn`. It is called with no arguments, or with the data set's
-:class:`DataDescription` when it has exactly one required positional parameter,
-so that a model can size its input and output layers from the data.
+:class:`~pytest_batchprof.data.description.DataDescription` when it has exactly
+one required positional parameter, so that a model can size its input and output
+layers from the data.
 
 A run's cache key and report row need to know *which* model trained, and with
 what code. For that, :func:`prepare_model` builds the model once and
@@ -24,15 +25,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, is_dataclass
 
 from torch import nn
 
+from pytest_batchprof.data.description import DataDescription
 from pytest_batchprof.errors import one_line
 from pytest_batchprof.experiment.code import Code, code_of, model_code
 from pytest_batchprof.experiment.config import mlp_name
+from pytest_batchprof.experiment.libraries import is_keras_model, keras_build, keras_structure
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -60,36 +62,6 @@ class ShapeMismatch(ModelError):
     failure of a model fails its test: the plugin cannot tell a model never meant for this
     data from a bug in it, and a skip would hide the bug.
     """
-
-
-@dataclass(frozen=True)
-class DataDescription:
-    """What a model factory may need to know of the data: one sample's shape and the classes.
-
-    ``input_shape`` is one sample's shape as the model receives it: ``(H, W)``
-    for grayscale images, ``(C, H, W)`` for images with channels, ``(D,)`` for
-    flat features.
-    """
-
-    input_shape: tuple[int, ...]
-    num_classes: int
-
-    @property
-    def channels(self) -> int | None:
-        """Image channels (1 for ``(H, W)`` images); ``None`` for flat features."""
-        if len(self.input_shape) == 3:
-            return self.input_shape[0]
-        return 1 if len(self.input_shape) == 2 else None
-
-    @property
-    def image_size(self) -> tuple[int, int] | None:
-        """Height and width of an image; ``None`` for flat features."""
-        return tuple(self.input_shape[-2:]) if len(self.input_shape) >= 2 else None
-
-    @property
-    def input_size(self) -> int:
-        """Features per sample once flattened."""
-        return math.prod(self.input_shape)
 
 
 def normalise_hidden(hidden: int | Sequence[int], argument: str = "hidden") -> tuple[int, ...]:
@@ -388,9 +360,10 @@ def takes_description(factory: object) -> bool:
 
 def module_fingerprint(model: nn.Module, identity: str) -> str:
     """SHA-256 (16 hex digits) of ``identity`` (who made the model), the module tree as
-    ``repr`` shows it (layer types and settings), and every parameter's and buffer's
+    ``repr`` shows it (layer types and settings; a Keras model's layers and their
+    configurations, which its ``repr`` leaves out), and every parameter's and buffer's
     name, shape and dtype."""
-    structure = [identity, repr(model)]
+    structure = [identity, repr(model), *keras_structure(model)]
     structure += [f"{key}:{tuple(value.shape)}:{value.dtype}"
                   for key, value in model.state_dict().items()]
     return hashlib.sha256("\n".join(structure).encode()).hexdigest()[:16]
@@ -402,7 +375,10 @@ def prepare_model(factory: object, data: DataDescription, name: str | None = Non
 
     Raises :class:`ModelError` (one line naming the model) when the factory is not
     callable or fails, or returns something other than an ``nn.Module``. The
-    caller seeds the RNG.
+    caller seeds the RNG. A factory that makes a Keras model is built again, and its
+    ``build`` always builds, in a fresh Keras session seeded from torch's seed
+    (:func:`.libraries.keras_build`), so that every build has the same ``state_dict``
+    keys and weights.
     """
     if isinstance(factory, nn.Module):
         raise ModelError(
@@ -425,7 +401,13 @@ def prepare_model(factory: object, data: DataDescription, name: str | None = Non
     except Exception as error:  # the user's code: any failure is theirs to read in one line
         raise ModelError(f"model {label} failed to build: {one_line(error)}") from error
     if not isinstance(model, nn.Module):
-        raise ModelError(f"model {label} returned a {type(model).__name__}, not an nn.Module")
+        fix = ("; Keras makes torch modules on the torch backend only: set KERAS_BACKEND=torch "
+               "before keras is imported" if is_keras_model(model) else "")
+        raise ModelError(f"model {label} returned a {type(model).__name__}, not an "
+                         f"nn.Module{fix}")
+    if is_keras_model(model):  # rebuilt as every run will build it: see .libraries
+        build = keras_build(build)
+        model = build()
     params = sum(parameter.numel() for parameter in model.parameters())
     if params == 0:
         raise ModelError(f"model {label} has no parameters to train")

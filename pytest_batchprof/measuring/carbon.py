@@ -20,8 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pytest_batchprof.errors import one_line
-
-DEFAULT_COUNTRY = "USA"
+from pytest_batchprof.settings import DEFAULT_COUNTRY
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,12 @@ Conventions, as the reference posts and the tools use them:
   multiply-add, as ``torch.utils.flop_counter.FlopCounterMode`` counts them
   (784-1024-10: 1,626,112). Bias additions and activations are not counted.
 * MACs (multiply-accumulates) come from fvcore's ``FlopCountAnalysis``, which
-  calls them "flops" but counts one per multiply-add (784-1024-10: 813,056).
+  calls them "flops" but counts one per multiply-add (784-1024-10: 813,056). It
+  traces the model as inference calls it (a model that takes a dict of inputs inside
+  :class:`~pytest_batchprof.data.batches.BatchModel`).
 * Training FLOPs per sample are forward plus backward (FlopCounterMode).
+* Attention (``scaled_dot_product_attention``) counts its two matrix products on the CPU
+  as on CUDA (:func:`attention_formulas`); the softmax is not counted.
 * Sizes are bytes of ``torch.save`` output: the model's ``state_dict`` alone,
   and a checkpoint with the optimizer's state (what the posts called "size").
 * Latency is seconds per sample: the median over timed blocks of
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import statistics
 import threading
 import time
@@ -33,8 +38,19 @@ from pathlib import Path
 import psutil
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    flop_registry,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
+from pytest_batchprof.data.batches import (
+    Inputs,
+    batch_length,
+    inputs_device,
+    take_rows,
+)
 from pytest_batchprof.errors import one_line
 from pytest_batchprof.measuring.carbon import Carbon, CarbonMeter
 
@@ -156,20 +172,21 @@ def measure(
     """Measure a trained model; ``meter`` is ``None`` when CO2 is off. Latency and
     inference CO2eq are measured in the run's ``precision``; FLOPs count the model's
     operations, which precision does not change."""
-    from pytest_batchprof.engine.precision import in_precision
+    from pytest_batchprof.hardware.precision import in_precision
 
     inputs = inference_inputs(test_images, inference_batch_size)
-    timed = in_precision(model, precision, inputs.device)
+    timed = in_precision(model, precision, inputs_device(inputs))
+    one = take_rows(inputs, slice(0, 1))
     params, trainable = count_parameters(model)
     state_bytes, checkpoint_bytes = model_sizes(model, optimizer)
     return Measurements(
         params=params,
         trainable_params=trainable,
-        flops=count_flops(model, inputs[:1]),
+        flops=count_flops(model, one),
         state_dict_bytes=state_bytes,
         checkpoint_bytes=checkpoint_bytes,
         latency=measure_latency(timed, inputs),
-        latency_single=measure_latency(timed, inputs[:1]),
+        latency_single=measure_latency(timed, one),
         peak_memory=peak,
         train_carbon=train_carbon,
         inference_carbon_per_1000=(None if meter is None
@@ -189,7 +206,7 @@ def inference_carbon(meter: CarbonMeter, model: nn.Module, inputs: torch.Tensor,
             started = time.perf_counter()
             while time.perf_counter() - started < seconds:
                 predict()
-                count += inputs.shape[0]
+                count += batch_length(inputs)
     finally:
         model.train(was_training)
     return result[0].scaled(1000 / count)
@@ -208,8 +225,9 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> FlopCount:
     Each counter fails alone: a model fvcore cannot trace keeps its
     FlopCounterMode figures, and the reason goes into ``notes``.
     """
-    if example.shape[0] != 1:
-        raise ValueError(f"FLOPs are counted for one sample; got a batch of {example.shape[0]}")
+    if batch_length(example) != 1:
+        raise ValueError(f"FLOPs are counted for one sample; got a batch of "
+                         f"{batch_length(example)}")
     notes: list[str] = []
     was_training = model.training
     model.eval()
@@ -224,11 +242,47 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> FlopCount:
     return FlopCount(forward, train, macs, by_layer, tuple(notes))
 
 
+def _cpu_attention_flops(query_shape: torch.Size, key_shape: torch.Size,
+                         value_shape: torch.Size, *args: object, out_shape: object = None,
+                         **kwargs: object) -> int:
+    """FLOPs of the CPU's fused attention: torch's formula for the CUDA kernels."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flops(grad_out_shape: torch.Size, query_shape: torch.Size,
+                                  key_shape: torch.Size, value_shape: torch.Size,
+                                  *args: object, out_shape: object = None,
+                                  **kwargs: object) -> int:
+    """FLOPs of the CPU's fused attention's backward pass: torch's formula for CUDA's."""
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def attention_formulas() -> dict[object, Callable[..., int]]:
+    """FlopCounterMode formulas for the operators ``scaled_dot_product_attention`` runs as
+    on the CPU, which torch's registry lacks (it has the CUDA kernels'): without them a
+    transformer's attention counts 0 FLOPs on the CPU and its full matmuls on CUDA, and
+    the same model's FLOPs would hang on the device. The attention is counted as its two
+    matrix products, as an eager (unfused) attention's ``bmm`` are; the softmax is not,
+    by either. A torch that registers the operators itself keeps its own formulas."""
+    aten = torch.ops.aten
+    formulas: dict[object, Callable[..., int]] = {}
+    for name, formula in (
+            ("_scaled_dot_product_flash_attention_for_cpu", _cpu_attention_flops),
+            ("_scaled_dot_product_flash_attention_for_cpu_backward",
+             _cpu_attention_backward_flops)):
+        operator = getattr(aten, name, None)
+        if operator is not None and operator not in flop_registry:
+            formulas[operator] = formula
+    return formulas
+
+
 def _flop_counter(model: nn.Module, example: torch.Tensor, notes: list[str]) -> (
         tuple[int | None, int | None]):
     """Forward FLOPs, then forward + backward FLOPs; each fails alone, with a note."""
+    formulas = attention_formulas()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False,
+                                              custom_mapping=formulas) as counter:
             model(example)
         forward = counter.get_total_flops()
     except Exception as error:  # any model-specific failure becomes n/a, never a crash
@@ -236,13 +290,26 @@ def _flop_counter(model: nn.Module, example: torch.Tensor, notes: list[str]) -> 
         return None, None
     try:
         parameters = [p for p in model.parameters() if p.requires_grad]
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=formulas) as counter:
             output = model(example)
             torch.autograd.grad(output.float().sum(), parameters)  # leaves .grad untouched
         return forward, counter.get_total_flops()
     except Exception as error:
         notes.append(f"FlopCounterMode failed (training FLOPs): {one_line(error)}")
         return forward, None
+
+
+def _attention_macs(inputs: list, outputs: list) -> int:
+    """fvcore's count of ``scaled_dot_product_attention``, which it has no handle for: the
+    multiply-adds of its two matrix products (``Q Kᵀ`` and the weights times ``V``), as
+    fvcore counts an eager attention's ``matmul``; 0 when the traced shapes are unknown."""
+    from fvcore.nn.jit_handles import get_shape
+
+    query, key, value = (get_shape(operand) for operand in inputs[:3])
+    if query is None or key is None or value is None:
+        return 0
+    matrices = math.prod(query[:-2])  # batch x heads
+    return matrices * query[-2] * key[-2] * (query[-1] + value[-1])
 
 
 def _fvcore_macs(model: nn.Module, example: torch.Tensor, notes: list[str]) -> (
@@ -253,6 +320,7 @@ def _fvcore_macs(model: nn.Module, example: torch.Tensor, notes: list[str]) -> (
             from fvcore.nn import FlopCountAnalysis
 
             analysis = FlopCountAnalysis(model, example)
+            analysis.set_op_handle("aten::scaled_dot_product_attention", _attention_macs)
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
             analysis.tracer_warnings("none")
@@ -284,12 +352,13 @@ def model_sizes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tu
             serialized_bytes({"model": state, "optimizer": optimizer.state_dict()}))
 
 
-def inference_inputs(images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """A batch of ``batch_size`` inputs taken (cyclically) from ``images``."""
+def inference_inputs(images: Inputs, batch_size: int) -> Inputs:
+    """A batch of ``batch_size`` inputs taken (cyclically) from ``images`` (a tensor, or the
+    tuple or mapping of tensors a model takes)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"inference batch size must be a whole number >= 1, got {batch_size!r}")
-    index = torch.arange(batch_size, device=images.device) % len(images)
-    return images[index]
+    index = torch.arange(batch_size, device=inputs_device(images)) % batch_length(images)
+    return take_rows(images, index)
 
 
 def predictor(model: nn.Module, inputs: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -298,12 +367,12 @@ def predictor(model: nn.Module, inputs: torch.Tensor) -> Callable[[], torch.Tens
     It synchronises the device before returning, so wall-clock timers such as
     pytest-benchmark's measure finished work on CUDA too.
     """
-    from pytest_batchprof.engine.devices import synchronize
+    from pytest_batchprof.hardware.devices import synchronize
 
     def predict() -> torch.Tensor:
         with torch.inference_mode():
             output = model(inputs)
-        synchronize(inputs.device)
+        synchronize(inputs_device(inputs))
         return output
 
     return predict
@@ -319,7 +388,7 @@ def measure_latency(model: nn.Module, inputs: torch.Tensor,
     (``Timer.blocked_autorange`` grows its blocks tenfold at a time, which
     leaves one or two blocks for a fast model: no spread to report.)
     """
-    if inputs.device.type == "cuda":
+    if inputs_device(inputs).type == "cuda":
         return _latency_by_cuda_events(model, inputs, min_run_time)
     Measurement, Timer = benchmark_timer()
     was_training = model.training
@@ -340,7 +409,7 @@ def measure_latency(model: nn.Module, inputs: torch.Tensor,
             (measurement,) = Measurement.merge(blocks)
     finally:
         model.train(was_training)
-    batch = inputs.shape[0]
+    batch = batch_length(inputs)
     return Latency(
         batch_size=batch,
         median=measurement.median / batch,
@@ -355,9 +424,9 @@ def _latency_by_cuda_events(model: nn.Module, inputs: torch.Tensor,
                             min_run_time: float) -> Latency:
     """:func:`measure_latency` on CUDA: each block of calls is timed by a pair of CUDA events
     around it, with one host wait at its end and none inside it."""
-    from pytest_batchprof.engine.clock import Stopwatch
+    from pytest_batchprof.hardware.clock import Stopwatch
 
-    stopwatch = Stopwatch(inputs.device)
+    stopwatch = Stopwatch(inputs_device(inputs))
     was_training = model.training
     model.eval()
 
@@ -379,7 +448,7 @@ def _latency_by_cuda_events(model: nn.Module, inputs: torch.Tensor,
                 times.append(block(number))
     finally:
         model.train(was_training)
-    batch = inputs.shape[0]
+    batch = batch_length(inputs)
     quartiles = statistics.quantiles(times, n=4)
     return Latency(batch_size=batch, median=statistics.median(times) / batch,
                    iqr=(quartiles[2] - quartiles[0]) / batch, minimum=min(times) / batch,

@@ -13,14 +13,23 @@ its environment, including those of projects that never use it. It therefore
 imports only pytest and its own light modules when it loads: torch and every
 other heavy dependency are imported, and the device resolved, when a test first
 asks for a batchprof fixture (:func:`batchprof_session`). Options and their
-short spellings are in :mod:`pytest_batchprof.plugin.options`; settings live in
-``config.stash``. Everything that can be checked before a test runs is checked
-in ``pytest_configure`` or right after collection, so a bad option or a missing
-data set ends the session once, with one line, instead of failing every test.
+short spellings are in :mod:`pytest_batchprof.plugin.options`; the
+:class:`~pytest_batchprof.settings.Settings` they make live in ``config.stash``.
+Everything that can be checked before a test runs is checked in
+``pytest_configure`` or right after collection, so a bad option or a missing data
+set ends the session once, with one line, instead of failing every test.
+
+The plugin is the package's top layer: the session's report (:mod:`.report`, which
+compares with baselines through :mod:`pytest_batchprof.gating`) and
+:func:`pytest_batchprof.record` (:mod:`.recording`, which reads the running test) live
+here beside the fixtures, since both need the session's pytest state.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import gc
 import os
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -29,11 +38,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_batchprof.engine.launch import launched_rank
 from pytest_batchprof.plugin import hooks
-from pytest_batchprof.plugin.launch import launched_rank
 from pytest_batchprof.plugin.options import (
     SHORT_SPELLINGS_KEY,
-    Settings,
     check_batches_divide,
     register,
     settings_from_config,
@@ -42,6 +50,7 @@ from pytest_batchprof.plugin.options import (
 )
 from pytest_batchprof.plugin.terminal import TerminalConsole
 from pytest_batchprof.plugin.threads import ThreadShare, share_threads
+from pytest_batchprof.settings import Settings
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +59,7 @@ if TYPE_CHECKING:
     from pytest_batchprof.engine.parallel import Shard
     from pytest_batchprof.engine.training import Run
     from pytest_batchprof.gating import Threshold
-    from pytest_batchprof.reports.summary import SessionReport, SummaryCollector
+    from pytest_batchprof.plugin.report import SessionReport, SummaryCollector
     from pytest_batchprof.runs.repeats import RepeatedRun
     from pytest_batchprof.runs.session import BatchprofSession
 
@@ -70,6 +79,9 @@ DATA_FIXTURES = ("batchprof_dataset", "trained_model", "trained_mlp")
 """The fixtures that load a data set: a test using the plugin's own needs its data."""
 _CURRENT_ITEM: ContextVar[pytest.Item | None] = ContextVar("batchprof_item", default=None)
 """The test whose body is running, for :func:`pytest_batchprof.record`."""
+THRESHOLD_MARKERS = ("min_accuracy", "min_metric", "max_metric")
+"""The markers that bound a test's runs (:class:`~pytest_batchprof.gating.Threshold`): their
+accuracy from below, their metric (RMSE, F1, perplexity, the user's) from below or above."""
 ACCELERATOR_CHECK_SKIPPED = ("auto", "cpu")
 """Device specs that cannot be missing: the device is resolved when first needed. Any other
 (``cuda``, ``mps``) is checked when the session starts, so a missing one is a usage error."""
@@ -108,6 +120,18 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "min_metric(value, split='test'): fail the test if any run it trains has a lower "
+        "metric (run.metric: F1, or the one given with metric=) on that split (test, val or "
+        "train), e.g. min_metric(0.8)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "max_metric(value, split='test'): fail the test if any run it trains has a higher "
+        "metric (run.metric: RMSE, perplexity, or the one given with metric=) on that split "
+        "(test, val or train), e.g. max_metric(0.5)",
+    )
+    config.addinivalue_line(
+        "markers",
         "dataset(name, **options): the data set of this test's batchprof_dataset (and its "
         "dataset alias), trained_model and trained_mlp fixtures and of "
         "pytest_batchprof.record, instead of --batchprof-dataset, e.g. "
@@ -140,7 +164,7 @@ def batchprof_session(config: pytest.Config) -> BatchprofSession:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
         return session
-    from pytest_batchprof.engine.devices import Accelerators, DeviceError, select_device
+    from pytest_batchprof.hardware.devices import Accelerators, DeviceError, select_device
     from pytest_batchprof.runs.session import BatchprofSession
 
     settings = config.stash[SETTINGS_KEY]
@@ -152,7 +176,7 @@ def batchprof_session(config: pytest.Config) -> BatchprofSession:
             f"{source_of(config, 'device')} {error}; expected auto, cpu or a device this "
             f"machine has (got {settings.device!r})"
         ) from None
-    from pytest_batchprof.engine.precision import unsupported
+    from pytest_batchprof.hardware.precision import unsupported
 
     reason = unsupported(settings.precision, device)
     if reason is not None:
@@ -173,9 +197,26 @@ def batchprof_session(config: pytest.Config) -> BatchprofSession:
     console = TerminalConsole(config)
     session = BatchprofSession(settings, device, console, launched)
     config.stash[SESSION_KEY] = session
+    skip_collections_at_exit()
     if settings.device == "auto":  # the header could not say which device that is
         console.line(f"batchprof: device {device} (auto: cuda, then mps, then cpu)")
     return session
+
+
+@functools.cache
+def skip_collections_at_exit() -> None:
+    """Freeze every object left when the process exits (:func:`gc.freeze`, registered once
+    per process with :mod:`atexit`), so that the interpreter's last garbage collections
+    skip them.
+
+    A process that imported torch (and the parts of it Adam loads) holds hundreds of
+    thousands of objects, and walking them all for reference cycles while it shuts down
+    took about half a second of every session here, to free memory the operating system
+    takes back anyway. Nothing else changes: objects are still freed by reference counting,
+    the collector runs as before while the process lives, and a session run inside another
+    process (pytester's) is untouched, since atexit runs only at the process's exit.
+    """
+    atexit.register(gc.freeze)
 
 
 def _join_launched_group(config: pytest.Config, settings: Settings,
@@ -342,7 +383,7 @@ class SummaryReporter:
         """The rows gathered so far (made when the first row arrives: it imports the
         report modules)."""
         if self._collector is None:
-            from pytest_batchprof.reports.summary import SummaryCollector
+            from pytest_batchprof.plugin.report import SummaryCollector
 
             self._collector = SummaryCollector()
         return self._collector
@@ -447,29 +488,30 @@ class SummaryReporter:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Reject bad ``@pytest.mark.min_accuracy`` arguments before the test trains anything."""
-    _threshold(item)
+    """Reject bad ``@pytest.mark.min_accuracy``, ``min_metric`` and ``max_metric``
+    arguments before the test trains anything."""
+    _thresholds(item)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    """Check ``@pytest.mark.min_accuracy`` against every run the test trained (or
-    recorded: the test is :func:`current_item` while it runs), and with
-    ``--batchprof-fail-missing`` that each has an entry in the baseline."""
+    """Check ``@pytest.mark.min_accuracy``, ``min_metric`` and ``max_metric`` against every
+    run the test trained (or recorded: the test is :func:`current_item` while it runs),
+    and with ``--batchprof-fail-missing`` that each has an entry in the baseline."""
     token = _CURRENT_ITEM.set(item)
     try:
         result = yield
     finally:
         _CURRENT_ITEM.reset(token)
-    threshold = _threshold(item)
-    if threshold is not None:
+    thresholds = _thresholds(item)
+    if thresholds:
         runs = item.stash.get(RUNS_KEY, [])
         if not runs:
-            pytest.fail("@pytest.mark.min_accuracy: the test trained no run to check "
-                        "(use trained_model, trained_mlp or pytest_batchprof.record)",
+            pytest.fail(f"@pytest.mark.{thresholds[0].marker}: the test trained no run to "
+                        f"check (use trained_model, trained_mlp or pytest_batchprof.record)",
                         pytrace=False)
-        failures = threshold.failures([run.summary() for run in runs
-                                       if not run.lr_discarded])
+        rows = [run.summary() for run in runs if not run.lr_discarded]
+        failures = [line for threshold in thresholds for line in threshold.failures(rows)]
         if failures:
             pytest.fail("\n".join(failures), pytrace=False)
     _missing_entries(item)
@@ -526,7 +568,7 @@ def device(batchprof_device: torch.device) -> torch.device:
 def batchprof_settings(pytestconfig: pytest.Config) -> Settings:
     """The session's validated options, for experiments that adapt to them.
 
-    A frozen :class:`~pytest_batchprof.plugin.options.Settings`: ``.batch_sizes``,
+    A frozen :class:`~pytest_batchprof.settings.Settings`: ``.batch_sizes``,
     ``.epochs``, ``.train_subset``, ``.seed``, ``.lr`` and the rest, after the
     command line, the ini file and the defaults have been merged.
     """
@@ -566,7 +608,7 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
 
     ``model`` is an ``nn.Module`` subclass or any callable returning a fresh
     ``nn.Module``; it is called with no arguments, or, when it has one required
-    parameter, with the data's :class:`~pytest_batchprof.experiment.models.DataDescription`
+    parameter, with the data's :class:`~pytest_batchprof.data.description.DataDescription`
     (``.input_shape``, ``.channels``, ``.num_classes``), so that it can size its
     layers. The shipped families are :func:`~pytest_batchprof.experiment.models.mlp` and
     :func:`~pytest_batchprof.experiment.models.cnn` (LeNet-5 by default).
@@ -589,6 +631,19 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
     DistributedDataParallel run; default: ``--batchprof-data-parallel``) and
     ``drop_last`` (drop each epoch's last partial batch; default:
     ``--batchprof-drop-last``, off).
+
+    What the run learns and how it is scored: the data set's task (``register_dataset(...,
+    task=...)``: classification, regression, multilabel, tokens) gives the loss and the
+    metric (accuracy, RMSE, micro F1, perplexity); ``metric`` replaces the metric with a
+    torchmetrics ``Metric`` (its ``higher_is_better`` is read) or
+    :func:`pytest_batchprof.metric`. ``run.metric`` and ``run.metric_name`` hold it;
+    ``@pytest.mark.min_metric(v)`` / ``max_metric(v)`` assert it. Batches may be
+    ``(x, y)``, ``(x1, x2, ..., y)`` or mappings (``model(**inputs)``, the targets under
+    ``labels``); outputs tensors, tuples, mappings or objects with ``logits``;
+    ``forward(model, batch) -> (outputs, targets)`` covers anything else.
+    ``scheduler(optimizer, steps_per_epoch, epochs)`` returns an ``LRScheduler`` stepped
+    after every step (a warm-up composes with it); ``sync_batchnorm=True`` synchronises
+    BatchNorm across a data-parallel run's processes.
 
     The same configuration asked for again in the session is trained once, and
     with ``--batchprof-cache`` it is kept across sessions, keyed by a
@@ -647,7 +702,12 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
         data_parallel: int | None = None,
         lr_grid: Sequence[float] | None = None,
         drop_last: bool | None = None,
+        metric: object = None,
+        forward: Callable[..., object] | None = None,
+        scheduler: Callable[..., object] | None = None,
+        sync_batchnorm: bool = False,
     ) -> Run | RepeatedRun:
+        from pytest_batchprof.data.loading import DataReadError
         from pytest_batchprof.engine.parallel import DataParallelError
         from pytest_batchprof.experiment.models import ModelError, ShapeMismatch
 
@@ -669,10 +729,12 @@ def trained_model(request: pytest.FixtureRequest) -> Callable[..., Run]:
             trained = state.runs_of(data, model, batch_size, variants, epochs=epochs,
                                     optimizer=optimizer, input_size=input_size, loss=loss,
                                     name=name, precision=precision,
-                                    data_parallel=data_parallel, drop_last=drop_last)
+                                    data_parallel=data_parallel, drop_last=drop_last,
+                                    metric=metric, forward=forward, scheduler=scheduler,
+                                    sync_batchnorm=sync_batchnorm)
         except ShapeMismatch as error:  # a model that cannot take this data: no bug in it
             skipped = str(error)
-        except (ModelError, DataParallelError) as error:
+        except (ModelError, DataParallelError, DataReadError) as error:
             failure = str(error)
         if skipped is not None:
             pytest.skip(skipped)
@@ -733,7 +795,7 @@ def _row(config: pytest.Config, run: Run) -> dict[str, object]:
     """The run's row: its figures (the torch threads it trained with among them, kept in
     the cache with it), and in an xdist worker a note that its times are a worker's
     (:mod:`~pytest_batchprof.plugin.threads`)."""
-    from pytest_batchprof.reports.summary import row_from_run
+    from pytest_batchprof.plugin.report import row_from_run
 
     row = row_from_run(run)
     share = config.stash.get(THREADS_KEY, None)
@@ -793,7 +855,9 @@ def _tuned(trained: list[Run], grid: tuple[float, ...], state: BatchprofSession)
     by_rate: dict[float, list[Run]] = {rate: [] for rate in grid}
     for run in trained:
         by_rate[run.config.lr].append(run)
-    choice = choose_lr(by_rate, trained[0].config.target_accuracy)
+    config = trained[0].config
+    choice = choose_lr(by_rate, config.target_accuracy if config.target_metric is None
+                       else config.target_metric)
     for run in trained:
         run.lr_choice = choice
     state.say(f"  {trained[0].config.model_name}, batch {trained[0].config.batch_size}: "
@@ -805,15 +869,22 @@ def _tuned(trained: list[Run], grid: tuple[float, ...], state: BatchprofSession)
     return by_rate[choice.chosen]
 
 
-def _threshold(item: pytest.Item) -> Threshold | None:
-    marker = item.get_closest_marker("min_accuracy")
-    if marker is None:
-        return None
+def _thresholds(item: pytest.Item) -> list[Threshold]:
+    """The test's ``min_accuracy``, ``min_metric`` and ``max_metric`` markers, checked (a
+    bad one fails the test in one line)."""
+    markers = [marker for name in THRESHOLD_MARKERS
+               if (marker := item.get_closest_marker(name)) is not None]
+    if not markers:  # the gates are imported only by the tests that have one
+        return []
     from pytest_batchprof.gating import Threshold
-    try:
-        return Threshold.from_marker(marker.args, marker.kwargs)
-    except ValueError as error:
-        raise pytest.fail.Exception(f"@pytest.mark.{error}", pytrace=False) from None
+
+    thresholds = []
+    for marker in markers:
+        try:
+            thresholds.append(Threshold.from_marker(marker.args, marker.kwargs, marker.name))
+        except ValueError as error:
+            raise pytest.fail.Exception(f"@pytest.mark.{error}", pytrace=False) from None
+    return thresholds
 
 
 BASELINE_KEY = pytest.StashKey[tuple[Path, dict[str, object]] | None]()

@@ -9,9 +9,9 @@ project's initial conftests and every plugin have registered their own
 options, and only for names nobody else holds. The plugin loads in every
 pytest session of its environment, and a project's own ``--device`` must keep
 working. All values are parsed and checked once, when the session starts, into
-one frozen :class:`Settings`; a bad value ends the session with a one-line
-``pytest.UsageError`` (exit code 4) naming the spelling that was used, the
-value and what is allowed.
+one frozen :class:`~pytest_batchprof.settings.Settings`; a bad value ends the
+session with a one-line ``pytest.UsageError`` (exit code 4) naming the spelling
+that was used, the value and what is allowed.
 
 This module imports neither torch nor codecarbon (the country table is read
 only when ``--batchprof-co2-country`` is given).
@@ -33,140 +33,29 @@ import pytest
 
 from pytest_batchprof.data import catalog
 from pytest_batchprof.data.catalog import DATASET_NAMES
-from pytest_batchprof.experiment.config import PRECISIONS
-from pytest_batchprof.measuring.carbon import DEFAULT_COUNTRY, known_countries
+from pytest_batchprof.measuring.carbon import known_countries
+from pytest_batchprof.settings import (
+    DATA_DIR_ENV,
+    DEFAULT_COUNTRY,
+    DEFAULT_DATA_DIR,
+    LR_SCALINGS,
+    OOM_ACTIONS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SIZE_UNITS,
+    Settings,
+    default_data_dir,
+)
 
 GROUP = "batchprof"
 GROUP_TITLE = ("batchprof: batch-size and architecture experiments (each --batchprof-NAME of "
                "the experiments also answers to --NAME, unless the project defines that name)")
-DATA_DIR_ENV = "BATCHPROF_DATA_DIR"
-DEFAULT_DATA_DIR = Path("~/.cache/pytest-batchprof")
-OPTIMIZERS = ("adam", "sgd")
-LR_SCALINGS = ("none", "linear", "sqrt")
-DEFAULT_VAL_FRACTION = 1 / 12
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BASELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$")
-SIZE_UNITS = {"B": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-              "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
-"""Units of a memory size: decimal (kB, MB, GB, TB) and binary (KiB ... TiB); any case."""
 _SIZE_UNITS_ANY_CASE = {unit.lower(): scale for unit, scale in SIZE_UNITS.items()}
-OOM_ACTIONS = ("skip", "fail")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The session's validated options, shared by every fixture."""
-
-    batch_sizes: tuple[int, ...] = (64,)
-    epochs: int = 2
-    dataset: str = "mnist"
-    data_dir: Path = DEFAULT_DATA_DIR
-    device: str = "auto"
-    seed: int = 0
-    repeats: int = 1
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    lr_scaling: str = "none"
-    lr_base_batch: int = 64
-    lr_warmup_epochs: float = 0.0
-    target_accuracy: float | None = None
-    train_subset: int | None = None
-    val_fraction: float = DEFAULT_VAL_FRACTION
-    inference_batch_size: int | None = None
-    keep_denormals: bool = False
-    drop_last: bool = False
-    """Drop each epoch's last partial batch (see :class:`~pytest_batchprof.experiment.config.
-    RunConfig`'s ``drop_last``)."""
-    noise_scale: bool = False
-    precision: str = "fp32"
-    no_co2: bool = False
-    co2_country: str = DEFAULT_COUNTRY
-    report_dir: Path = Path("reports")
-    no_report: bool = False
-    columns: tuple[str, ...] | None = None
-    save: str | None = None
-    compare: str | None = None
-    fail_drop: float = 0.5
-    fail_slowdown: float | None = None
-    fail_missing: bool = False
-    """With ``compare``: fail a test whose run has no entry in the baseline."""
-    cache_dir: Path | None = None
-    cache_clear: bool = False
-    memory_budget: int | None = None
-    """Bytes a run's peak memory may reach before it counts as out of memory."""
-    oom: str = "skip"
-    """What an out-of-memory run does to its test: ``skip`` or ``fail``."""
-    find_max_batch: bool = False
-    data_parallel: int = 1
-    max_batch_margin: float = 0.1
-    max_batch_cap: int | None = None
-    lr_grid: tuple[float, ...] | None = None
-    """Learning rates every configuration is trained at; the best on validation is chosen."""
-    no_ensemble: bool = False
-    """Train runs that differ only in seed and lr one at a time, not as one ensemble."""
-
-    @property
-    def baseline_dir(self) -> Path:
-        """Where named baselines live: ``reports/baselines/`` by default."""
-        return self.report_dir / "baselines"
-
-    def header(self) -> str:
-        """One line for ``pytest_report_header``."""
-        subset = "all" if self.train_subset is None else str(self.train_subset)
-        sizes = ",".join(map(str, self.batch_sizes))
-        inference = self.inference_batch_size or "training"
-        co2 = "off" if self.no_co2 else self.co2_country
-        return (
-            f"batchprof: dataset={self.dataset} batch-sizes={sizes} epochs={self.epochs} "
-            f"optimizer={self.optimizer} lr={self.lr:g} seed={self.seed}"
-            f"{f' repeats={self.repeats}' if self.repeats > 1 else ''} device={self.device} "
-            f"train-subset={subset} val-fraction={self.val_fraction:.4g} "
-            f"inference-batch-size={inference} co2={co2} data-dir={self.data_dir}"
-        ) + self._lr_schedule() + (
-            f" target-accuracy={self.target_accuracy:g}" if self.target_accuracy else "") + (
-            " noise-scale" if self.noise_scale else "") + (
-            f" precision={self.precision}" if self.precision != Settings.precision else "") + (
-            " keep-denormals" if self.keep_denormals else "") + (
-            " drop-last" if self.drop_last else "") + (
-            f" cache={self.cache_dir}" if self.cache_dir is not None else "") + (
-            f" memory-budget={format_size(self.memory_budget)}"
-            if self.memory_budget is not None else "") + (
-            f" oom={self.oom}" if self.oom != Settings.oom else "") + (
-            f" find-max-batch (margin {self.max_batch_margin:.0%}"
-            f"{f', cap {self.max_batch_cap}' if self.max_batch_cap else ''})"
-            if self.find_max_batch else "") + (
-            f" data-parallel={self.data_parallel}" if self.data_parallel > 1 else "") + (
-            f" lr-grid={','.join(f'{lr:g}' for lr in self.lr_grid)}" if self.lr_grid else ""
-        ) + self._ensembles()
-
-    def _ensembles(self) -> str:
-        """Whether runs that differ only in seed and lr train together, and if not, why."""
-        if (self.repeats == 1 and not self.lr_grid) or self.no_ensemble:
-            return " ensembles=off" if self.no_ensemble else ""
-        reason = self.ensemble_obstacle()
-        return f" ensembles=off ({reason})" if reason else " ensembles=on"
-
-    def ensemble_obstacle(self) -> str | None:
-        """What in the settings keeps every run alone (the model may add a reason of its own)."""
-        if self.no_ensemble:
-            return flag_of("no_ensemble")
-        if self.data_parallel > 1:
-            return "data-parallel runs"
-        if self.memory_budget is not None:
-            return "each run's peak is checked against the memory budget alone"
-        if self.precision == "fp16":
-            return "fp16's gradient scaler steps all members together"
-        return None
-
-    def _lr_schedule(self) -> str:
-        schedule = (self.lr_scaling, self.lr_base_batch, self.lr_warmup_epochs)
-        if schedule == (Settings.lr_scaling, Settings.lr_base_batch, Settings.lr_warmup_epochs):
-            return ""  # the defaults: every run at --lr
-        return (f" lr-scaling={self.lr_scaling} lr-base-batch={self.lr_base_batch} "
-                f"lr-warmup-epochs={self.lr_warmup_epochs:g}")
 
 
 class OptionError(ValueError):
@@ -270,6 +159,16 @@ def _non_negative_float(text: str) -> float:
     return _finite_float(text, zero_allowed=True)
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionError(f"is {text!r}, which is not a number") from None
+    if not math.isfinite(value):
+        raise OptionError(f"is {text}, which is not a finite number")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = _positive_float(text)
     if value >= 1:
@@ -360,16 +259,6 @@ def parse_size(text: str) -> int:
     return size
 
 
-def format_size(size: int) -> str:
-    """``2 GiB``, ``512 MB``: a size in the largest unit that keeps it whole, else in MiB."""
-    whole = [(scale, unit) for unit, scale in SIZE_UNITS.items()
-             if size >= scale and size % scale == 0]
-    scale, unit = max(whole)  # bytes always divide
-    if scale == 1 and size >= 2**20:
-        return f"{size / 2**20:.4g} MiB"
-    return f"{size // scale} {unit}"
-
-
 def _device(text: str) -> str:
     spec = text.strip().lower()
     if not _DEVICE.match(spec):
@@ -456,6 +345,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("target_accuracy", "F", _fraction, "a fraction above 0 and below 1, e.g. 0.97",
            "stop each run when its validation accuracy reaches F, and report the steps, "
            "samples, epochs and seconds it took (default: off)"),
+    Option("target_metric", "V", _finite, "a finite number in the metric's units, e.g. 0.3",
+           "stop each run scored by another metric than accuracy (RMSE, F1, perplexity, "
+           "metric=) when its validation metric reaches V in its direction (at most V when "
+           "lower is better), and report the steps, samples, epochs and seconds it took "
+           "(default: off)"),
     Option("train_subset", "N", _positive_int, "a whole number >= 1",
            "train on the first N training samples only, for quick runs (default: all)"),
     Option("drop_last", None, _boolean, "true or false",
@@ -502,7 +396,9 @@ OPTIONS: tuple[Option, ...] = (
            name="batchprof_compare"),
     Option("fail_drop", "PP", _non_negative_float, "a number of percentage points >= 0",
            "with --batchprof-compare: fail when a run's test accuracy fell by more than PP "
-           "percentage points (default: 0.5)", name="batchprof_fail_drop"),
+           "percentage points, or a run's other metric changed for the worse (an RMSE rose, "
+           "an F1 fell) by more than PP percent of the baseline's value (default: 0.5)",
+           name="batchprof_fail_drop"),
     Option("fail_slowdown", "PCT", _non_negative_float, "a percentage >= 0",
            "with --batchprof-compare: fail when a run trained more than PCT% slower "
            "(default: off; times depend on the machine)", name="batchprof_fail_slowdown"),
@@ -687,17 +583,6 @@ def check_batches_divide(config: pytest.Config, batch_sizes: tuple[int, ...], pr
             f"{source_of(config, 'batch_sizes')} has {indivisible[0]}, which does not divide "
             f"by {by}: the batch size is the global batch, split evenly among the processes; "
             f"use multiples of {processes}")
-
-
-def default_data_dir() -> Path:
-    """``$BATCHPROF_DATA_DIR`` when set, else ``~/.cache/pytest-batchprof``."""
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).expanduser() if env else DEFAULT_DATA_DIR.expanduser()
-
-
-def flag_of(field: str) -> str:
-    """The ``--batchprof-`` spelling of a setting, for messages written away from the config."""
-    return _option(field).flag
 
 
 def source_of(config: pytest.Config, field: str) -> str:

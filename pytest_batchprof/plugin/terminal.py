@@ -1,6 +1,6 @@
 """Live output during a pytest session, past output capturing (no ``-s`` needed).
 
-:class:`TerminalConsole` is the :class:`~pytest_batchprof.plugin.progress.Console` of
+:class:`TerminalConsole` is the :class:`~pytest_batchprof.runs.progress.Console` of
 a pytest session: lines through pytest's terminal reporter, and a status line
 that is redrawn in place when the reporter writes to a terminal (a plain line
 otherwise). Nothing is written with ``-q`` or in an xdist worker, which has no

@@ -1,7 +1,7 @@
 """The figures of a report row, declared once: key, label, unit, how seeds fold, what a
 baseline compares, and which are shown by default.
 
-Tables, CSV and JSON columns, the seeds' folding (:mod:`pytest_batchprof.runs.repeats`)
+Tables, CSV and JSON columns, the seeds' folding (:mod:`pytest_batchprof.reports.seeds`)
 and the baseline comparison (:mod:`pytest_batchprof.gating`) read this table; a
 run's *settings* (which keys identify a run or an experiment) are declared on
 :class:`pytest_batchprof.experiment.config.RunConfig`.
@@ -16,10 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-TIME_UNITS = (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9))
-BYTE_UNITS = (("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 1.0))
-MASS_UNITS = (("kg", 1.0), ("g", 1e-3), ("mg", 1e-6), ("µg", 1e-9))  # CO2eq, from kg
-ENERGY_UNITS = (("kWh", 1.0), ("Wh", 1e-3), ("mWh", 1e-6))
+from pytest_batchprof.units import BYTE_UNITS, ENERGY_UNITS, MASS_UNITS, TIME_UNITS
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,7 @@ class Column:
     single-process one, runs trained in pytest-xdist workers)."""
     folded: bool = True
     """Over seeds, an interval where they differ (the general rule of
-    :func:`~pytest_batchprof.runs.repeats.fold`); ``False``: the folding sets it itself."""
+    :func:`~pytest_batchprof.reports.seeds.fold`); ``False``: the folding sets it itself."""
     missing: str = "n/a"
     """The cell of a row without the figure (an lr note is simply empty)."""
     compared: str | None = None
@@ -48,9 +45,12 @@ class Column:
     slow-down fails, when asked) or ``fit`` (set when the run ran out of memory: running
     out where the baseline fitted fails)."""
     off: str | None = None
-    """The session setting (a :class:`~pytest_batchprof.plugin.options.Settings` switch)
+    """The session setting (a :class:`~pytest_batchprof.settings.Settings` switch)
     that turns the figure off: a session with it on leaves the figure out of the default
     table, rather than showing a column of ``n/a``."""
+    by_metric: bool = False
+    """A figure of the run's metric (RMSE, F1, perplexity, the user's): its header names
+    the metric (``test rmse``), read from the rows' ``metric``."""
 
 
 def _percent(value: object) -> str:
@@ -68,6 +68,10 @@ def _text(value: object) -> str:
 def _unless_text(value: object, number: Callable[[object], str]) -> str:
     """``not reached`` stays as it is; a number is formatted."""
     return value if isinstance(value, str) else number(value)
+
+
+def _significant(value: object) -> str:
+    return f"{float(value):.4g}"
 
 
 def _whole(value: object) -> str:
@@ -110,6 +114,12 @@ FIGURES: tuple[Column, ...] = (
     Column("train_accuracy", "train acc (%)", plain=_percent, default=True),
     Column("val_accuracy", "val acc (%)", plain=_percent, default=True),
     Column("test_accuracy", "test acc (%)", plain=_percent, default=True, compared="accuracy"),
+    Column("train_metric", "train metric", plain=_significant, default=True, optional=True,
+           by_metric=True),
+    Column("val_metric", "val metric", plain=_significant, default=True, optional=True,
+           by_metric=True),
+    Column("test_metric", "test metric", plain=_significant, default=True, optional=True,
+           by_metric=True),
     Column("test_loss", "test loss", plain=lambda value: f"{float(value):.4f}"),
     Column("diverged", "diverged", plain=_text),
     Column("latency_median_s", "latency / sample", TIME_UNITS, default=True),
@@ -142,6 +152,7 @@ FIGURES: tuple[Column, ...] = (
     Column("inference_per_1000_energy_kwh", "energy / 1k inferences", ENERGY_UNITS,
            off="no_co2"),
     Column("inference_per_1000_co2_note", "CO2eq / 1k inferences note", plain=_text),
+    Column("target_metric_name", "target on", plain=_text),
     Column("target_reached", "target reached", plain=_text),
     Column("target_steps", "steps to target", plain=lambda value: _unless_text(value, _count),
            default=True, optional=True),
@@ -171,6 +182,8 @@ FIGURES: tuple[Column, ...] = (
     Column("max_batch_fails", "first failure", plain=lambda value: _unless_text(value, _count)),
     Column("max_batch_limit", "memory limit", plain=_text),
     Column("data_note", "data note", plain=_text, default=True, optional=True, missing=""),
+    Column("val_note", "validation note", plain=_text, default=True, optional=True,
+           missing=""),
     Column("test_source", "test data", plain=_text, default=True, optional=True, missing=""),
     Column("history_source", "train and val figures", plain=_text, default=True,
            optional=True, missing=""),
@@ -196,7 +209,7 @@ SERIES_KEYS = ("history", "curve")
 """Row keys holding a run's series (per epoch, between epochs) rather than one figure."""
 
 NOT_FOLDED = frozenset(column.key for column in FIGURES if not column.folded)
-"""Row keys :func:`~pytest_batchprof.runs.repeats.aggregate_seeds` sets itself rather than
+"""Row keys :func:`~pytest_batchprof.reports.seeds.aggregate_seeds` sets itself rather than
 by the general rule."""
 
 TRAINED_ALONE = "trained alone: "

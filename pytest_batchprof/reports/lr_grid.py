@@ -7,7 +7,9 @@ the grid, and the fixture chooses the best lr of each batch size on the validati
 
 * ``lr_grid``: the grid as given (``0.0001,0.0003,0.001,0.003``);
 * ``lr_chosen``: ``True`` on the rows (every seed) of the chosen lr, ``False`` on the others;
-* ``lr_grid_criterion``: ``steps to target`` (with ``--target-accuracy``) or ``val accuracy``;
+* ``lr_grid_criterion``: ``steps to target`` (with ``--target-accuracy``), ``val accuracy``,
+  or for runs scored by another metric its final validation figure (``val rmse``: the
+  lowest is best, in the metric's direction);
 * ``lr_grid_score``: the mean over seeds of the figure the choice read;
 * ``lr_grid_note``: on chosen rows, the edge flag (the best lr is the grid's largest or
   smallest) or ``None``.
@@ -34,13 +36,14 @@ from dataclasses import dataclass, field
 from tabulate import tabulate
 
 from pytest_batchprof.reports.figures import OUT_OF_MEMORY_KEY
+from pytest_batchprof.reports.stats import finite
 from pytest_batchprof.reports.studies import (
     group_studies,
+    metric_of,
+    row_target_words,
     study_title,
-    target_words,
     varying_settings,
 )
-from pytest_batchprof.runs.stats import finite
 
 Row = dict[str, object]
 
@@ -98,10 +101,11 @@ class Cell:
     """One learning rate at one batch size: its validation figure, mean over its seeds."""
 
     value: float | None
-    """Mean val accuracy (a fraction) or steps to target; ``None`` where there is no
-    figure to rank (not reached, diverged, out of memory, not trained)."""
+    """Mean val accuracy (a fraction), val metric or steps to target; ``None`` where there
+    is no figure to rank (not reached, diverged, out of memory, not trained)."""
     text: str
-    """As the heat map shows it: ``97.3``, ``1,234``, ``not reached``, ``diverged by 1 of 3``."""
+    """As the heat map shows it: ``97.3``, ``0.512``, ``1,234``, ``not reached``, ``diverged
+    by 1 of 3``."""
     chosen: bool = False
     seeds: int = 0
 
@@ -119,11 +123,36 @@ class Study:
     cells: dict[tuple[float, int], Cell] = field(default_factory=dict)
     notes: dict[int, str] = field(default_factory=dict)
     """The edge flag of a batch size's chosen lr."""
+    metric: str = "accuracy"
+    """The metric the study's runs are scored by (``rmse``, ...)."""
+    higher_is_better: bool = True
+    """Its direction."""
+    target_text: str = "the target"
+    """The target in words: ``97%``, ``rmse 0.3``."""
 
     @property
     def by_steps(self) -> bool:
-        """Whether fewer is better (steps to target) rather than more (val accuracy)."""
+        """Whether the lr was chosen by steps to target (fewer is better)."""
         return self.criterion == STEPS_CRITERION
+
+    @property
+    def lower_is_better(self) -> bool:
+        """Whether a lower figure is the better one: steps, or a metric such as RMSE."""
+        return self.by_steps or not self.higher_is_better
+
+    @property
+    def figure_words(self) -> str:
+        """What a cell holds: ``steps to 97% val accuracy``, ``final val accuracy (%)``,
+        ``final val rmse (lower is better)``."""
+        if self.by_steps:
+            if self.metric == "accuracy":
+                return f"steps to {self.target_text} val accuracy"
+            return ("steps to the target" if self.target_text == "the target"
+                    else f"steps to val {self.target_text}")
+        if self.metric == "accuracy":
+            return "final val accuracy (%)"
+        direction = "higher" if self.higher_is_better else "lower"
+        return f"final val {self.metric} ({direction} is better)"
 
     def cell(self, lr: float, batch_size: int) -> Cell:
         return self.cells.get((lr, batch_size), Cell(None, "n/a"))
@@ -144,7 +173,7 @@ class Study:
         if value is None:
             return ""
         ranked = sorted({value for _, value in self.points(batch_size)},
-                        reverse=self.by_steps)  # worst first
+                        reverse=self.lower_is_better)  # worst first
         if len(ranked) == 1:
             return SHADES[-1]
         return SHADES[round((len(SHADES) - 1) * ranked.index(value) / (len(ranked) - 1))]
@@ -160,6 +189,7 @@ def grid_studies(rows: Iterable[Mapping[str, object]]) -> list[Study]:
 def _study(rows: Sequence[Mapping[str, object]], varying: Sequence[str]) -> Study:
     first = rows[0]
     target = first.get("target_accuracy")
+    metric, higher_is_better = metric_of(first)
     criterion = str(first.get(CRITERION_KEY) or (
         STEPS_CRITERION if isinstance(target, int | float) else ACCURACY_CRITERION))
     lrs = _merge_lrs([*_parse_grid(first.get(GRID_KEY)),
@@ -171,7 +201,8 @@ def _study(rows: Sequence[Mapping[str, object]], varying: Sequence[str]) -> Stud
             by_cell.setdefault((_nearest(lrs, lr), batch_size), []).append(row)
     study = Study(study_title(first, varying, str(first.get("optimizer"))), criterion,
                   float(target) if isinstance(target, int | float) else None, lrs,
-                  sorted({batch_size for _, batch_size in by_cell}))
+                  sorted({batch_size for _, batch_size in by_cell}), metric=metric,
+                  higher_is_better=higher_is_better, target_text=row_target_words(first))
     for key, runs in by_cell.items():
         study.cells[key] = _cell(runs, criterion)
         note = next((row.get(NOTE_KEY) for row in runs
@@ -201,11 +232,13 @@ def _cell(runs: Sequence[Mapping[str, object]], criterion: str) -> Cell:
             return Cell(None, some(seeds - len(steps), "not reached"), chosen, seeds)
         mean = statistics.fmean(steps)
         return Cell(mean, f"{mean:,.0f}", chosen, seeds)
-    accuracies = finite(row.get("val_accuracy") for row in runs)
-    if len(accuracies) < seeds:
+    key = "val_accuracy" if criterion == ACCURACY_CRITERION else "val_metric"
+    values = finite(row.get(key) for row in runs)
+    if len(values) < seeds:
         return Cell(None, "n/a", chosen, seeds)
-    mean = statistics.fmean(accuracies)
-    return Cell(mean, f"{100 * mean:.1f}", chosen, seeds)
+    mean = statistics.fmean(values)
+    return Cell(mean, f"{100 * mean:.1f}" if key == "val_accuracy" else f"{mean:.4g}",
+                chosen, seeds)
 
 
 def grid_section(rows: Iterable[Mapping[str, object]]) -> str | None:
@@ -245,14 +278,13 @@ def _legend(study: Study) -> list[str]:
     seeds = sorted({cell.seeds for cell in study.cells.values()})
     over = (f"{seeds[0]} seed{'s' if seeds[0] != 1 else ''}" if len(seeds) == 1
             else "each cell's seeds")
-    figure = (f"steps to {target_words(study.target)} val accuracy" if study.by_steps
-              else "final val accuracy (%)")
+    figure = study.figure_words
     shades = ", ".join(reversed(SHADES))
     lines = [f"Cells: {figure}, mean over {over}. **Bold** {CHOSEN_MARK}: the lr chosen for "
              f"the batch size. Shading ranks the lrs within each batch size, darker is "
              f"better ({shades}: best to worst); a cell without a figure is not shaded.", ""]
-    rule = (f"the fewest steps to {target_words(study.target)} val accuracy" if study.by_steps
-            else "the highest final val accuracy")
+    rule = (f"the fewest {study.figure_words}" if study.by_steps else
+            f"the {'highest' if study.higher_is_better else 'lowest'} final val {study.metric}")
     lines += [f"Chosen on the validation split by {rule}; the test split played no part.", ""]
     if study.notes:
         lines += ["Edge flags:", ""]

@@ -18,6 +18,9 @@ curve stop at the divergence and would pull the averages down. A batch size
 that ran out of memory is a cross at the foot of its model's per-batch-size
 plots, in the model's colour. Of a learning-rate grid (``--batchprof-lr-grid``), those
 plots show each batch size at its chosen lr; the ``lr-grid`` plot shows every lr.
+Runs scored by another metric than accuracy (``rmse``, ``f1``, ``perplexity``, the user's)
+are drawn by it, titled by its name, in plots of their own: ``Test rmse vs batch size``
+(``rmse.png``), their learning curves in its units, a trade-off plot per metric.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 from pytest_batchprof.experiment.config import LINE_KEYS, PER_BATCH_LINE_KEYS
 from pytest_batchprof.reports.figures import OUT_OF_MEMORY_KEY
 from pytest_batchprof.reports.lr_grid import Study, chosen_rows, grid_studies
+from pytest_batchprof.reports.stats import finite, mean_interval
 from pytest_batchprof.reports.storage import atomic_file
-from pytest_batchprof.runs.stats import finite, mean_interval
+from pytest_batchprof.reports.studies import metric_of
 
 WIDTH, HEIGHT, DPI = 6.4, 4.2, 120
 """Figure size in inches and resolution: 768 x 504 pixels, readable in a markdown page."""
@@ -82,9 +86,10 @@ PNG_METADATA = {"Software": None}
 class Series:
     """One line of plots 1 and 2, one panel of plot 3: a model on a data set, averaged over seeds.
 
-    Accuracies are percentages; ``curves`` maps a batch size to (epoch, mean
-    validation accuracy) pairs in epoch order, ``fine_curves`` to (fractional
-    epoch, mean validation accuracy) pairs of the curve between epochs.
+    ``accuracy`` is the test score by batch size: accuracy in percent, or the series'
+    ``metric`` as it is (RMSE, F1...); ``curves`` maps a batch size to (epoch, mean
+    validation score) pairs in epoch order, ``fine_curves`` to (fractional epoch, mean
+    validation score) pairs of the curve between epochs.
     """
 
     label: str
@@ -111,6 +116,17 @@ class Series:
     critical_batch_fit: tuple[float, float] | None = None
     """``(S_min, B_crit)`` fitted to the study's steps to target (its rows'
     ``critical_batch_fit_s_min`` and ``critical_batch_fit``), drawn on the steps plot."""
+    metric: str = "accuracy"
+    """The metric the series' runs are scored by."""
+    higher_is_better: bool = True
+
+    @property
+    def score_label(self) -> str:
+        """The axis label of a validation or test score: ``accuracy (%)``, ``rmse (lower
+        is better)``."""
+        if self.metric == "accuracy":
+            return "accuracy (%)"
+        return f"{self.metric} ({'higher' if self.higher_is_better else 'lower'} is better)"
 
     def add(self, figure: str, batch_size: int, values: Iterable[object]) -> None:
         """Put the mean of the seeds' ``values`` at ``batch_size``, and its interval."""
@@ -153,20 +169,41 @@ def build_figures(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, str, 
     series = group_series(chosen_rows(rows))  # a learning-rate grid: its chosen lrs
     datasets = {str(row.get("dataset")) for row in rows if _finished(row)}
     note = f" ({datasets.pop()})" if len(datasets) == 1 else ""
+    metrics = sorted(dict.fromkeys(one.metric for one in series),
+                     key=lambda metric: metric != "accuracy")  # accuracy first, then as met
+    by_metric = {metric: [one for one in series if one.metric == metric] for metric in metrics}
+    scores = [(_file_part(metric), f"Test {metric} vs batch size", _score_figure, members)
+              for metric, members in by_metric.items()]
+    trade_offs = [(f"trade-off{'' if metric == 'accuracy' else '-' + _file_part(metric)}",
+                   f"{metric[:1].upper()}{metric[1:]}, FLOPs and latency of the models",
+                   _trade_off_figure, members)
+                  for metric, members in by_metric.items()]
     figures = []
-    for name, title, draw in (
-        ("accuracy", "Test accuracy vs batch size", _accuracy_figure),
-        ("time", "Training time vs batch size", _time_figure),
-        ("steps-to-target", "Steps to target accuracy vs batch size", _steps_figure),
-        ("learning-curves", "Learning curves", _curves_figure),
-        ("trade-off", "Accuracy, FLOPs and latency of the models", _trade_off_figure),
+    for name, title, draw, drawn in (
+        *scores,
+        ("time", "Training time vs batch size", _time_figure, series),
+        ("steps-to-target", f"Steps to target {_one_metric(series)} vs batch size",
+         _steps_figure, series),
+        ("learning-curves", "Learning curves", _curves_figure, series),
+        *trade_offs,
         ("lr-grid", "Validation figure vs learning rate",
-         lambda _, title: _lr_grid_figure(grid_studies(rows), title)),
+         lambda _, title: _lr_grid_figure(grid_studies(rows), title), series),
     ):
-        figure = draw(series, title + note)
+        figure = draw(drawn, title + note)
         if figure is not None:
             figures.append((name, title, figure))
     return figures
+
+
+def _one_metric(series: Sequence[Series]) -> str:
+    """The metric of every series, or ``score`` when they have several."""
+    metrics = {one.metric for one in series}
+    return metrics.pop() if len(metrics) == 1 else "score"
+
+
+def _file_part(metric: str) -> str:
+    """A metric's name as a file name part: ``rmse``, ``meanabsoluteerror``."""
+    return "".join(char for char in metric.lower() if char.isalnum() or char == "-") or "metric"
 
 
 def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
@@ -178,6 +215,8 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
     finished = [row for row in rows if _finished(row)]
     several_datasets = len({row.get("dataset") for row in finished}) > 1
     varying = [name for name in LINE_KEYS if _varies(finished, name)]
+    if _varies(finished, "metric"):  # one model scored two ways: two series, named so
+        varying.append("metric")
     groups: dict[tuple[object, ...], dict[int, list[Mapping[str, object]]]] = {}
     labels: dict[tuple[object, ...], str] = {}
     for row in finished:
@@ -197,25 +236,29 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
             out_of_memory.setdefault(key, set()).add(int(row["batch_size"]))
     result = []
     for key, by_batch in groups.items():
-        series = Series(labels[key], epochs=next(iter(by_batch.values()))[0].get("epochs"),
-                        out_of_memory=out_of_memory.get(key, set()))
+        first = next(iter(by_batch.values()))[0]
+        metric, higher_is_better = metric_of(first)
+        series = Series(labels[key], epochs=first.get("epochs"),
+                        out_of_memory=out_of_memory.get(key, set()), metric=metric,
+                        higher_is_better=higher_is_better)
         for batch_size in sorted(by_batch):
             runs = by_batch[batch_size]
             steps = [run.get("target_steps") for run in runs]
             if all(isinstance(value, (int, float)) for value in steps):  # every seed reached it
                 series.add("steps_to_target", batch_size, steps)
-            series.add("accuracy", batch_size, [100 * run["test_accuracy"] for run in runs])
+            series.add("accuracy", batch_size, [_score(run) for run in runs])
             seconds = [run.get("train_seconds") for run in runs]
             if any(isinstance(value, (int, float)) and value > 0 for value in seconds):
                 series.add("seconds", batch_size, seconds)
             series.add("latency", batch_size, [run.get("latency_median_s") for run in runs])
             series.flops = series.flops or runs[0].get("flops")
             series.params = series.params or runs[0].get("params")
-            curve = _mean_curve(run.get("history") or () for run in runs)
+            curve = _mean_curve((run.get("history") or () for run in runs), metric=metric)
             if curve:
                 series.curves[batch_size] = [(epoch, mean) for epoch, mean, _ in curve]
                 series.curve_errors[batch_size] = [half for _, _, half in curve]
-            fine = _mean_curve((run.get("curve") or () for run in runs), position="samples")
+            fine = _mean_curve((run.get("curve") or () for run in runs), position="samples",
+                               metric=metric)
             if fine:
                 per_epoch = runs[0].get("samples_per_epoch") or 1
                 series.fine_curves[batch_size] = [(samples / per_epoch, mean)
@@ -228,7 +271,7 @@ def group_series(rows: Iterable[Mapping[str, object]]) -> list[Series]:
 
 
 def _critical_batch_fit(rows: Iterable[Mapping[str, object]]) -> tuple[float, float] | None:
-    """The ``(S_min, B_crit)`` the rows carry (:mod:`pytest_batchprof.runs.critical_batch`
+    """The ``(S_min, B_crit)`` the rows carry (:mod:`pytest_batchprof.reports.critical_batch`
     fitted them, once per study), if they all carry the same one: a series that joins
     runs of several studies (another target, another device) gets no curve."""
     fits = {(row.get("critical_batch_fit_s_min"), row.get("critical_batch_fit"))
@@ -260,22 +303,33 @@ def save_png(figure: Figure, path: Path) -> None:
 
 
 def _finished(row: Mapping[str, object]) -> bool:
-    accuracy = row.get("test_accuracy")
-    return isinstance(accuracy, (int, float)) and math.isfinite(accuracy)
+    return _score(row) is not None
+
+
+def _score(row: Mapping[str, object]) -> float | None:
+    """A run's test score as plotted: its accuracy in percent, or its metric as it is;
+    ``None`` for a run that was not tested (diverged, out of memory)."""
+    accuracy = metric_of(row)[0] == "accuracy"
+    value = row.get("test_accuracy" if accuracy else "test_metric")
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return 100 * value if accuracy else float(value)
 
 
 def _mean_curve(histories: Iterable[Iterable[Mapping[str, object]]],
-                position: str = "epoch") -> list[tuple[int, float, float | None]]:
-    """Mean validation accuracy (%) at each position (an epoch record's ``epoch``, a curve
-    point's ``samples``) over the seeds that reached it, with the half-width of its 95%
-    interval (``None`` where one seed reached it)."""
+                position: str = "epoch", metric: str = "accuracy") -> (
+        list[tuple[int, float, float | None]]):
+    """Mean validation score (accuracy in %, or ``metric``'s figure) at each position (an
+    epoch record's ``epoch``, a curve point's ``samples``) over the seeds that reached it,
+    with the half-width of its 95% interval (``None`` where one seed reached it)."""
+    key, scale = ("val_accuracy", 100) if metric == "accuracy" else ("val_metric", 1)
     by_position: dict[int, list[object]] = {}
     for history in histories:
         for record in history:
-            by_position.setdefault(int(record[position]), []).append(record.get("val_accuracy"))
+            by_position.setdefault(int(record[position]), []).append(record.get(key))
     curve = []
     for where in sorted(by_position):
-        accuracies = finite(100 * value for value in by_position[where] if value is not None)
+        accuracies = finite(scale * value for value in by_position[where] if value is not None)
         if accuracies:
             spread = mean_interval(accuracies)
             curve.append((where, spread.mean, spread.half_width))
@@ -372,13 +426,17 @@ def _per_batch_figure(
     return figure, result
 
 
-def _accuracy_figure(series: list[Series], title: str) -> Figure | None:
-    drawn = _per_batch_figure(series, "accuracy", title, "Test accuracy (%)")
+def _score_figure(series: list[Series], title: str) -> Figure | None:
+    """The test score against batch size, of series of one metric (accuracy in %)."""
+    if not series:
+        return None
+    drawn = _per_batch_figure(series, "accuracy", title, f"Test {series[0].score_label}")
     if drawn is None:
         return None
     figure, panels = drawn
-    for axes, values, _ in panels:
-        _percent_axis(axes, values)
+    if series[0].metric == "accuracy":
+        for axes, values, _ in panels:
+            _percent_axis(axes, values)
     return figure
 
 
@@ -485,10 +543,11 @@ def _curves_figure(series: list[Series], title: str) -> Figure | None:
         # Half a panel is too narrow for "400-1024-1024-10 (fashion-mnist, lr=0.001)" on one line.
         panel.set_title(one.label.replace(" (", "\n(", 1), fontsize="medium")
         _epoch_axis(panel, positions)
-        _percent_axis(panel, drawn)
+        if one.metric == "accuracy":
+            _percent_axis(panel, drawn)
         panel.grid(True, alpha=0.35)
-        if index % columns == 0:
-            panel.set_ylabel("Validation accuracy (%)")
+        if index % columns == 0 or len({other.metric for other in panels}) > 1:
+            panel.set_ylabel(f"Validation {one.score_label}")
         if index >= len(panels) - columns:
             panel.set_xlabel("Epoch")
     figure.suptitle(title)
@@ -508,6 +567,7 @@ def _trade_off_figure(series: list[Series], title: str) -> Figure | None:
              if one.accuracy and one.flops and one.latency]
     if len({one.label for _, one in drawn}) < 2:
         return None
+    score = drawn[0][1]  # every series of the figure has its metric
     figure, (by_flops, by_latency) = _new_figure(1, 2, width=WIDTH * 1.6, sharey=True)
     accuracies: list[float] = []
     for index, one in drawn:
@@ -532,8 +592,9 @@ def _trade_off_figure(series: list[Series], title: str) -> Figure | None:
     by_latency.xaxis.set_major_formatter(plain)
     by_flops.set_xlabel("Forward FLOPs per sample")
     by_latency.set_xlabel("Inference latency per sample (µs), by batch size")
-    by_flops.set_ylabel("Test accuracy (%)")
-    _percent_axis(by_flops, accuracies)
+    by_flops.set_ylabel(f"Test {score.score_label}")
+    if score.metric == "accuracy":
+        _percent_axis(by_flops, accuracies)
     for panel in (by_flops, by_latency):
         panel.grid(True, which="major", alpha=0.35)
     by_flops.legend(loc="best", fontsize="small", framealpha=0.85)
@@ -561,7 +622,7 @@ def _lr_grid_figure(studies: list[Study], title: str) -> Figure | None:
             if not points:
                 continue
             colour = colormap(0.85 * sizes.index(size) / max(len(sizes) - 1, 1))
-            scale = 1 if study.by_steps else 100
+            scale = 100 if not study.by_steps and study.metric == "accuracy" else 1
             lrs, values = [lr for lr, _ in points], [scale * value for _, value in points]
             (line,) = panel.plot(lrs, values, color=colour, marker="o", markersize=4,
                                  linewidth=1.5, label=f"batch {size}")
@@ -580,11 +641,16 @@ def _lr_grid_figure(studies: list[Study], title: str) -> Figure | None:
         if study.by_steps:
             panel.set_yscale("log")
             panel.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-            target = "target" if study.target is None else f"{100 * study.target:g}%"
-            ylabel = f"Steps to {target} val acc (log scale)"
-        else:
+            if study.metric == "accuracy":
+                target = "target" if study.target is None else f"{100 * study.target:g}%"
+                ylabel = f"Steps to {target} val acc (log scale)"
+            else:
+                ylabel = f"{study.figure_words[:1].upper()}{study.figure_words[1:]} (log scale)"
+        elif study.metric == "accuracy":
             _percent_axis(panel, drawn)
             ylabel = "Validation accuracy (%)"
+        else:
+            ylabel = f"Validation {study.metric}"
         panel.set_ylabel(ylabel)
         if index >= len(panels) - columns:
             panel.set_xlabel("Learning rate (log scale)")

@@ -5,7 +5,7 @@ A study is the rows that share every setting of
 :data:`~pytest_batchprof.experiment.config.STUDY_KEYS` (a learning-rate grid or
 ``--lr-scaling`` gives each batch size its own rate). The grid's heat map
 (:mod:`.lr_grid`) and the critical-batch fit
-(:mod:`pytest_batchprof.runs.critical_batch`) read studies alike, and title them
+(:mod:`pytest_batchprof.reports.critical_batch`) read studies alike, and title them
 alike: the model, data set and epochs, a detail of their own, and whatever other
 setting tells the session's studies apart (``precision bf16``).
 """
@@ -58,3 +58,19 @@ def target_words(target: object) -> str:
     """``97%`` for a target accuracy of 0.97; ``the target`` when there is none."""
     return (f"{100 * float(target):g}%" if isinstance(target, int | float)
             and not isinstance(target, bool) else "the target")
+
+
+def metric_of(row: Row) -> tuple[str, bool]:
+    """The name of the metric a row's run is scored by, and whether higher is better
+    (``accuracy``, higher, for a row written before runs had other metrics)."""
+    return str(row.get("metric") or "accuracy"), row.get("higher_is_better") is not False
+
+
+def row_target_words(row: Row) -> str:
+    """What a row's run trained to: ``97%`` (val accuracy, ``--target-accuracy``), ``rmse
+    0.3`` (its metric, ``--batchprof-target-metric``), or ``the target``."""
+    target = row.get("target_metric")
+    if isinstance(target, int | float) and not isinstance(target, bool):
+        name = row.get("target_metric_name") or metric_of(row)[0]
+        return f"{name} {float(target):g}"
+    return target_words(row.get("target_accuracy"))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections.abc import Callable, Iterable, Sequence
 
 from tabulate import tabulate
@@ -29,9 +28,14 @@ from pytest_batchprof.reports.figures import (
     _text,
 )
 from pytest_batchprof.reports.lr_grid import tuned
-from pytest_batchprof.runs.stats import Interval
+from pytest_batchprof.reports.stats import Interval
+from pytest_batchprof.units import human_number, pick_unit
 
 Row = dict[str, object]
+
+ACCURACY_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
+"""The accuracy columns: left out of the default table when its runs are scored by other
+metrics and none counts accuracy (a regression's, a multilabel set's)."""
 
 OUTCOME_RANK = {"passed": 0, "skipped": 1, "interrupted": 2, "failed": 3}
 """When several tests use one run, its row shows the worst of their outcomes."""
@@ -93,6 +97,8 @@ def table_columns(
     if requested:
         return list(requested)
     present = {key for row in rows for key in row} - set(turned_off)
+    if any("test_metric" in row for row in rows):  # accuracy only where some run counts it
+        present -= {key for key in ACCURACY_KEYS if all(row.get(key) is None for row in rows)}
     columns = [key for key in DEFAULT_COLUMNS if key in present]
     if "epochs" in columns and (tuned(rows) or len(
             {row["lr"] for row in rows if row.get("lr") is not None}) > 1):
@@ -132,22 +138,30 @@ def seeds_repeat(rows: Iterable[Row]) -> bool:
 def render_table(rows: Sequence[Row], columns: Sequence[str]) -> str:
     """A GitHub-flavoured markdown table of ``rows``; ``n/a`` where a figure is missing.
 
-    A value may be an :class:`~pytest_batchprof.runs.stats.Interval` (seeds folded
-    by :func:`pytest_batchprof.runs.repeats.aggregate_seeds`): it shows as
+    A value may be an :class:`~pytest_batchprof.reports.stats.Interval` (seeds folded
+    by :func:`pytest_batchprof.reports.seeds.aggregate_seeds`): it shows as
     ``mean ± half-width`` in the column's unit.
     """
     headers, cells = [], []
     for key in columns:
-        header, formatted = format_column(key, [row.get(key) for row in rows])
+        values = [row.get(key) for row in rows]
+        metrics = ([str(row.get("metric")) if row.get(key) is not None else None
+                    for row in rows] if COLUMNS.get(key, Column(key, key)).by_metric else None)
+        header, formatted = format_column(key, values, metrics)
         headers.append(header)
         cells.append(formatted)
     body = [list(row) for row in zip(*cells, strict=True)] if cells else []
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def format_column(key: str, values: Sequence[object]) -> tuple[str, list[str]]:
-    """The header (with its unit) and the cells of one column."""
+def format_column(key: str, values: Sequence[object],
+                  metrics: Sequence[str | None] | None = None) -> tuple[str, list[str]]:
+    """The header (with its unit) and the cells of one column; a column of the runs' metric
+    is titled by its name (``test rmse``) given each value's ``metrics``, and when the
+    rows have several metrics each cell names its own (``rmse 0.52``)."""
     column = COLUMNS.get(key, Column(key, key, plain=_text))
+    if column.by_metric and metrics is not None:
+        return _metric_column(column, values, metrics)
     if column.units is None:
         plain = column.plain or _text
         number = human_number if plain is _text else plain  # a hook's column of floats
@@ -163,6 +177,22 @@ def format_column(key: str, values: Sequence[object]) -> tuple[str, list[str]]:
         if isinstance(value, Interval) else human_number(float(value) / scale))
         for value in values]
     return f"{column.label} ({name})", cells
+
+
+def _metric_column(column: Column, values: Sequence[object],
+                   metrics: Sequence[str | None]) -> tuple[str, list[str]]:
+    """A column of the runs' metric: ``test rmse`` when one metric is in it, else ``test
+    metric`` and cells such as ``rmse 0.52`` and ``f1 0.91``."""
+    names = sorted({name for name in metrics if name is not None})
+    split = column.label.removesuffix(" metric")
+    plain = column.plain or _text
+    cells = [column.missing if _missing(value) else (
+        _interval(value, plain) if isinstance(value, Interval) else plain(value))
+        for value in values]
+    if len(names) == 1:
+        return f"{split} {names[0]}", cells
+    return column.label, [cell if name is None else f"{name} {cell}"
+                          for cell, name in zip(cells, metrics, strict=True)]
 
 
 def _interval(value: Interval, number: Callable[[object], str]) -> str:
@@ -182,40 +212,24 @@ def _factor(number: Callable[[object], str]) -> float:
     return float(number(1.0).replace(",", ""))
 
 
-def pick_unit(values: Sequence[float], units: Sequence[tuple[str, float]]) -> tuple[str, float]:
-    """The largest unit in which the column's median is at least 1."""
-    positive = [abs(value) for value in values if value]
-    if not positive:
-        return units[0]
-    typical = statistics.median(positive)
-    for name, scale in units:
-        if typical >= scale:
-            return name, scale
-    return units[-1]
-
-
-def human_number(value: float) -> str:
-    """``19.2``, ``408.0``, ``9,769``, ``0.0123``: one decimal from 1 up, thousands
-    separators from 1,000, three significant digits below 1."""
-    if value == 0:
-        return "0"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    if abs(value) >= 1:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
-
-
 def render_history(row: Row) -> str:
-    """The per-epoch table of one run, as the posts print their epoch lines."""
+    """The per-epoch table of one run, as the posts print their epoch lines; a run scored
+    by another metric than accuracy shows it by its name (``train rmse``)."""
+    metric = row.get("metric") or "accuracy"
+    if metric == "accuracy":
+        keys, shown = ("train_accuracy", "val_accuracy"), _percent
+        headers = ["epoch", "train acc (%)", "val acc (%)"]
+    else:
+        keys, shown = ("train_metric", "val_metric"), COLUMNS["test_metric"].plain
+        headers = ["epoch", f"train {metric}", f"val {metric}"]
     body = [
-        [f"{record['epoch']:02d}", _percent(record["train_accuracy"]),
-         _percent(record["val_accuracy"]), f"{record['train_loss']:.4f}",
-         f"{record['val_loss']:.4f}",
+        [f"{record['epoch']:02d}",
+         *("n/a" if record.get(key) is None else shown(record[key]) for key in keys),
+         f"{record['train_loss']:.4f}", f"{record['val_loss']:.4f}",
          human_number(record["train_seconds"] + record["eval_seconds"])]
         for record in row.get("history") or []
     ]
-    headers = ["epoch", "train acc (%)", "val acc (%)", "train loss", "val loss", "time (s)"]
+    headers += ["train loss", "val loss", "time (s)"]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 

@@ -33,14 +33,14 @@ from typing import Any
 import torch
 from torch import nn
 
-import pytest_batchprof
+from pytest_batchprof._version import __version__
 from pytest_batchprof.engine.training import CurvePoint, EpochRecord, Run, RunConfig, TimeToTarget
 from pytest_batchprof.errors import one_line
 from pytest_batchprof.measuring.carbon import Carbon
 from pytest_batchprof.measuring.metrics import PeakMemory
 from pytest_batchprof.reports.storage import TEMPORARY_SUFFIX, atomic_file
 
-CACHE_FORMAT = 6
+CACHE_FORMAT = 7
 """Version of the entry layout; raise it when the layout or its meaning changes."""
 
 SUFFIX = ".pt"
@@ -83,6 +83,8 @@ class CachedRun:
     train_seconds: float
     test_loss: float | None
     test_accuracy: float | None
+    test_metric: float | None
+    """The run's metric on the test split, when it is not accuracy."""
     diverged: str | None
     samples_per_epoch: int
     peak_memory: PeakMemory | None
@@ -105,8 +107,9 @@ def torch_version() -> str:
 
 
 def plugin_version() -> str:
-    """The pytest-batchprof version in the key, read when asked (tests may patch it)."""
-    return str(pytest_batchprof.__version__)
+    """The pytest-batchprof version in the key (a function, so that tests can pretend
+    another)."""
+    return str(__version__)
 
 
 def key_inputs(config: RunConfig, data_fingerprint: str) -> str:
@@ -181,6 +184,7 @@ class RunCache:
             "train_seconds": float(run.train_seconds),
             "test_loss": run.test_loss,
             "test_accuracy": run.test_accuracy,
+            "test_metric": run.test_metric,
             "diverged": run.diverged,
             "samples_per_epoch": int(run.samples_per_epoch),
             "peak_memory": None,
@@ -237,11 +241,12 @@ def _restore(entry: Any, inputs: str, model: nn.Module, optimizer: torch.optim.O
     history = _records(entry, "history", EpochRecord)
     curve = _records(entry, "curve", CurvePoint)
     test_accuracy = _optional_number(entry, "test_accuracy")
+    test_metric = _optional_number(entry, "test_metric")
     diverged = entry["diverged"]
     if diverged is not None and not isinstance(diverged, str):
         raise CacheEntryError("diverged is neither text nor None")
-    if (diverged is None) == (test_accuracy is None):
-        raise CacheEntryError("a run has a test accuracy exactly when it did not diverge")
+    if (diverged is None) == (test_accuracy is None and test_metric is None):
+        raise CacheEntryError("a run has test figures exactly when it did not diverge")
     model.load_state_dict(_typed(entry, "model", dict))  # strict: names and shapes must fit
     optimizer.load_state_dict(_typed(entry, "optimizer", dict))
     return CachedRun(
@@ -250,6 +255,7 @@ def _restore(entry: Any, inputs: str, model: nn.Module, optimizer: torch.optim.O
         train_seconds=float(_number(entry, "train_seconds")),
         test_loss=_optional_number(entry, "test_loss"),
         test_accuracy=test_accuracy,
+        test_metric=test_metric,
         diverged=diverged,
         samples_per_epoch=int(_typed(entry, "samples_per_epoch", int)),
         peak_memory=None if entry["peak_memory"] is None else PeakMemory(
@@ -264,9 +270,10 @@ def _restore(entry: Any, inputs: str, model: nn.Module, optimizer: torch.optim.O
 
 
 def _records(entry: dict[str, Any], name: str, record_type: type) -> list[Any]:
-    """A list of dataclass records whose every field is a number."""
+    """A list of dataclass records whose every field is a number (``None`` where a record
+    has no figure: a metric a run does not score)."""
     records = [record_type(**fields) for fields in _typed(entry, name, list)]
-    if any(not isinstance(value, int | float) for record in records
+    if any(not isinstance(value, int | float) and value is not None for record in records
            for value in asdict(record).values()):
         raise CacheEntryError(f"{name} holds a value that is not a number")
     return records

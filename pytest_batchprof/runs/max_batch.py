@@ -17,14 +17,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from pytest_batchprof.engine.memory import MemoryLimit
+from pytest_batchprof.engine.memory import MaxBatch, MemoryLimit, Probe
 from pytest_batchprof.engine.training import TrainingLoop
-from pytest_batchprof.experiment.build import Experiment
 from pytest_batchprof.measuring.metrics import PeakMemoryMeter
+from pytest_batchprof.runs.build import Experiment
 
 PROBE_STEPS = 2
 """Optimizer steps a probe trains: the second step is the first with the optimizer's state."""
@@ -32,46 +31,6 @@ PROBE_EVAL_SAMPLES = 16
 """The validation and test samples a probe evaluates on: it measures training, not these."""
 RESOLUTION = 0.01
 """The bisection stops when the first failure is within this fraction of the last fit."""
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One batch size tried: whether it fitted, and the peak it reached (``None``: the
-    device ran out before anything measured it)."""
-
-    batch_size: int
-    fits: bool
-    peak_bytes: int | None
-
-
-@dataclass(frozen=True)
-class MaxBatch:
-    """What the search found for one model."""
-
-    batch_size: int
-    """The answer: ``largest_fit`` less the margin (0 when not even batch 1 fits)."""
-    largest_fit: int
-    first_failure: int | None
-    """``None`` when every size up to the cap fitted."""
-    cap: int
-    margin: float
-    limit: MemoryLimit
-    probes: tuple[Probe, ...]
-
-    def describe(self) -> str:
-        """One line for the live output."""
-        if not self.largest_fit:
-            return f"no batch size fits {self.limit.source}, not even 1"
-        failure = (f"{self.first_failure:,} does not" if self.first_failure is not None
-                   else f"every size up to the cap of {self.cap:,} does")
-        return (f"largest batch that fits {self.limit.source}: {self.batch_size:,} "
-                f"({self.largest_fit:,} fits, {failure}; {self.margin:.0%} margin; "
-                f"{len(self.probes)} probes)")
-
-    def summary(self) -> dict[str, object]:
-        """Row figures of every run of the model."""
-        return {"max_batch_size": self.batch_size, "max_batch_fits": self.largest_fit,
-                "max_batch_fails": self.first_failure, "max_batch_limit": self.limit.source}
 
 
 def search(fits: Callable[[int], Probe], cap: int, resolution: float = RESOLUTION) -> (

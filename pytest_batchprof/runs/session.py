@@ -27,26 +27,28 @@ from pytest_batchprof.engine.ensemble import (
     MemberLoop,
     ensemble_obstacle,
 )
-from pytest_batchprof.engine.memory import MemoryLimit, OutOfMemory
+from pytest_batchprof.engine.memory import MaxBatch, MemoryLimit, OutOfMemory
 from pytest_batchprof.engine.parallel import Shard, train_data_parallel
-from pytest_batchprof.engine.precision import emulation_note, matmul_precision
+from pytest_batchprof.engine.status import TrainingStatus
 from pytest_batchprof.engine.steps import LoopStep, NoiseScaleEstimate
 from pytest_batchprof.engine.training import (
     Run,
     RunConfig,
     TrainingLoop,
     initial_model,
+    measured_inputs,
     warm_up,
 )
-from pytest_batchprof.experiment.build import Experiment, build_experiment
+from pytest_batchprof.hardware.precision import emulation_note, matmul_precision
 from pytest_batchprof.measuring import noise_scale
 from pytest_batchprof.measuring.carbon import Carbon, CarbonMeter
 from pytest_batchprof.measuring.metrics import PeakMemory, PeakMemoryMeter, measure
-from pytest_batchprof.plugin.options import Settings, flag_of, format_size
-from pytest_batchprof.plugin.progress import Console, RunProgress, TrainingStatus
 from pytest_batchprof.reports.figures import TRAINED_ALONE
+from pytest_batchprof.runs.build import Experiment, build_experiment
 from pytest_batchprof.runs.cache import RunCache
-from pytest_batchprof.runs.max_batch import MaxBatch, find_max_batch
+from pytest_batchprof.runs.max_batch import find_max_batch
+from pytest_batchprof.runs.progress import Console, RunProgress
+from pytest_batchprof.settings import Settings, flag_of, format_size
 
 
 def memory_limit(settings: Settings, device: torch.device) -> MemoryLimit | None:
@@ -87,7 +89,7 @@ class DataSets:
     Nothing here checks a data set against the session's settings: a data set smaller
     than ``--batchprof-train-subset`` is used whole (the run's row says so), and a batch
     size larger than a data set fails only the runs that ask for it
-    (:func:`~pytest_batchprof.experiment.build.build_experiment`), so one small data set
+    (:func:`~pytest_batchprof.runs.build.build_experiment`), so one small data set
     never stops a session that uses several.
     """
 
@@ -131,15 +133,16 @@ class Measurer:
         if run.out_of_memory:
             self.say(f"  {run.out_of_memory.describe()}")
             return
-        data = experiment.data
-        with matmul_precision(run.config.precision, data.test.x.device):
+        with matmul_precision(run.config.precision, torch.device(run.config.device)):
             run.measurements = measure(
-                run.model, run.optimizer, data.test.x,
+                run.inference_model(), run.optimizer, run.test_images,
                 self.settings.inference_batch_size or run.config.batch_size,
                 peak, train_carbon, self.carbon, run.config.precision,
             )
-        self.say(f"  trained in {run.train_seconds:.2f} s{origin}, "
-                 f"test acc={run.test_accuracy:.4f}, {run.measurements.latency.describe()}")
+        score = (f"test acc={run.test_accuracy:.4f}" if run.config.metric == "accuracy"
+                 else f"test {run.metric_name}={run.metric:.4g}")
+        self.say(f"  trained in {run.train_seconds:.2f} s{origin}, {score}, "
+                 f"{run.measurements.latency.describe()}")
         if run.noise_scale is not None:
             self.say(f"  {run.noise_scale.describe()}")
 
@@ -163,9 +166,12 @@ class Trainer:
     warmed_up: bool = False
 
     def warm_up(self) -> None:
-        """Pay torch's one-off costs once, before anything is timed or measured."""
+        """Pay torch's one-off costs once, before anything is timed or measured: the
+        optimizers' have been paid by then, since every experiment's own model, loss and
+        optimizer took a step on the device when it was built
+        (:func:`~pytest_batchprof.runs.build.check_recipe`); the evaluation's remain."""
         if not self.warmed_up:
-            warm_up(self.device)
+            warm_up(self.device, optimizers=())
             self.warmed_up = True
 
     def _prepare(self) -> None:
@@ -188,7 +194,8 @@ class Trainer:
         self._prepare()
         progress = None
         if self.console is not None:
-            progress = RunProgress(self.console, config.epochs, verbose=self.console.verbose)
+            progress = RunProgress(self.console, config.epochs, verbose=self.console.verbose,
+                                   metric=config.metric)
         memory = PeakMemoryMeter(self.device)
         loop = None  # a data-parallel run forks processes, whose loops train it
         if config.processes == 1 or self.launched is not None:
@@ -223,7 +230,8 @@ class Trainer:
             progress = [RunProgress(self.console, experiment.config.epochs,
                                     verbose=self.console.verbose,
                                     indent=f"  seed {experiment.config.seed}, "
-                                           f"lr {experiment.config.lr:g}: ")
+                                           f"lr {experiment.config.lr:g}: ",
+                                    metric=experiment.config.metric)
                         for experiment in experiments]
         loops: list[MemberLoop] = []
         for experiment, observer in zip(experiments, progress, strict=True):
@@ -313,11 +321,13 @@ class CachedRuns:
         if cached is None:
             return None
         model.eval()
+        measured, call = measured_inputs(data.test, experiment.recipe)
         run = Run(config=config, model=model, optimizer=optimizer,
-                  samples_per_epoch=cached.samples_per_epoch, test_images=data.test.x,
+                  samples_per_epoch=cached.samples_per_epoch, test_images=measured, call=call,
                   history=cached.history, curve=cached.curve,
                   train_seconds=cached.train_seconds,
                   test_loss=cached.test_loss, test_accuracy=cached.test_accuracy,
+                  test_metric=cached.test_metric, val_note=data.val_note,
                   diverged=cached.diverged, time_to_target=cached.time_to_target,
                   ensemble=cached.ensemble, threads=cached.threads)
         self.say(f"batchprof: loaded {config.describe()} from the cache")
@@ -332,7 +342,7 @@ class CachedRuns:
         if cached.peak_memory is not None and limit is not None and peak.bytes > limit.bytes:
             run.out_of_memory = OutOfMemory(config.batch_size, peak.bytes,
                                             f"its recorded peak passes {limit.source}")
-            run.test_loss = run.test_accuracy = None  # as a run that runs out afresh has none
+            run.test_loss = run.test_accuracy = run.test_metric = None  # as a fresh run's
         if self.noise_scale and run.diverged is None and run.out_of_memory is None:
             run.noise_scale = noise_scale.estimate(model, experiment.recipe.loss, data.train.x,
                                                    data.train.y, seed=config.seed)
@@ -381,7 +391,7 @@ class BatchprofSession:
 
     def run(self, dataset: Dataset, model: object, batch_size: int, **arguments: Any) -> Run:
         """Train (or return the already trained) run of ``model`` (a factory) in this
-        configuration; :func:`~pytest_batchprof.experiment.build.build_experiment` says
+        configuration; :func:`~pytest_batchprof.runs.build.build_experiment` says
         what the keyword ``arguments`` are and what fills in those left out."""
         return self.runs_of(dataset, model, batch_size, [{}], **arguments)[0]
 

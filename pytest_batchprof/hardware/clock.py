@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from pytest_batchprof.engine.devices import synchronize
+from pytest_batchprof.hardware.devices import synchronize
 
 CUDA_EVENTS = "CUDA events"
 HOST_CLOCK = "time.perf_counter"

@@ -40,14 +40,14 @@ import numpy as np
 
 from pytest_batchprof.reports.figures import OUT_OF_MEMORY_KEY
 from pytest_batchprof.reports.lr_grid import chosen_rows
+from pytest_batchprof.reports.stats import finite
 from pytest_batchprof.reports.studies import (
     group_studies,
+    row_target_words,
     study_title,
-    target_words,
     varying_settings,
 )
 from pytest_batchprof.reports.tables import Row
-from pytest_batchprof.runs.stats import finite
 
 MIN_BATCH_SIZES = 3
 """Two parameters need a third batch size to test the curve's shape at all."""
@@ -313,13 +313,14 @@ def fit_studies(rows: Iterable[Row], resamples: int = BOOTSTRAP_RESAMPLES,
     """Each time-to-accuracy study among ``rows`` (in order of first appearance), fitted.
 
     A study (:mod:`~pytest_batchprof.reports.studies`) is the chosen rows of one
-    experiment but for batch size, seed and lr, and
-    is one when its runs had a target (``--target-accuracy``). A batch size is fitted
-    when every one of its seeds reached the target; the others are left out, and said.
+    experiment but for batch size, seed and lr, and is one when its runs had a target
+    (``--target-accuracy``, or ``--batchprof-target-metric`` for runs scored by another
+    metric, which its title names: ``to rmse 0.3``). A batch size is fitted when every
+    one of its seeds reached the target; the others are left out, and said.
     """
     studies = [group for group in group_studies(chosen_rows(rows))
                if any(_has_target(row) for row in group)]
-    varying = varying_settings(studies, named=("target_accuracy",))
+    varying = varying_settings(studies, named=("target_accuracy", "target_metric"))
     return [_fit_study(group, varying, resamples, seed) for group in studies]
 
 
@@ -330,7 +331,7 @@ def _fit_study(rows: Sequence[Row], varying: Sequence[str], resamples: int,
         size = row.get("batch_size")
         if isinstance(size, int | float) and not isinstance(size, bool):
             by_batch.setdefault(int(size), []).append(row)
-    target = target_words(rows[0].get("target_accuracy"))
+    target = row_target_words(rows[0])  # 97%, or the run's metric: rmse 0.3
     steps: dict[int, list[float]] = {}
     left_out = []
     for size in sorted(by_batch):
@@ -345,7 +346,8 @@ def _fit_study(rows: Sequence[Row], varying: Sequence[str], resamples: int,
 
 
 def _has_target(row: Mapping[str, object]) -> bool:
-    return row.get("target_accuracy") is not None or "target_steps" in row
+    return (row.get("target_accuracy") is not None or row.get("target_metric") is not None
+            or "target_steps" in row)
 
 
 def _reached(row: Mapping[str, object]) -> bool:

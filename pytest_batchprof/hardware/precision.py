@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pytest_batchprof.experiment.config import PRECISIONS
+from pytest_batchprof.settings import PRECISIONS
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TF32_MIN_CAPABILITY = 8

@@ -10,7 +10,8 @@ a terminal it is redrawn in place at most every :data:`REDRAW_SECONDS`;
 elsewhere (a CI log) it is a plain line after :data:`PLAIN_EVERY_SECONDS` of
 silence, so a log never goes quiet for longer than that.
 
-The engine reports progress from host-side counters at most every
+The engine reports progress (a :class:`~pytest_batchprof.engine.status.TrainingStatus`)
+from host-side counters at most every
 :data:`~pytest_batchprof.engine.training.PROGRESS_POLL_SECONDS`: nothing here waits
 for the device. This module imports neither torch nor pytest; the console it
 writes to is a :class:`Console`, which the plugin implements with pytest's
@@ -19,13 +20,12 @@ terminal reporter and tests with a fake.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from pytest_batchprof.engine.status import TrainingStatus
     from pytest_batchprof.engine.training import EpochRecord, RunConfig
 
 ALL_EPOCHS_UP_TO = 20
@@ -78,58 +78,6 @@ def shown_epochs(epochs: int, verbose: bool = False) -> frozenset[int] | None:
     return frozenset(1 + round(index * spacing) for index in range(CONDENSED_EPOCHS))
 
 
-@dataclass(frozen=True)
-class TrainingStatus:
-    """Where a run stands, from the engine's host-side counters (no device sync)."""
-
-    epoch: int
-    epochs: int
-    step: int
-    """Optimizer steps taken in this epoch."""
-    steps_per_epoch: int
-    samples_done: int
-    """Training samples of the whole run so far."""
-    total_samples: int
-    """Training samples of the whole run as planned (a run may stop earlier at its target)."""
-    run_seconds: float
-    """Wall time since the run started, validation included, measuring excluded."""
-    stops_early: bool = False
-    """The run stops at a target accuracy, so the time left is an upper bound."""
-
-    @property
-    def samples_per_second(self) -> float:
-        return self.samples_done / self.run_seconds if self.run_seconds > 0 else math.nan
-
-    @property
-    def seconds_left(self) -> float:
-        """The planned rest of the run at the rate so far."""
-        rate = self.samples_per_second
-        if not rate > 0:
-            return math.nan
-        return max(self.total_samples - self.samples_done, 0) / rate
-
-    def line(self) -> str:
-        """``epoch 3/200, step 1,200/3,438, 2,345 samples/s, 1 min 23 s left``."""
-        left = self.seconds_left
-        remaining = "" if math.isnan(left) else (
-            f", {'at most ' if self.stops_early else ''}{duration(left)} left")
-        rate = self.samples_per_second
-        speed = "" if math.isnan(rate) else f", {rate:,.0f} samples/s"
-        return (f"epoch {self.epoch}/{self.epochs}, step {self.step:,}/{self.steps_per_epoch:,}"
-                f"{speed}{remaining}")
-
-
-def duration(seconds: float) -> str:
-    """``45 s``, ``3 min 05 s``, ``2 h 07 min``: as precise as a person waiting needs."""
-    whole = round(seconds)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    hours, minutes = divmod(round(whole / 60), 60)
-    return f"{hours} h {minutes:02d} min"
-
-
 class RunProgress:
     """The live output of one run: its epoch lines, condensed, and its progress line.
 
@@ -139,9 +87,12 @@ class RunProgress:
     """
 
     def __init__(self, console: Console, epochs: int, verbose: bool = False,
-                 indent: str = "  ", clock: Callable[[], float] = time.monotonic) -> None:
+                 indent: str = "  ", clock: Callable[[], float] = time.monotonic,
+                 metric: str = "accuracy") -> None:
         self.console = console
         self.indent = indent
+        self.metric = metric
+        """The run's metric, by which its epoch lines name their scores (``Train rmse=``)."""
         self.shown = shown_epochs(epochs, verbose)
         self.clock = clock
         self._printed: EpochRecord | None = None
@@ -185,7 +136,7 @@ class RunProgress:
 
     def _print(self, record: EpochRecord) -> None:
         self._clear()
-        self.console.line(self.indent + record.line())
+        self.console.line(self.indent + record.line(self.metric))
         self._printed = record
         self._silent_since = self.clock()
         self._last_status = None

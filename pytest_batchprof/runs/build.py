@@ -3,34 +3,44 @@
 
 The fixture's arguments fill in from the session's settings (batch size,
 epochs, learning rate and its scaling rule, optimizer, seed), the model factory
-is built once for the data (:func:`.models.prepare_model`), and the model, its
+is built once for the data (:func:`prepare_model`), and the model, its
 loss and its optimizer are tried on two training samples: a model that fails to
 build, returns outputs of the wrong shape, or a loss that is not a finite
-scalar, ends here with one line naming the model (:class:`.models.ModelError`),
-before the run's clock starts; so does a model that cannot train on a batch of one
-sample (BatchNorm) in a run that would hand it one. A model that cannot take the
-data's samples at all (:class:`.models.ShapeMismatch`: a shipped CNN whose
-convolutions shrink the images to nothing, or a user's model that says so) is told
+scalar, or a ``scheduler=`` that makes no ``LRScheduler``, ends here with one line naming
+the model (:class:`ModelError`), before the run's clock starts; so does a model that
+cannot train on a batch of one sample (BatchNorm) in a run that would hand it one. A
+model that cannot take the data's samples at all (:class:`ShapeMismatch`: a shipped CNN
+whose convolutions shrink the images to nothing, or a user's model that says so) is told
 apart, for the fixtures to skip its test rather than fail it.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pytest_batchprof.data.batches import (
+    BatchError,
+    Forward,
+    call_model,
+    describe_inputs,
+    model_outputs,
+    split_batch,
+)
 from pytest_batchprof.data.datasets import Dataset, crop_shape
 from pytest_batchprof.engine.parallel import Shard
-from pytest_batchprof.engine.precision import unsupported
 from pytest_batchprof.engine.training import (
     LossFunction,
     OptimizerFactory,
     Recipe,
     RunConfig,
+    SchedulerFactory,
+    epoch_samples,
     initial_model,
     last_batch,
     scaled_lr,
@@ -46,7 +56,9 @@ from pytest_batchprof.experiment.models import (
     model_label,
     prepare_model,
 )
-from pytest_batchprof.plugin.options import OPTIMIZERS, Settings, flag_of
+from pytest_batchprof.experiment.tasks import TASK_BY_NAME, MetricSpec, Task, metric_identity
+from pytest_batchprof.hardware.precision import unsupported
+from pytest_batchprof.settings import OPTIMIZERS, Settings, flag_of
 
 CHECK_SAMPLES = 2
 """Training samples the model, loss and optimizer are tried on before a run."""
@@ -103,16 +115,21 @@ def callable_label(value: object) -> str:
     return getattr(value, "__qualname__", None) or type(value).__qualname__
 
 
-def callables_code(loss: object, optimizer: object) -> Code:
-    """The code of the user's loss and optimizer callables: their identities (qualified
-    names, settings, a partial's arguments) and the source files that define them;
-    empty when both are built in. Its reason says why they cannot be cached, if they
-    cannot (a lambda, a function defined inside another)."""
+def callables_code(loss: object, optimizer: object, **others: object) -> Code:
+    """The code of the user's callables (loss, optimizer, and ``others``: the forward,
+    the scheduler, the metric): their identities (qualified names, settings, a partial's
+    arguments) and the source files that define them; empty when all are built in. Its
+    reason says why they cannot be cached, if they cannot (a lambda, a function defined
+    inside another)."""
     code = Code()
-    for role, value, identify in (("loss", loss, loss_identity),
-                                  ("optimizer", optimizer, factory_identity)):
+    roles = [("loss", loss, loss_identity), ("optimizer", optimizer, factory_identity)]
+    roles += [(role, value, factory_identity) for role, value in others.items()]
+    for role, value, identify in roles:
         if value is None or value is F.cross_entropy or isinstance(value, str):
             continue
+        if isinstance(value, MetricSpec):  # its name and direction, and its function's code
+            code |= Code(frozenset({f"metric={value.name}:{value.higher_is_better}"}))
+            value = value.fn
         identity, reason = identify(value)
         code |= Code(frozenset({f"{role}={identity or local_identity(value)}"}),
                      None if identity is not None else f"its {role} {reason}")
@@ -137,10 +154,22 @@ def build_experiment(
     precision: str | None = None,
     data_parallel: int | None = None,
     drop_last: bool | None = None,
+    metric: object = None,
+    forward: Forward | None = None,
+    scheduler: SchedulerFactory | None = None,
+    sync_batchnorm: bool = False,
 ) -> Experiment:
     """The run of ``model`` on ``dataset`` with these arguments, the session's settings
     filling in what they leave out; raise ``ValueError`` (``ModelError`` for the
     model, loss or optimizer) with one line on bad input."""
+    task = TASK_BY_NAME[dataset.task]
+    metric_name, higher_is_better = metric_identity(metric, task)
+    for argument, value in (("forward", forward), ("scheduler", scheduler)):
+        if value is not None and not callable(value):
+            raise ValueError(f"{argument}={value!r} is not a callable; see "
+                             f"trained_model's {argument}= in the README")
+    if not isinstance(sync_batchnorm, bool):
+        raise ValueError(f"sync_batchnorm={sync_batchnorm!r} must be True or False")
     base_lr = settings.lr if lr is None else float(lr)  # an explicit lr is used unscaled
     data = _cropped(dataset, input_size)
     optimizer = settings.optimizer if optimizer is None else optimizer
@@ -168,7 +197,11 @@ def build_experiment(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         prepared = _prepared(model, data, name)
-    callables = callables_code(loss, optimizer)
+    callables = callables_code(loss, optimizer, forward=forward, scheduler=scheduler,
+                               metric=metric)
+    target_metric = settings.target_metric
+    if target_metric is not None and metric_name == "accuracy":  # the same target, said twice
+        target_metric = None
     config = RunConfig(
         dataset=dataset.name,
         input_shape=data.sample_shape,
@@ -192,19 +225,46 @@ def build_experiment(
         model=prepared.name,
         model_id=prepared.model_id,
         architecture=prepared.architecture,
-        loss="cross_entropy" if loss in (None, F.cross_entropy) else callable_label(loss),
+        loss=(task.loss_name if loss is None else "cross_entropy" if loss is F.cross_entropy
+              else callable_label(loss)),
         code=(prepared.code | callables).fingerprint(),
         precision=precision,
         processes=processes,
+        task=task.name,
+        metric=metric_name,
+        higher_is_better=higher_is_better,
+        target_metric=target_metric,
+        data_feed=_feed_words(data),
+        forward=None if forward is None else callable_label(forward),
+        scheduler=None if scheduler is None else callable_label(scheduler),
+        sync_batchnorm=sync_batchnorm,
     )
     data = data.with_train_subset(config.train_subset)
     _check_config(config, len(data.train))
-    recipe = Recipe(prepared.build, loss if loss is not None else F.cross_entropy,
-                    None if isinstance(optimizer, str) else optimizer)
+    if settings.noise_scale and not data.train.in_memory:
+        raise ValueError(f"{flag_of('noise_scale')} estimates from tensors in memory, and a "
+                         f"DataLoader reads {dataset.name}; register it with in_memory=True, "
+                         f"or leave the option out")
+    if sync_batchnorm and processes == 1:
+        raise ValueError("sync_batchnorm=True synchronises BatchNorm across the processes of "
+                         "a data-parallel run; pass data_parallel=2 or more (or "
+                         f"{flag_of('data_parallel')}), or leave it out")
+    recipe = Recipe(prepared.build, loss if loss is not None else task.loss,
+                    None if isinstance(optimizer, str) else optimizer, task=task,
+                    scores=metric, forward=forward, scheduler=scheduler)
     reasons = [reason for reason in (prepared.uncached_reason, callables.reason) if reason]
     note = f"{prepared.name} is not cached: {reasons[0]}" if reasons else None
     check_recipe(config, recipe, prepared, data, device)
     return Experiment(config, recipe, data, note)
+
+
+def _feed_words(data: Dataset) -> str:
+    """How a row names the way the training split is read (``RunConfig.data_feed``)."""
+    if data.train.in_memory:
+        return "in memory"
+    workers = data.train.workers
+    return f"DataLoader, {workers} worker{'s' if workers != 1 else ''}" if workers else (
+        "DataLoader")
 
 
 def _cropped(dataset: Dataset, input_size: int | tuple[int, int] | None) -> Dataset:
@@ -229,9 +289,10 @@ def shape_words(data: Dataset) -> str:
 
 
 def _prepared(model: object, data: Dataset, name: str | None) -> PreparedModel:
-    """:func:`.models.prepare_model` for ``data``; a model that cannot take its samples
-    (:class:`.models.ShapeMismatch`, raised by the shipped :func:`.models.cnn` or by the
-    user's factory) is said so, naming the model and the shape."""
+    """:func:`prepare_model` for ``data``; a model that cannot take its samples
+    (:class:`ShapeMismatch`, raised by the shipped
+    :func:`~pytest_batchprof.experiment.models.cnn` or by the user's factory) is said so,
+    naming the model and the shape."""
     description = data.description()
     try:
         return prepare_model(model, description, name)
@@ -243,31 +304,26 @@ def _prepared(model: object, data: Dataset, name: str | None) -> PreparedModel:
 def check_recipe(config: RunConfig, recipe: Recipe, prepared: PreparedModel, data: Dataset,
                  device: torch.device) -> None:
     """Try the model, loss and optimizer on :data:`CHECK_SAMPLES` training samples (one
-    step, on a throw-away copy), and the model on a batch of one sample when the run will
-    meet one (:func:`_one_sample_batch`); raise ``ModelError`` naming the model and the
-    fault, :class:`.models.ShapeMismatch` when the model itself says it cannot take the
-    data's samples."""
+    step, on a throw-away copy), the ``scheduler=`` factory on that optimizer, and the model
+    on a batch of one sample when the run will meet one (:func:`_one_sample_batch`); raise
+    ``ModelError`` naming the model and the fault, :class:`ShapeMismatch` when the model
+    itself says it cannot take the data's samples."""
     name = prepared.name
-    x, y = data.train.x[:CHECK_SAMPLES], data.train.y[:CHECK_SAMPLES]
+    batch = data.train.first(CHECK_SAMPLES)
     with torch.random.fork_rng(devices=[]):  # the run's own seeded RNG stays untouched
         try:
             model, optimizer = initial_model(config, device, recipe)
         except Exception as error:
             raise ModelError(f"model {name}: its optimizer could not be made: "
                              f"{one_line(error)}") from error
-        try:
-            outputs = model(x)
-        except ShapeMismatch as error:
-            raise ShapeMismatch(f"{name} cannot take {shape_words(data)}: {error}") from None
-        except Exception as error:
-            raise ModelError(f"model {name} failed on a batch of shape {tuple(x.shape)}: "
-                             f"{one_line(error)}") from error
-        expected = (len(x), config.num_classes)
-        if not isinstance(outputs, torch.Tensor) or tuple(outputs.shape) != expected:
+        outputs, y, described = _forward_checked(recipe, model, batch, name, data)
+        task = recipe.task
+        if not isinstance(outputs, torch.Tensor) or not task.outputs_fit(
+                outputs, y, config.num_classes):
             got = (f"shape {tuple(outputs.shape)}" if isinstance(outputs, torch.Tensor)
                    else f"a {type(outputs).__name__}")
-            raise ModelError(f"model {name} returned {got} for a batch of {len(x)}; expected "
-                             f"{expected}, one score per class of {data.name}")
+            raise ModelError(f"model {name} returned {got} for a batch of {described}; "
+                             f"expected {_expected_words(task, y, config.num_classes, data)}")
         try:
             value = recipe.loss(outputs, y)
         except Exception as error:
@@ -290,7 +346,68 @@ def check_recipe(config: RunConfig, recipe: Recipe, prepared: PreparedModel, dat
         except Exception as error:
             raise ModelError(f"model {name}: a training step failed: {one_line(error)}") from (
                 error)
+        _check_scheduler(config, recipe, optimizer, name, len(data.train))
         _check_one_sample_batch(config, recipe, model, name, data)
+
+
+def _check_scheduler(config: RunConfig, recipe: Recipe, optimizer: torch.optim.Optimizer,
+                     name: str, train_count: int) -> None:
+    """Make the run's ``scheduler=`` schedule on the throw-away ``optimizer``, as the run
+    will on its own (with its steps per epoch and epochs): a factory that fails, or returns
+    anything but an ``LRScheduler``, is one line naming the model, before the clock starts."""
+    if recipe.scheduler is None:
+        return
+    steps_per_epoch = math.ceil(epoch_samples(config, train_count) / config.batch_size)
+    try:
+        schedule = recipe.scheduler(optimizer, steps_per_epoch, config.epochs)
+    except Exception as error:
+        raise ModelError(f"model {name}: scheduler={callable_label(recipe.scheduler)} failed "
+                         f"on (optimizer, {steps_per_epoch}, {config.epochs}): "
+                         f"{one_line(error)}") from error
+    if not isinstance(schedule, torch.optim.lr_scheduler.LRScheduler):
+        raise ModelError(f"model {name}: scheduler={callable_label(recipe.scheduler)} returned "
+                         f"a {type(schedule).__name__}; it must return a torch.optim."
+                         f"lr_scheduler.LRScheduler of the optimizer it is given")
+
+
+def _forward_checked(recipe: Recipe, model: nn.Module, batch: object, name: str,
+                     data: Dataset) -> tuple[object, torch.Tensor, str]:
+    """The model's outputs and the targets of ``batch`` (the run's ``forward``, or the
+    conventions of :mod:`~pytest_batchprof.data.batches`), and the batch in words; a
+    failure is one line naming the model (a :class:`ShapeMismatch` the model
+    raises is kept for a skip)."""
+    described = "of its first samples"
+    try:
+        if recipe.forward is not None:
+            outputs, targets = recipe.forward(model, batch)
+        else:
+            inputs, targets = split_batch(batch)
+            described = describe_inputs(inputs)
+            outputs = model_outputs(call_model(model, inputs))
+    except ShapeMismatch as error:
+        raise ShapeMismatch(f"{name} cannot take {shape_words(data)}: {error}") from None
+    except BatchError as error:
+        raise ModelError(f"model {name}: {error}") from None
+    except Exception as error:
+        raise ModelError(f"model {name} failed on a batch of {described}: "
+                         f"{one_line(error)}") from error
+    if not isinstance(targets, torch.Tensor):
+        raise ModelError(f"model {name}: the batch's targets are a {type(targets).__name__}; "
+                         f"give tensors")
+    return outputs, targets, described
+
+
+def _expected_words(task: Task, targets: torch.Tensor, num_classes: int, data: Dataset) -> str:
+    """What a model's outputs must be for ``task``, in words."""
+    if task.name == "regression":
+        return (f"{targets.numel()} values, one per target of shape "
+                f"{tuple(targets.shape)}")
+    shape = task.expected_outputs(targets, num_classes)
+    if task.name == "tokens":
+        return f"{shape}, one score per token and class of {data.name}'s {num_classes}"
+    if task.name == "multilabel":
+        return f"{shape}, one score per label of {data.name}"
+    return f"{shape}, one score per class of {data.name}"
 
 
 def _one_sample_batch(config: RunConfig, train_count: int) -> tuple[str, str] | None:
@@ -324,7 +441,13 @@ def _check_one_sample_batch(config: RunConfig, recipe: Recipe, model: nn.Module,
     batch, fix = where
     model.train()
     try:
-        recipe.loss(model(data.train.x[:1]), data.train.y[:1])
+        sample = data.train.first(1)
+        if recipe.forward is not None:
+            outputs, targets = recipe.forward(model, sample)
+        else:
+            inputs, targets = split_batch(sample)
+            outputs = model_outputs(call_model(model, inputs))
+        recipe.loss(outputs, targets)
     except Exception as error:
         if any(isinstance(module, nn.modules.batchnorm._BatchNorm)
                for module in model.modules()):

@@ -33,10 +33,10 @@ from pytest_batchprof.engine.training import (
     RunConfig,
     evaluate_batches,
 )
-from pytest_batchprof.experiment.build import callable_label
 from pytest_batchprof.experiment.code import model_code
 from pytest_batchprof.experiment.models import module_fingerprint
 from pytest_batchprof.measuring.metrics import PeakMemory, measure
+from pytest_batchprof.runs.build import callable_label
 
 if TYPE_CHECKING:
     from pytest_batchprof.runs.session import BatchprofSession
