@@ -10,6 +10,12 @@ A run that sees fewer training samples than that budget (``--train-subset``,
 percentage points for every halving of the samples it saw, so CI's fast mode
 (``--train-subset 5000 --epochs 1``, 4.5 halvings) still checks every run.
 More samples than the budget never raise the floor.
+
+It also registers the data sets of the ``pipelines`` study (``test_pipelines.py``),
+built when a session first needs them: ``shapes`` and ``shapes-augmented``, the
+generated images of ``shapes.py`` read by a DataLoader with two workers (the same
+images, the second augmented on every read), and ``diabetes``, scikit-learn's bundled
+regression set.
 """
 
 from __future__ import annotations

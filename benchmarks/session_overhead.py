@@ -67,6 +67,9 @@ def test_mnist_mlp(trained_mlp):
 """
 EXIT = "exit: after the last hook (interpreter teardown)"
 TRAINING_PHASE = "training: steps"
+MEASURED_AFRESH = ("train_seconds", "latency_median_s", "latency_single_median_s",
+                   "peak_memory_bytes")
+"""The row's figures that every session measures anew; the others must agree across sides."""
 
 
 @dataclass
@@ -79,6 +82,8 @@ class Sample:
     phases: dict[str, float]
     calls: dict[str, int] = field(default_factory=dict)
     figures: dict[str, object] = field(default_factory=dict)
+    not_run: list[str] = field(default_factory=list)
+    """The session's timed phases that never ran (the data's fingerprint, with no cache)."""
 
 
 @dataclass
@@ -122,11 +127,11 @@ def run_process(side: Side, phases_file: Path) -> Sample:
             "params", "flops", "train_flops", "macs", "state_dict_bytes", "checkpoint_bytes",
             "latency_median_s", "latency_single_median_s", "peak_memory_bytes")}
         return Sample(wall, rss, phases.get(TRAINING_PHASE, 0.0), phases, report["calls"],
-                      figures)
+                      figures, report["not_run"])
     report = json.loads(output.strip().splitlines()[-1])
     phases = dict(report["phases"])
-    phases["start-up: interpreter (before the script's first line)"] = (
-        wall - report["elapsed_in_process"])  # the exit included: one remainder
+    phases["interpreter: start-up before the script's first line, and exit"] = (
+        wall - report["elapsed_in_process"])
     return Sample(wall, rss, phases["training"], phases, figures={
         "val_accuracy": report["val_accuracy"], "test_accuracy": report["test_accuracy"]})
 
@@ -250,6 +255,16 @@ def report(args: argparse.Namespace, sides: list[Side], load: tuple[float, float
         print(f"{side.name}: {ratio:.2f}x the script's wall time; goal <= {GOAL_RATIO}x "
               f"{verdict}")
 
+    sessions = [side for side in sides if side.session]
+    if len(sessions) > 1:
+        first = sessions[0].samples[-1].figures
+        differ = sorted({key for side in sessions for sample in side.samples
+                         for key, value in sample.figures.items()
+                         if key not in MEASURED_AFRESH and value != first[key]})
+        print("the sessions' rows: " + (f"DIFFER in {', '.join(differ)}" if differ else
+                                        "the same figures (timings, latency and peak memory "
+                                        "aside: each session measures them anew)"))
+
     for side in sides:
         names: dict[str, None] = {}
         for sample in side.samples:
@@ -259,11 +274,13 @@ def report(args: argparse.Namespace, sides: list[Side], load: tuple[float, float
         calls: dict[str, int] = defaultdict(int, side.samples[-1].calls)
         ordered = sorted(medians.items(), key=lambda item: -item[1])
         phase_rows = [[name, f"{seconds:.3f}", calls[name] or ""]
-                      for name, seconds in ordered if seconds >= 0.0005]
+                      for name, seconds in ordered if seconds >= 0.0005 or calls[name]]
         phase_rows.append(["sum of the phases' medians", f"{sum(medians.values()):.3f}", ""])
         print(f"\n{side.name}: phases (median seconds; every second counted once, in the "
               f"innermost phase running)")
         print(tabulate(phase_rows, headers=["phase", "seconds", "calls"], tablefmt="github"))
+        if side.samples[-1].not_run:
+            print(f"not run in this session: {', '.join(side.samples[-1].not_run)}")
         figures = side.samples[-1].figures
         print(f"{side.name}: " + ", ".join(
             f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"

@@ -105,24 +105,24 @@ class Clock:
         self.last = IMPORTED
         self.seconds[START_UP] = IMPORTED - T0
 
-    def _charge(self) -> float:
+    def charge(self) -> float:
         now = time.monotonic()
         self.seconds[self.stack[-1] if self.stack else self.stage] += now - self.last
         self.last = now
         return now
 
     def enter(self, phase: str) -> None:
-        self._charge()
+        self.charge()
         self.inside[phase].add(self.stack[-1] if self.stack else self.stage)
         self.stack.append(phase)
         self.calls[phase] += 1
 
     def leave(self) -> None:
-        self._charge()
+        self.charge()
         self.stack.pop()
 
     def to_stage(self, stage: str) -> None:
-        self._charge()
+        self.charge()
         self.stage = STAGES[stage]
 
 
@@ -143,7 +143,6 @@ def timed(phase: str, function: Any) -> Any:
         finally:
             CLOCK.leave()
 
-    wrapper.__batchprof_timed__ = True
     return wrapper
 
 
@@ -243,10 +242,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     out = os.environ.get("BATCHPROF_PHASES_OUT")
     if not out:
         return
-    written = CLOCK._charge()
+    written = CLOCK.charge()
     with open(out, "w") as file:
         json.dump({"seconds": dict(CLOCK.seconds), "calls": dict(CLOCK.calls),
                    "written_at": written - T0, "rows": ROWS,
                    "inside": {phase: sorted(outer) for phase, outer in CLOCK.inside.items()},
+                   "not_run": sorted(set(TIMED_CALLS.values()) - set(CLOCK.calls)),
                    "modules": sorted({name.split(".")[0] for name in sys.modules})},
                   file, default=str)

@@ -27,7 +27,15 @@ def load(name: str) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def rule() -> ModuleType:
-    return load("conftest")
+    """The benchmarks' conftest as a module; the data sets it registers (the pipelines
+    study's) are forgotten at once, so that no other test sees them."""
+    from pytest_batchprof.data import catalog
+
+    before = set(catalog.REGISTERED)
+    module = load("conftest")
+    for name in set(catalog.REGISTERED) - before:
+        catalog.REGISTERED.pop(name, None)
+    return module
 
 
 def test_full_budget_keeps_the_floors(rule: ModuleType) -> None:
@@ -87,12 +95,14 @@ def test_folder_defaults_to_batches_16_64_128(pytester: pytest.Pytester,
     assert result.ret == pytest.ExitCode.OK
     one_layer = [i for i in ids if "test_one_hidden_layer_1024" in i]
     assert [i.rsplit("[", 1)[1] for i in one_layer] == ["bs16]", "bs64]", "bs128]"]
-    assert len(ids) == 2 * 3 + 4 * 3 + 5 + 1 + 3 * 3 + 5 + 1  # architecture: 3 models
+    # architecture: 3 models; pipelines: the ResNet with and without augmentation, and the
+    # regression
+    assert len(ids) == 2 * 3 + 4 * 3 + 5 + 1 + 3 * 3 + 5 + 1 + 2 * 3 + 3
 
 
 @pytest.mark.parametrize(("marker", "count"), [
     ("batch_size_study", 2 * 3), ("depth_width", 4 * 3), ("large_batch", 5 + 1),
-    ("large_batch_data_parallel", 5 + 1),
+    ("large_batch_data_parallel", 5 + 1), ("pipelines", 2 * 3 + 3),
 ])
 def test_each_experiment_is_selected_by_its_marker(pytester: pytest.Pytester,
                                                    experiments: Path, marker: str,

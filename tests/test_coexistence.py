@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -426,30 +427,24 @@ def test_unused_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
     assert imported(pytester) == set()
 
 
-FREEZE_AT_EXIT = """
-import atexit
-import gc
-from pathlib import Path
+def test_a_session_on_mnist_imports_only_what_it_uses(pytester: pytest.Pytester,
+                                                       tmp_path: Path) -> None:
+    """A fresh process trains a tiny MLP on generated MNIST files, without CO2 or report
+    files: torch, and fvcore for the MACs, are the only heavy modules it imports; not
+    torchvision (a second or more), since the plugin reads the IDX files itself."""
+    from tests.test_data import write_idx_dataset
 
-# Registered before the plugin's handler, so it runs after it (atexit is last in, first out).
-atexit.register(lambda: Path("frozen.txt").write_text(str(gc.get_freeze_count())))
-"""
-
-
-@pytest.mark.parametrize(("test", "frozen"), [
-    ("def test_device(batchprof_device):\n    assert batchprof_device.type == 'cpu'\n", True),
-    ("def test_plain():\n    assert 1 + 1 == 2\n", False),
-])
-def test_a_session_that_uses_the_plugin_skips_the_collections_at_exit(
-        pytester: pytest.Pytester, test: str, frozen: bool) -> None:
-    """A fresh process: once the plugin's session state exists (torch imported), every object
-    left at exit is frozen, so that the interpreter's last collections skip them; a session
-    that never uses the plugin is left as it is."""
-    pytester.makeconftest(FREEZE_AT_EXIT)
-    pytester.makepyfile(test)
-    result = pytester.runpytest_subprocess(*NO_HYPOTHESIS, "--batchprof-device", "cpu")
+    write_idx_dataset(tmp_path / "data")
+    pytester.makeconftest(MODULE_LISTER)
+    pytester.makepyfile(
+        "def test_train(trained_mlp):\n"
+        "    assert trained_mlp(hidden=8).test_accuracy is not None\n")
+    result = pytester.runpytest_subprocess(
+        *NO_HYPOTHESIS, "--batchprof-dataset", "mnist", "--batchprof-data-dir",
+        str(tmp_path / "data"), "--batch-sizes", "16", "--batchprof-epochs", "1",
+        "--batchprof-no-co2", "--batchprof-no-report", "--batchprof-device", "cpu")
     result.assert_outcomes(passed=1)
-    assert (int((pytester.path / "frozen.txt").read_text()) > 0) is frozen
+    assert imported(pytester) == {"torch", "fvcore"}
 
 
 PROJECT_FIXTURES = MODULE_LISTER + """

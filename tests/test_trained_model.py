@@ -700,8 +700,8 @@ def test_good(trained_model):
     assert trained_model(Good, lr=0.01).test_accuracy > 0.5
 """
 BAD_CASES = {
-    "test_wrong_shape": "model FiveWay (325) returned shape (2, 5) for a batch of shape (2, 8, 8); expected "
-                        "(2, 10), one score per class of digits",
+    "test_wrong_shape": "model FiveWay (325) returned shape (2, 5) for a batch of shape "
+                        "(2, 8, 8); expected (2, 10), one score per class of digits",
     "test_factory_raises": "model broken failed to build: RuntimeError: no weights here",
     "test_vector_loss": "model Good (650): the loss returned shape (2,); it must return a "
                         "scalar tensor (the batch's mean)",

@@ -852,13 +852,16 @@ def _first_targets(where: str, split: LoaderSplit) -> torch.Tensor:
 
 def _declared_classes(dataset: torch.utils.data.Dataset) -> int | None:
     """The class count a dataset declares, if it does: torchvision's ``classes`` list, or
-    the largest of its ``targets`` plus one (a ``Subset`` asks the dataset it cuts)."""
+    the largest of its ``targets`` (a ``TensorDataset``'s last tensor) plus one (a
+    ``Subset`` asks the dataset it cuts)."""
     while isinstance(dataset, torch.utils.data.Subset):
         dataset = dataset.dataset
     classes = getattr(dataset, "classes", None)
     if isinstance(classes, list | tuple) and len(classes) >= 2:
         return len(classes)
     targets = getattr(dataset, "targets", None)
+    if targets is None and isinstance(dataset, torch.utils.data.TensorDataset):
+        targets = dataset.tensors[-1]  # its targets are in memory: no item is read
     if targets is None:
         return None
     try:

@@ -27,9 +27,6 @@ here beside the fixtures, since both need the session's pytest state.
 
 from __future__ import annotations
 
-import atexit
-import functools
-import gc
 import os
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -197,26 +194,9 @@ def batchprof_session(config: pytest.Config) -> BatchprofSession:
     console = TerminalConsole(config)
     session = BatchprofSession(settings, device, console, launched)
     config.stash[SESSION_KEY] = session
-    skip_collections_at_exit()
     if settings.device == "auto":  # the header could not say which device that is
         console.line(f"batchprof: device {device} (auto: cuda, then mps, then cpu)")
     return session
-
-
-@functools.cache
-def skip_collections_at_exit() -> None:
-    """Freeze every object left when the process exits (:func:`gc.freeze`, registered once
-    per process with :mod:`atexit`), so that the interpreter's last garbage collections
-    skip them.
-
-    A process that imported torch (and the parts of it Adam loads) holds hundreds of
-    thousands of objects, and walking them all for reference cycles while it shuts down
-    took about half a second of every session here, to free memory the operating system
-    takes back anyway. Nothing else changes: objects are still freed by reference counting,
-    the collector runs as before while the process lives, and a session run inside another
-    process (pytester's) is untouched, since atexit runs only at the process's exit.
-    """
-    atexit.register(gc.freeze)
 
 
 def _join_launched_group(config: pytest.Config, settings: Settings,
