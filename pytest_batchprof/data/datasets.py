@@ -796,15 +796,21 @@ def _registered_loader(name: str, train: SplitData, test: SplitData, val: SplitD
         task=task, val=fed.get("val"), val_fraction=reading.val_fraction)
 
 
+def _dataset_length(where: str, dataset: torch.utils.data.Dataset) -> int:
+    """A map-style dataset's length; ``ValueError`` for one without ``len()`` or empty."""
+    try:
+        count = len(dataset)
+    except TypeError:
+        raise ValueError(f"{where}: the dataset has no len(); give a map-style "
+                         f"torch.utils.data.Dataset, or tensors") from None
+    if count == 0:
+        raise ValueError(f"{where}: the dataset is empty")
+    return count
+
+
 def _as_dataset(where: str, split: SplitData) -> torch.utils.data.Dataset:
     if isinstance(split, torch.utils.data.Dataset):
-        try:
-            count = len(split)
-        except TypeError:
-            raise ValueError(f"{where}: the dataset has no len(); give a map-style "
-                             f"torch.utils.data.Dataset") from None
-        if count == 0:
-            raise ValueError(f"{where}: the dataset is empty")
+        _dataset_length(where, split)
         return split
     if isinstance(split, tuple | list) and len(split) == 2:
         try:
@@ -956,13 +962,7 @@ def _read_dataset(where: str, dataset: torch.utils.data.Dataset) -> (
     """Read every ``(x, y)`` of a map-style dataset into two tensors, if they fit in memory."""
     import psutil
 
-    try:
-        count = len(dataset)
-    except TypeError:
-        raise ValueError(f"{where}: the dataset has no len(); give a map-style "
-                         f"torch.utils.data.Dataset, or tensors") from None
-    if count == 0:
-        raise ValueError(f"{where}: the dataset is empty")
+    count = _dataset_length(where, dataset)
 
     def pair(index: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
