@@ -25,7 +25,7 @@ Floors were tuned from this machine's runs, about 10 points (0.08 RMSE) under th
 seed noise: the image runs have one set for two epochs (the default ``--epochs``) and
 one for a single epoch (CI's fast mode, ``--epochs 1``). Run it as::
 
-    make bench ARGS="-m pipelines --batchprof-report=reports/pipelines"
+    make bench ARGS="-m pipelines --batchprof-report=$PWD/reports/pipelines"
 """
 
 from __future__ import annotations
