@@ -238,3 +238,23 @@ def test_sessions_train_augmenting_datasets_with_and_without_workers(
     cut = next(row for row in rows if row["dataset"] == "cut")
     assert cut["val_note"] == VAL_CUT_NOTE
     assert VAL_CUT_NOTE in (report / "latest.md").read_text()
+
+
+def test_a_run_scores_each_split_through_one_dataloader(reads, monkeypatch) -> None:
+    """Validation after every epoch and the test pass read through one DataLoader per split
+    and run (its persistent workers started once), not a new one at every pass."""
+    from pytest_batchprof.data.loading import EVAL_LOADER_BATCH, LoaderSplit
+
+    made = []
+    real_loader = LoaderSplit.loader
+
+    def counted(self, batch_size, **options):
+        if batch_size == EVAL_LOADER_BATCH:
+            made.append(len(self))
+        return real_loader(self, batch_size, **options)
+
+    monkeypatch.setattr(LoaderSplit, "loader", counted)
+    register("flips", reads, loader={"num_workers": 2, "persistent_workers": True})
+    _, run = trained("flips", config(epochs=3, data_feed="DataLoader, 2 workers"))
+    assert len(run.history) == 3
+    assert sorted(made) == [40, 60]  # the validation split's (3 passes) and the test split's

@@ -1,6 +1,7 @@
-"""Data sets as in-memory tensors: load once, split once, normalise once.
+"""Data sets: the built-in ones as in-memory tensors (load once, split once, normalise
+once), registered ones in memory or read by a DataLoader every epoch (:mod:`.loading`).
 
-Training then batches by index slicing of these tensors, with no DataLoader and
+In memory, training batches by index slicing of the tensors, with no DataLoader and
 no per-sample Python work. Every built-in loader returns the raw training file and
 test set as float images in [0, 1]; :func:`load_dataset` splits a validation set off
 the training file with a fixed generator (so the split does not move with
@@ -808,16 +809,21 @@ def _dataset_length(where: str, dataset: torch.utils.data.Dataset) -> int:
     return count
 
 
+def _pair_tensors(where: str, split: tuple | list) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split given as ``(x, y)`` (tensors, arrays, lists) as two tensors; ``ValueError``
+    naming the split when they cannot be made."""
+    try:
+        return torch.as_tensor(split[0]), torch.as_tensor(split[1])
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{where}: cannot be made into tensors ({one_line(error)})") from None
+
+
 def _as_dataset(where: str, split: SplitData) -> torch.utils.data.Dataset:
     if isinstance(split, torch.utils.data.Dataset):
         _dataset_length(where, split)
         return split
     if isinstance(split, tuple | list) and len(split) == 2:
-        try:
-            x, y = torch.as_tensor(split[0]), torch.as_tensor(split[1])
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(f"{where}: cannot be made into tensors ({one_line(error)})") from (
-                None)
+        x, y = _pair_tensors(where, split)
         if len(x) != len(y) or not len(x):
             raise ValueError(f"{where}: x holds {len(x)} samples and y {len(y)}; give as many, "
                              f"at least one")
@@ -839,12 +845,13 @@ def _first_targets(where: str, split: LoaderSplit) -> torch.Tensor:
             not isinstance(item, Mapping) and len(item) < 2):
         raise ValueError(f"{where}: item 0 is a {type(item).__name__}; the dataset must give "
                          f"(x, y) pairs, (x1, ..., y) tuples or mappings with 'labels'")
+    collate = split.options.get("collate_fn") or torch.utils.data.default_collate
     try:
-        batch = split.first(1)
-    except Exception as error:  # the user's __getitem__ or collate_fn: any failure
-        raise ValueError(f"{where}: reading its first item failed ({one_line(error)}); its "
-                         f"items must collate into tensors (give the dataset a transform "
-                         f"that returns tensors, e.g. torchvision.transforms.v2.ToImage())"
+        batch = collate([item])  # item 0 as a batch of one, as the DataLoader collates it
+    except Exception as error:  # the user's item or collate_fn: any failure
+        raise ValueError(f"{where}: item 0 does not collate into tensors ({one_line(error)}); "
+                         f"give the dataset a transform that returns tensors, e.g. "
+                         f"torchvision.transforms.v2.ToImage(), or a collate_fn in loader="
                          ) from None
     try:
         _, targets = split_batch(batch)
@@ -890,11 +897,7 @@ def _split_tensors(name: str, part: str, split: SplitData, task: str | None) -> 
     if isinstance(split, torch.utils.data.Dataset):
         x, y = _read_dataset(where, split)
     elif isinstance(split, tuple | list) and len(split) == 2:
-        try:
-            x, y = torch.as_tensor(split[0]), torch.as_tensor(split[1])
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(f"{where}: cannot be made into tensors ({one_line(error)})") from (
-                None)
+        x, y = _pair_tensors(where, split)
     else:
         raise ValueError(f"{where}: give (x, y) or a torch.utils.data.Dataset of (x, y) pairs, "
                          f"not a {type(split).__name__}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -144,9 +145,9 @@ class LoaderSplit:
                             batch_size=count, collate_fn=self.options.get("collate_fn"))
         return to_device(next(iter(loader)), self.device)
 
-    @property
+    @cached_property
     def sample_shape(self) -> tuple[int, ...]:
-        """One sample's first input's shape, as the DataLoader collates it."""
+        """One sample's first input's shape, as the DataLoader collates it (read once)."""
         inputs, _ = split_batch(self.first(1))
         return tuple(int(side) for side in tensors_of(inputs)[0].shape[1:])
 

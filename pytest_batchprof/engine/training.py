@@ -1,8 +1,9 @@
 """The training engine: one run of one configuration, from seed to test accuracy.
 
-Batches are index slices of tensors already on the device, reshuffled every
-epoch by a generator seeded from the run's seed, so the same seed gives the
-same weights and accuracies bit for bit on the CPU. Running loss and correct
+Batches are index slices of tensors already on the device (data in memory), or a
+DataLoader's batches of the user's ``Dataset`` (:mod:`pytest_batchprof.data.loading`),
+reshuffled every epoch by a generator seeded from the run's seed, so the same seed gives
+the same weights and figures bit for bit on the CPU. Running loss and correct
 counts stay on the device and are read once per epoch (plus a cheap finiteness
 check every :data:`DIVERGENCE_CHECK_STEPS` steps), so the hot loop never waits
 for the host.
@@ -147,6 +148,12 @@ class Recipe:
     scheduler: SchedulerFactory | None = None
     """A learning-rate schedule stepped after every optimizer step (after any warm-up's
     step), made once the optimizer is."""
+
+    def outputs_and_targets(self, model: Callable[..., object], batch: object) -> (
+            tuple[torch.Tensor, torch.Tensor]):
+        """The model's scores on ``batch`` and its targets: the run's ``forward``, or the
+        conventions of :mod:`pytest_batchprof.data.batches`."""
+        return (self.forward or default_forward)(model, batch)
 
     @property
     def counts_accuracy(self) -> bool:
@@ -406,7 +413,9 @@ class Run:
         return self.measurements.latency if self.measurements else None
 
     def predictor(self, batch_size: int | None = None) -> Callable[[], torch.Tensor]:
-        """A no-argument callable running one inference batch of test images, for timers::
+        """A no-argument callable running one inference batch of test images, for timers.
+
+        Usage::
 
             benchmark(run.predictor())   # pytest-benchmark times inference, not training
         """
@@ -625,38 +634,47 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE,
              precision: str = "fp32") -> tuple[float, float]:
     """Mean loss per sample (nats for cross-entropy) and accuracy of ``model`` on ``split``,
     the forward pass in ``precision`` (the sums in fp32)."""
-    batches = ((split.x[start:start + batch_size], split.y[start:start + batch_size])
-               for start in range(0, len(split), batch_size))
-    mean_loss, accuracy, _ = evaluate_batches(model, batches, split.x.device, loss, metric,
-                                              precision)
+    mean_loss, accuracy, _ = evaluate_batches(model, split_batches(split, batch_size),
+                                              split.x.device, loss, metric, precision)
     return mean_loss, accuracy
 
 
-def split_batches(split: AnySplit, batch_size: int = EVAL_BATCH_SIZE) -> Iterable[object]:
+def split_batches(split: AnySplit, batch_size: int = EVAL_BATCH_SIZE,
+                  loaders: dict[int, torch.utils.data.DataLoader] | None = None) -> (
+        Iterable[object]):
     """A split's batches in order, for scoring: slices of its tensors in memory (of
-    ``batch_size``), or a DataLoader's batches of :data:`~.loading.EVAL_LOADER_BATCH`."""
+    ``batch_size``), or a DataLoader's batches of :data:`~.loading.EVAL_LOADER_BATCH`.
+    ``loaders`` keeps one DataLoader per split for a run's every pass (so that the
+    user's ``persistent_workers`` are started once a run, not at every validation); it
+    is the run's own, so that what one run draws never moves another's figures."""
     if split.in_memory:
         return ((split.x[start:start + batch_size], split.y[start:start + batch_size])
                 for start in range(0, len(split), batch_size))
-    return split.batches(split.loader(EVAL_LOADER_BATCH))
+    if loaders is None:
+        return split.batches(split.loader(EVAL_LOADER_BATCH))
+    if id(split) not in loaders:
+        loaders[id(split)] = split.loader(EVAL_LOADER_BATCH)
+    return split.batches(loaders[id(split)])
 
 
 @torch.inference_mode()
 def score(model: nn.Module, split: AnySplit, recipe: Recipe, device: torch.device,
           precision: str = "fp32", scores: RunMetric | None = None,
-          shard: Shard | None = None) -> Scores:
+          shard: Shard | None = None,
+          loaders: dict[int, torch.utils.data.DataLoader] | None = None) -> Scores:
     """``model``'s :class:`Scores` on ``split`` with the run's loss, accuracy count and
     metric (``scores``, reset first; ``None`` when accuracy is the metric); with
     ``shard``, this process scores its share of the split and the figures are every
-    process's."""
+    process's. ``loaders``: the run's scoring DataLoaders (:func:`split_batches`)."""
     if shard is not None:
+        loaders = None  # a shard's subset is cut anew at every pass
         low, high = shard.bounds(len(split))
         split = (Split(split.x[low:high], split.y[low:high]) if split.in_memory
                  else split.subset(list(range(low, high))))
     if scores is not None:
         scores.reset()
     mean_loss, accuracy, count = evaluate_batches(
-        model, split_batches(split), device, recipe.loss, recipe.metric, precision,
+        model, split_batches(split, loaders=loaders), device, recipe.loss, recipe.metric, precision,
         forward=recipe.forward, counts_accuracy=recipe.counts_accuracy, scores=scores)
     if shard is not None:
         total_loss, correct, count = (float(value) for value in shard.sum(
@@ -686,11 +704,7 @@ def evaluate_batches(model: nn.Module, batches: Iterable[object],
     in_precision = autocast(precision, device)
     for batch in batches:
         with in_precision:
-            if forward is not None:
-                logits, labels = forward(model, batch)
-            else:
-                inputs, labels = split_batch(batch)
-                logits = model_outputs(call_model(model, inputs))
+            logits, labels = (forward or default_forward)(model, batch)
         logits = logits.float()
         size = len(labels)
         if loss is F.cross_entropy:
@@ -824,6 +838,8 @@ class TrainingLoop:
         self.loss_total = torch.zeros((), device=device)
         self.correct_total = torch.zeros((), dtype=torch.int64, device=device)
         self.steps = loop_steps(self, extra_steps)
+        self._scoring_loaders: dict[int, torch.utils.data.DataLoader] = {}
+        """The run's DataLoader per DataLoader-fed split it scores (:func:`split_batches`)."""
         self._gathered: torch.Tensor | None = None
         self._chunk = 0
 
@@ -839,7 +855,7 @@ class TrainingLoop:
         precision); in a data-parallel run, each process scores its shard and the figures
         are every process's."""
         return score(self.model, split, self.recipe, self.device, self.config.precision,
-                     self.val_scores, self.shard)
+                     self.val_scores, self.shard, self._scoring_loaders)
 
     def evaluate(self, split: AnySplit) -> tuple[float, float]:
         """Mean loss and accuracy of the model now on ``split`` (see :meth:`score`)."""

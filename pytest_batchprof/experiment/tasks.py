@@ -30,8 +30,6 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
-from pytest_batchprof.data.catalog import TASKS  # noqa: F401  (re-exported: the tasks' names)
-
 if TYPE_CHECKING:
     import torchmetrics
 
@@ -61,32 +59,6 @@ class RunMetric(Protocol):
 
     def reset(self) -> None:
         """Forget the batches added."""
-
-
-class Accuracy:
-    """The fraction of samples whose arg-max class is the target, counted on the device
-    (no host sync until :meth:`compute`)."""
-
-    name = ACCURACY
-    higher_is_better = True
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        self.correct += (outputs.argmax(dim=1) == targets).sum()
-        self.count += targets.numel()
-
-    def compute(self, shard: MetricShard | None = None) -> float:
-        correct, count = self.correct, torch.tensor(float(self.count), device=self.device)
-        if shard is not None:
-            correct, count = shard.sum(correct, count)
-        return float(correct) / float(count) if float(count) else float("nan")
-
-    def reset(self) -> None:
-        self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        self.count = 0
 
 
 class LibraryMetric:
@@ -204,9 +176,11 @@ class Task:
     higher_is_better: bool
 
     def default_metric(self, num_classes: int, device: torch.device) -> RunMetric:
-        """The task's metric, fresh for one run on ``device``."""
+        """The task's metric, fresh for one run on ``device``; classification has none here:
+        its accuracy is counted by the training loop itself (``Recipe.metric``)."""
         if self.name == "classification":
-            return Accuracy(device)
+            raise ValueError("classification is scored by the accuracy the loop counts; a "
+                             "run that counts it builds no other metric")
         if self.name == "regression":
             from torchmetrics.regression import MeanSquaredError
 
@@ -262,7 +236,7 @@ TASK_BY_NAME: dict[str, Task] = {
                        "f1", True),
     "tokens": Task("tokens", token_cross_entropy, "token_cross_entropy", "perplexity", False),
 }
-"""Every task by its name (:data:`TASKS`)."""
+"""Every task by its name (:data:`~pytest_batchprof.data.catalog.TASKS`)."""
 
 
 def run_metric(spec: object, task: Task, num_classes: int, device: torch.device) -> RunMetric:

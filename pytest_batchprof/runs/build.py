@@ -27,9 +27,7 @@ from torch import nn
 from pytest_batchprof.data.batches import (
     BatchError,
     Forward,
-    call_model,
     describe_inputs,
-    model_outputs,
     split_batch,
 )
 from pytest_batchprof.data.datasets import Dataset, crop_shape
@@ -378,12 +376,9 @@ def _forward_checked(recipe: Recipe, model: nn.Module, batch: object, name: str,
     raises is kept for a skip)."""
     described = "of its first samples"
     try:
-        if recipe.forward is not None:
-            outputs, targets = recipe.forward(model, batch)
-        else:
-            inputs, targets = split_batch(batch)
-            described = describe_inputs(inputs)
-            outputs = model_outputs(call_model(model, inputs))
+        if recipe.forward is None:
+            described = describe_inputs(split_batch(batch)[0])
+        outputs, targets = recipe.outputs_and_targets(model, batch)
     except ShapeMismatch as error:
         raise ShapeMismatch(f"{name} cannot take {shape_words(data)}: {error}") from None
     except BatchError as error:
@@ -441,13 +436,7 @@ def _check_one_sample_batch(config: RunConfig, recipe: Recipe, model: nn.Module,
     batch, fix = where
     model.train()
     try:
-        sample = data.train.first(1)
-        if recipe.forward is not None:
-            outputs, targets = recipe.forward(model, sample)
-        else:
-            inputs, targets = split_batch(sample)
-            outputs = model_outputs(call_model(model, inputs))
-        recipe.loss(outputs, targets)
+        recipe.loss(*recipe.outputs_and_targets(model, data.train.first(1)))
     except Exception as error:
         if any(isinstance(module, nn.modules.batchnorm._BatchNorm)
                for module in model.modules()):
