@@ -562,6 +562,42 @@ def test_collect_only_does_not_load_data(
     assert not list(pytester.path.glob("ran-*"))
 
 
+def test_a_missing_default_data_set_is_tried_once_and_fails_each_test_that_asks(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Unchosen, the default data set is not loaded before the tests (a test may train on
+    its own): each test that asks for it fails with the same line, and it is looked for
+    once, not once per test."""
+    loads: list[str] = []
+    real_load = session_module.load_dataset
+
+    def spy(name: str, *args: object, **kwargs: object) -> Dataset:
+        loads.append(name)
+        return real_load(name, *args, **kwargs)
+
+    monkeypatch.setattr(session_module, "load_dataset", spy)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pytester.makepyfile(
+        """
+        def test_a(trained_mlp):
+            trained_mlp(hidden=8)
+
+        def test_b(trained_mlp):
+            trained_mlp(hidden=8)
+
+        def test_unit():
+            pass
+        """
+    )
+    result = run(pytester, "--data-dir", str(empty), "--batchprof-no-report")
+    result.assert_outcomes(passed=1, failed=2)
+    assert loads == ["mnist"]
+    for test in ("test_a", "test_b"):
+        (line,) = failure_section(result, test)
+        assert line.startswith(f"MNIST is not in {empty / 'MNIST' / 'raw'}"), line
+
+
 def test_a_train_subset_larger_than_the_data_set_uses_it_whole_with_a_note(
     pytester: pytest.Pytester,
 ) -> None:

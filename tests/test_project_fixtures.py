@@ -231,13 +231,21 @@ def device():
 def test_missing_mnist_ends_the_session_only_when_a_selected_test_uses_it(
         pytester: pytest.Pytester) -> None:
     """MNIST is absent (the suite's data dir is empty, downloads fail): the project's tests
-    run; selecting the plugin's test ends the session once, with one line."""
+    run. The plugin's test, which may train on a data set of its own choosing, fails with
+    one line when it asks for the default one, once tried; chosen with ``--dataset``, the
+    missing data set ends the session once, before any test runs."""
     pytester.makeconftest(MNIST_CONFTEST)
     pytester.makepyfile(MNIST_TESTS)
     result = pytester.runpytest("-k", "project", "-p", "no:randomly")
     result.assert_outcomes(passed=1, deselected=1)
 
-    result = pytester.runpytest("-p", "no:randomly")
+    result = pytester.runpytest("-p", "no:randomly", "-k", "project or plugin",
+                                "--batchprof-no-report")
+    result.assert_outcomes(passed=1, failed=1)
+    (line,) = failure_section(result, "test_plugin")
+    assert line.startswith("MNIST is not in"), line
+
+    result = pytester.runpytest("-p", "no:randomly", "--dataset", "mnist")
     assert "MNIST is not in" in assert_one_clean_error(result)
 
 

@@ -1022,3 +1022,37 @@ def test_a_split_given_as_a_callable_is_built_on_first_use(pytester: pytest.Pyte
         "mounted"]
     unused = run(pytester, "--epochs", "1", "-k", "unit or nothing_built")
     unused.assert_outcomes(passed=2)
+
+
+OWN_DATA_TESTS = """
+from pathlib import Path
+
+from torch import nn
+
+
+def test_own(trained_model):
+    Path("ran-own").touch()
+    run = trained_model(lambda: nn.Linear(4, 2), dataset="lazy", batch_size=20, epochs=1)
+    assert run.config.dataset == "lazy"
+"""
+
+
+def test_a_test_training_on_its_own_data_set_needs_no_default_one(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """A test that passes ``dataset=`` to ``trained_model`` is not stopped for want of the
+    session's default data set (MNIST, absent from an empty data directory): nothing loads
+    it on a guess. Chosen with ``--dataset``, the session's data set is loaded before the
+    tests, and a missing one stops the session once, as for a test that uses it."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pytester.makeconftest(LAZY_CONFTEST)
+    pytester.makepyfile(test_own=OWN_DATA_TESTS)
+    result = run(pytester, "--batchprof-data-dir", str(empty))
+    result.assert_outcomes(passed=1)
+    assert [row["data set"] for row in summary_rows(result)] == ["lazy"]
+    (pytester.path / "ran-own").unlink()
+
+    chosen = run(pytester, "--dataset", "mnist", "--batchprof-data-dir", str(empty))
+    assert assert_one_clean_error(chosen).startswith(f"ERROR: MNIST is not in {empty}")
+    assert not list(pytester.path.glob("ran-*"))

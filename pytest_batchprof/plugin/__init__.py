@@ -40,6 +40,7 @@ from pytest_batchprof.plugin import hooks
 from pytest_batchprof.plugin.options import (
     SHORT_SPELLINGS_KEY,
     check_batches_divide,
+    is_given,
     register,
     settings_from_config,
     source_of,
@@ -148,6 +149,11 @@ def pytest_configure(config: pytest.Config) -> None:
         # xdist workers send their rows to the controller; under torchrun, rank 0 reports
         config.pluginmanager.register(SummaryReporter(config, _baseline(config, settings)),
                                       "batchprof-summary")
+    if not is_worker and config.pluginmanager.hasplugin("html") and config.getoption(
+            "htmlpath", None):  # pytest-html writes a report: the rows go into it too
+        from pytest_batchprof.plugin.html import HtmlResults
+
+        config.pluginmanager.register(HtmlResults(config), "batchprof-html")
 
 
 def batchprof_session(config: pytest.Config) -> BatchprofSession:
@@ -278,20 +284,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Load every data set the selected tests need now, so a missing one stops the session once.
 
-    Only tests that use the plugin's own data fixtures count (:data:`DATA_FIXTURES`, as
-    the test resolves them): a session of the project's own tests, with its own
-    ``dataset`` fixture, loads nothing and imports no torch. A registered data set whose
-    registration failed is left to its tests, which fail with its one line when they ask
-    for it; the rest of the session runs.
+    A test needs a data set when it names one (``@pytest.mark.dataset``) or uses the
+    plugin's ``batchprof_dataset`` fixture (as the test resolves it). A test that only
+    trains through :func:`trained_model` or :func:`trained_mlp` may pass its own
+    ``dataset=``: the session's data set is loaded for it here only when it was chosen
+    (``--batchprof-dataset`` or its ini twin), never the default on a guess, which would
+    stop a project whose tests all train on its own registered data for want of MNIST.
+    A session of the project's own tests, with its own ``dataset`` fixture, loads
+    nothing and imports no torch. A registered data set whose registration failed is
+    left to its tests, which fail with its one line when they ask for it; the rest of
+    the session runs.
     """
     config = session.config
     if config.option.collectonly:
         return
+    chosen = is_given(config, "dataset")
     wanted: dict[tuple[str | None, str], tuple[str, dict[str, object]]] = {}
     for item in session.items:
-        if not any(_resolves_to_ours(item, name) for name in DATA_FIXTURES):
-            continue
         name, options = dataset_request(item)
+        needed = name is not None or _resolves_to_ours(item, "batchprof_dataset")
+        if not (needed or chosen) or not any(_resolves_to_ours(item, fixture)
+                                             for fixture in DATA_FIXTURES):
+            continue
         wanted.setdefault((name, repr(sorted(options.items()))), (name, options))
     if not wanted:
         return
@@ -357,6 +371,7 @@ class SummaryReporter:
         self.nothing_compared = False
         self._collector: SummaryCollector | None = None
         self.report: SessionReport | None = None
+        self.finished = False
 
     @property
     def collector(self) -> SummaryCollector:
@@ -405,6 +420,18 @@ class SummaryReporter:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Render the summary and write the report files (on the xdist controller only)."""
+        self.finish(session, exitstatus)
+
+    def finish(self, session: pytest.Session, exitstatus: int) -> SessionReport | None:
+        """Render the summary and write the report files, once: another plugin's
+        ``pytest_sessionfinish`` that needs the report (pytest-html's, :mod:`.html`) may
+        come first and ask for it."""
+        if not self.finished:
+            self.finished = True
+            self._finish(session, exitstatus)
+        return self.report
+
+    def _finish(self, session: pytest.Session, exitstatus: int) -> None:
         state = self.config.stash.get(SESSION_KEY, None)
         if state is not None:
             from pytest_batchprof.reports.tables import run_key
@@ -561,7 +588,7 @@ def batchprof_dataset(request: pytest.FixtureRequest) -> Dataset:
     device: what :func:`trained_model` trains on unless told otherwise.
 
     Loaded once per session: ``dataset.train``, ``.val`` and ``.test`` each have
-    ``.x`` (N, *sample) and ``.y`` (N,); also ``.name``, ``.image_shape``,
+    ``.x`` ``(N, *sample)`` and ``.y`` ``(N,)``; also ``.name``, ``.image_shape``,
     ``.input_size`` and ``.num_classes``.
     """
     name, options = dataset_request(request.node)

@@ -591,6 +591,11 @@ def source_of(config: pytest.Config, field: str) -> str:
     return _raw_value(config, _option(field))[1]
 
 
+def is_given(config: pytest.Config, field: str) -> bool:
+    """Whether a setting was given (on the command line or in the ini file), not defaulted."""
+    return _raw_value(config, _option(field))[0] is not None
+
+
 def _option(field: str) -> Option:
     return next(option for option in OPTIONS if option.field == field)
 

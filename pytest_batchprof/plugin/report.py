@@ -94,6 +94,14 @@ class SessionReport:
     saved_baseline: Path | None = None
     failed: bool = False
     """Some test failed (or the session failed otherwise): no baseline is saved from it."""
+    tables: SummaryTables | None = None
+    """The rows and columns behind ``table``, for other renderings of it (pytest-html's)."""
+
+    def html_table(self) -> str:
+        """The summary table as an HTML ``<table>``: the terminal's headers and cells."""
+        if self.tables is None:
+            return ""
+        return render_table(self.tables.folded, self.tables.columns, tablefmt="html")
 
 
 @dataclass
@@ -137,7 +145,7 @@ class SummaryCollector:
             comparison = compare(tables.rows, baseline[1], baseline[0], settings.fail_drop,
                                  settings.fail_slowdown, env)
         report = SessionReport(tables.table, "", partial, warnings=tables.warnings,
-                               comparison=comparison, failed=failed)
+                               comparison=comparison, failed=failed, tables=tables)
         stem = _free_stem(settings.report_dir)
         plots = ([] if settings.no_report
                  else _plots(tables.rows, settings.report_dir, stem, report.warnings))
@@ -160,6 +168,8 @@ class SummaryTables:
     table: str
     warnings: list[str]
     critical_batch: list[StudyFit] = field(default_factory=list)
+    folded: list[Row] = field(default_factory=list)
+    """The rows the table shows, seeds folded (of a learning-rate grid, the chosen lr's)."""
 
     @classmethod
     def build(cls, config: pytest.Config, settings, rows: list[Row]) -> SummaryTables:
@@ -180,7 +190,7 @@ class SummaryTables:
         if unknown:
             warnings.append(f"{source_of(config, 'columns')} names {', '.join(unknown)}, which "
                             f"no row has; known: {', '.join(sorted(known))}")
-        return cls(rows, columns, render_table(folded, columns), warnings, studies)
+        return cls(rows, columns, render_table(folded, columns), warnings, studies, folded)
 
     @property
     def shown(self) -> list[Row]:

@@ -25,6 +25,7 @@ are drawn by it, titled by its name, in plots of their own: ``Test rmse vs batch
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,6 +159,21 @@ def write_plots(rows: Sequence[Mapping[str, object]], directory: Path, stem: str
         save_png(figure, path)
         written.append((title, path))
     return written
+
+
+def learning_curves_png(rows: Sequence[Mapping[str, object]]) -> bytes | None:
+    """The learning curves of ``rows`` (a test's runs), drawn as in the report's
+    ``learning-curves`` plot, as PNG bytes; ``None`` when no run has a curve (every one
+    diverged, ran out of memory, or recorded no history)."""
+    series = group_series(chosen_rows(rows))
+    datasets = {str(row.get("dataset")) for row in rows if _finished(row)}
+    note = f" ({datasets.pop()})" if len(datasets) == 1 else ""
+    figure = _curves_figure(series, f"Learning curves{note}")
+    if figure is None:
+        return None
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata=PNG_METADATA)
+    return buffer.getvalue()
 
 
 def build_figures(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, str, Figure]]:

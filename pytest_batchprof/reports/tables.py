@@ -135,12 +135,13 @@ def seeds_repeat(rows: Iterable[Row]) -> bool:
     return len(set(keys)) < len(keys)
 
 
-def render_table(rows: Sequence[Row], columns: Sequence[str]) -> str:
+def render_table(rows: Sequence[Row], columns: Sequence[str], tablefmt: str = "github") -> str:
     """A GitHub-flavoured markdown table of ``rows``; ``n/a`` where a figure is missing.
 
     A value may be an :class:`~pytest_batchprof.reports.stats.Interval` (seeds folded
     by :func:`pytest_batchprof.reports.seeds.aggregate_seeds`): it shows as
-    ``mean ± half-width`` in the column's unit.
+    ``mean ± half-width`` in the column's unit. ``tablefmt="html"`` gives the same headers
+    and cells as an HTML ``<table>``, escaped (the pytest-html report's).
     """
     headers, cells = [], []
     for key in columns:
@@ -151,7 +152,7 @@ def render_table(rows: Sequence[Row], columns: Sequence[str]) -> str:
         headers.append(header)
         cells.append(formatted)
     body = [list(row) for row in zip(*cells, strict=True)] if cells else []
-    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+    return tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True)
 
 
 def format_column(key: str, values: Sequence[object],

@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 
-from pytest_batchprof.data.datasets import Dataset, dataset_key, load_dataset
+from pytest_batchprof.data.datasets import (
+    Dataset,
+    DatasetUnavailable,
+    dataset_key,
+    load_dataset,
+)
 from pytest_batchprof.engine.ensemble import (
     Ensemble,
     EnsembleOutOfMemory,
@@ -98,6 +103,9 @@ class DataSets:
     loaded: dict[str, Dataset] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     """By data set name: hashing MNIST takes 0.2-0.4 s, and data sets are frozen."""
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """Data sets that could not be had (missing files, a failed download): each test that
+    asks for one again fails with the same line, without another download attempt."""
 
     def get(self, name: str | None = None, options: dict[str, object] | None = None) -> Dataset:
         """The named data set (default: ``--dataset``), loaded on first use, on the device;
@@ -105,9 +113,15 @@ class DataSets:
         it is asked for (a registration that failed fails every test that uses it)."""
         name = name or self.settings.dataset
         key = dataset_key(name, options)
+        if key in self.unavailable:
+            raise DatasetUnavailable(self.unavailable[key])
         if key not in self.loaded:
-            loaded = load_dataset(name, self.settings.data_dir, self.settings.val_fraction,
-                                  options)
+            try:
+                loaded = load_dataset(name, self.settings.data_dir, self.settings.val_fraction,
+                                      options)
+            except DatasetUnavailable as error:
+                self.unavailable[key] = str(error)
+                raise
             self.loaded[key] = loaded.to(self.device)
         return self.loaded[key]
 
