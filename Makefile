@@ -11,6 +11,9 @@
 #   make overhead
 #   make startup
 #   make wheel-check
+# and the manual (Sphinx, warnings as errors; the reference is generated from the code)
+# into docs/_build/html:
+#   make docs
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -35,7 +38,7 @@ STUDY_ARGS := --batch-sizes 16,32,64,128,256,512,1024 --batchprof-repeats 3 \
 	--batchprof-report=$(CURDIR)/reports/scaling
 
 .PHONY: bench bench-fast bench-fast-baseline study test lint clean overhead speed \
-	speed-ensemble startup wheel-check
+	speed-ensemble startup wheel-check docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,7 +70,8 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info .ci-reports .import_linter_cache
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info .ci-reports .import_linter_cache \
+		docs/_build
 
 # A session's cost outside training, phase by phase, side by side with the posts' textbook
 # script (benchmarks/session_overhead.py; ARGS="--pairs 5"), then, as a second step, what
@@ -88,3 +92,7 @@ startup: $(STAMP)
 
 wheel-check: $(STAMP)
 	PY=$(CURDIR)/$(PY) bash .ci/wheel-check
+
+# Not nitpicky (-n): the docstrings name private modules the manual does not document.
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html

@@ -3,7 +3,7 @@
 The floors are set for the reference budget of the posts: 2 epochs of the
 whole training split (110,000 samples on MNIST's 55,000-sample split). They
 were tuned from real MNIST runs on this project's 2-core machine (see the
-README's Results), leaving about one point for seed noise.
+manual's results page), leaving about one point for seed noise.
 
 A run that sees fewer training samples than that budget (``--train-subset``,
 ``--epochs 1``) has its floor lowered by :data:`RELAX_PP_PER_HALVING`

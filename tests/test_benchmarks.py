@@ -156,7 +156,7 @@ def test_the_data_parallel_study_runs_two_processes_on_the_cpu(pytester: pytest.
 
 
 def study_args() -> list[str]:
-    """``STUDY_ARGS`` of the Makefile, the README's scaling study, as arguments."""
+    """``STUDY_ARGS`` of the Makefile, the results page's scaling study, as arguments."""
     text = (BENCHMARKS.parent / "Makefile").read_text(encoding="utf-8")
     definition = text.split("STUDY_ARGS :=", 1)[1]
     lines = []
@@ -169,7 +169,8 @@ def study_args() -> list[str]:
 
 def test_the_scaling_study_runs_as_the_makefile_says(pytester: pytest.Pytester,
                                                       experiments: Path) -> None:
-    """``make study``'s options, on digits at two batch sizes instead of MNIST at seven."""
+    """``make study``'s options, on digits at two batch sizes instead of MNIST at seven, for
+    at most two epochs instead of ten."""
     args = [arg for arg in study_args() if not arg.startswith("--batchprof-report")]
     assert args[:2] == ["--batch-sizes", "16,32,64,128,256,512,1024"]
     assert {"--batchprof-repeats", "--batchprof-lr-grid", "--batchprof-target-accuracy",
@@ -177,6 +178,7 @@ def test_the_scaling_study_runs_as_the_makefile_says(pytester: pytest.Pytester,
     result = pytester.runpytest(  # the later of two same spellings wins
         str(experiments / "test_batch_size.py") + "::test_one_hidden_layer_1024", *args,
         "--batch-sizes", "64,256", "--dataset", "digits", "--batchprof-target-accuracy", "0.9",
+        "--batchprof-epochs", "2",
         "--no-co2", "--batchprof-no-report", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     text = result.stdout.str()  # each batch size's 3 seeds x 4 rates: one ensemble

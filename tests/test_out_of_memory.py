@@ -87,7 +87,7 @@ def test_the_ini_twins_and_the_header(pytester: pytest.Pytester) -> None:
 def test_a_batch_past_the_budget_is_an_out_of_memory_row_and_a_skip(
         pytester: pytest.Pytester) -> None:
     pytester.makepyfile(BUDGET_TEST)
-    result = pytester.runpytest(*BASE, "--batch-sizes", f"16,{BIG_BATCH},128",
+    result = pytester.runpytest(*BASE, "--batch-sizes", f"512,{BIG_BATCH},128",
                                 "--batchprof-memory-budget", BUDGET, "-rs",
                                 "--batchprof-report", str(pytester.path / "reports"))
     result.assert_outcomes(passed=2, skipped=1)
@@ -96,7 +96,7 @@ def test_a_batch_past_the_budget_is_an_out_of_memory_row_and_a_skip(
         f"SKIPPED * batch {BIG_BATCH}, 1 epoch, *: out of memory at batch 32,768 (reached * MB; "
         f"passed the --batchprof-memory-budget of 200 MB, epoch 1 step 1)"])
     rows = {row["batch"]: row for row in summary_rows(result)}
-    assert rows["16"]["outcome"] == rows["128"]["outcome"] == "passed"
+    assert rows["512"]["outcome"] == rows["128"]["outcome"] == "passed"
     oom = rows["32,768"]
     assert oom["outcome"].startswith("out of memory at batch 32,768 (reached ")
     assert oom["test acc (%)"] == "n/a" and float(oom["peak memory (MB)"]) > 200
@@ -114,7 +114,7 @@ def test_a_batch_past_the_budget_is_an_out_of_memory_row_and_a_skip(
 
 def test_oom_fail_fails_the_test_and_the_session(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(BUDGET_TEST)
-    result = pytester.runpytest(*BASE, "--batch-sizes", f"16,{BIG_BATCH}",
+    result = pytester.runpytest(*BASE, "--batch-sizes", f"512,{BIG_BATCH}",
                                 "--batchprof-memory-budget", BUDGET, "--batchprof-oom", "fail",
                                 "--batchprof-no-report")
     result.assert_outcomes(passed=1, failed=1)
@@ -128,7 +128,7 @@ def test_oom_fail_fails_the_test_and_the_session(pytester: pytest.Pytester) -> N
 def test_out_of_memory_where_the_baseline_fitted_is_a_regression(
         pytester: pytest.Pytester) -> None:
     pytester.makepyfile(BUDGET_TEST)
-    common = (*BASE, "--batch-sizes", f"16,{BIG_BATCH}",
+    common = (*BASE, "--batch-sizes", f"512,{BIG_BATCH}",
               "--batchprof-report", str(pytester.path / "reports"))
     pytester.runpytest(*common, "--batchprof-save", "fits").assert_outcomes(passed=2)
     result = pytester.runpytest(*common, "--batchprof-memory-budget", BUDGET,
@@ -150,7 +150,7 @@ def test_out_of_memory_where_the_baseline_fitted_is_a_regression(
 def test_a_cached_run_whose_recorded_peak_passes_the_budget_is_out_of_memory(
         pytester: pytest.Pytester) -> None:
     pytester.makepyfile(BUDGET_TEST)
-    common = (*BASE, "--batch-sizes", f"16,{BIG_BATCH}", "--batchprof-no-report",
+    common = (*BASE, "--batch-sizes", f"512,{BIG_BATCH}", "--batchprof-no-report",
               f"--batchprof-cache={pytester.path / 'runs'}")
     pytester.runpytest(*common).assert_outcomes(passed=2)
     result = pytester.runpytest(*common, "--batchprof-memory-budget", BUDGET)

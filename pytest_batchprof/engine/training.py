@@ -543,7 +543,7 @@ def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
     """``adam`` (torch defaults) or plain ``sgd`` (no momentum), fused where torch can.
 
     The fused kernels do the same arithmetic in one pass over the weights
-    instead of a dozen (the README's Training engine has the timings).
+    instead of a dozen (the manual's 'How a run trains' has the timings).
     """
     classes = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     if name not in classes:
@@ -1107,7 +1107,7 @@ class TrainingLoop:
 def _grad_clearer(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     """``optimizer.zero_grad(set_to_none=True)``, or, for an optimizer that does not
     override it, the same loop without its profiler record, which costs a small batch's
-    step a measurable share (the README's Training engine)."""
+    step a measurable share (the manual's 'How a run trains')."""
     if type(optimizer).zero_grad is not torch.optim.Optimizer.zero_grad:
         return lambda: optimizer.zero_grad(set_to_none=True)
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]

@@ -4,8 +4,8 @@ Adam's running averages decay by 0.9 (and 0.999) each step wherever a
 gradient is zero, as it is for the weights of a ReLU unit that is off. After
 about 800 such steps they fall below 1.2e-38, float32's smallest normal
 number, and x86 CPUs compute on such denormals up to 100 times slower, so a
-run's steps slow down several times after its first thousand (the README's
-Training engine has the figures). Flushing denormals to
+run's steps slow down several times after its first thousand (the manual's
+'Memory and precision' guide has the figures). Flushing denormals to
 zero (the FTZ and DAZ bits, what TensorFlow does by default) keeps every step
 as fast as the first; the values it changes are below 1.2e-38, where they do
 not change an Adam update (its epsilon is 1e-8).

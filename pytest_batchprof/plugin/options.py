@@ -371,7 +371,7 @@ OPTIONS: tuple[Option, ...] = (
            "scaler, on CUDA or MPS) (default: fp32)"),
     Option("keep_denormals", None, _boolean, "true or false",
            "compute on denormal floats instead of flushing them to zero while training "
-           "on the CPU (slower; see the README)", switch=True),
+           "on the CPU (slower; see the manual's 'Memory and precision' guide)", switch=True),
     Option("no_co2", None, _boolean, "true or false",
            "do not measure energy and CO2eq with codecarbon", switch=True),
     Option("co2_country", "ISO3", _country,

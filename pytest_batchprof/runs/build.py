@@ -164,8 +164,8 @@ def build_experiment(
     metric_name, higher_is_better = metric_identity(metric, task)
     for argument, value in (("forward", forward), ("scheduler", scheduler)):
         if value is not None and not callable(value):
-            raise ValueError(f"{argument}={value!r} is not a callable; see "
-                             f"trained_model's {argument}= in the README")
+            raise ValueError(f"{argument}={value!r} is not a callable; see trained_model's "
+                             f"{argument}= in the manual's 'Your own model and data'")
     if not isinstance(sync_batchnorm, bool):
         raise ValueError(f"sync_batchnorm={sync_batchnorm!r} must be True or False")
     base_lr = settings.lr if lr is None else float(lr)  # an explicit lr is used unscaled
