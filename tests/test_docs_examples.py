@@ -60,6 +60,7 @@ from __future__ import annotations
 import configparser
 import re
 import shlex
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,10 +360,17 @@ def write(project: Path, block: Block) -> None:
 
 @pytest.mark.parametrize("section", RUN_SECTIONS, ids=[section.id for section in RUN_SECTIONS])
 def test_example_runs(pytester: pytest.Pytester, section: Section, known_options: set[str],
-                      one_thread: None) -> None:
+                      one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The section's project is written block by block, and each of its pytest commands
-    runs in it as printed."""
+    runs in it as printed.
+
+    The project's modules are its own: a module of this suite's session with the same name
+    (``tests/test_models.py`` is ``test_models`` here) is set aside while it runs, as a
+    user's fresh process would not have it."""
     files: set[str] = _files_of(section)
+    for name in files:
+        if "/" not in name and name.endswith(".py"):
+            monkeypatch.delitem(sys.modules, name[:-3], raising=False)
     for block in section.blocks:
         if block.file:
             write(pytester.path, block)
