@@ -258,3 +258,16 @@ def test_a_run_scores_each_split_through_one_dataloader(reads, monkeypatch) -> N
     _, run = trained("flips", config(epochs=3, data_feed="DataLoader, 2 workers"))
     assert len(run.history) == 3
     assert sorted(made) == [40, 60]  # the validation split's (3 passes) and the test split's
+
+
+def test_a_run_ends_its_persistent_workers_when_it_ends(reads) -> None:
+    """``persistent_workers=True`` keeps a DataLoader's workers between passes: the run ends
+    them as it ends, so that no worker process outlives it (left to a later garbage
+    collection, each took seconds to stop)."""
+    import psutil
+
+    register("flips", reads, loader={"num_workers": 2, "persistent_workers": True})
+    before = {child.pid for child in psutil.Process().children()}
+    _, run = trained("flips", config(data_feed="DataLoader, 2 workers"))
+    assert run.test_accuracy > 0.8
+    assert {child.pid for child in psutil.Process().children()} <= before

@@ -120,6 +120,21 @@ class LoaderSplit:
         return DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle,
                           drop_last=drop_last, generator=generator, **options)
 
+    @staticmethod
+    def release(loader: DataLoader) -> None:
+        """End ``loader``'s persistent worker processes now (``persistent_workers=True``
+        keeps them between passes, for as long as the DataLoader lives).
+
+        A run calls it when it ends. Left to the garbage collector, the workers outlive
+        the run, and a later collection that finds the DataLoader in a reference cycle
+        waits seconds per worker for them to stop (torch joins each with a timeout once
+        their queues are already finalised)."""
+        iterator = getattr(loader, "_iterator", None)
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        loader._iterator = None
+
     def batches(self, loader: DataLoader, epoch: int = 0) -> Iterator[object]:
         """One pass of ``loader`` (made by :meth:`loader`), every batch on :attr:`device`."""
         sampler = loader.sampler

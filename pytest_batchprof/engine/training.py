@@ -38,7 +38,7 @@ from pytest_batchprof.data.batches import (
     split_batch,
 )
 from pytest_batchprof.data.datasets import AnySplit, Dataset, Split
-from pytest_batchprof.data.loading import EVAL_LOADER_BATCH
+from pytest_batchprof.data.loading import EVAL_LOADER_BATCH, LoaderSplit
 from pytest_batchprof.engine.memory import (
     MemoryBudgetExceeded,
     MemoryLimit,
@@ -840,6 +840,7 @@ class TrainingLoop:
         self.steps = loop_steps(self, extra_steps)
         self._scoring_loaders: dict[int, torch.utils.data.DataLoader] = {}
         """The run's DataLoader per DataLoader-fed split it scores (:func:`split_batches`)."""
+        self._train_loader: torch.utils.data.DataLoader | None = None
         self._gathered: torch.Tensor | None = None
         self._chunk = 0
 
@@ -920,9 +921,20 @@ class TrainingLoop:
                 self.run_record.out_of_memory = OutOfMemory(
                     config.batch_size, self._reached(error), cause_of(error), self.epoch,
                     self.step if budget else self.step + 1)
+            finally:
+                self._release_loaders()
         # Outside the except block: the failed step's frames, and their tensors, are gone.
         self._release()
         return self.run_record
+
+    def _release_loaders(self) -> None:
+        """End the worker processes of the run's DataLoaders as the run ends (see
+        :meth:`~pytest_batchprof.data.loading.LoaderSplit.release`)."""
+        loaders = [*self._scoring_loaders.values(), self._train_loader]
+        self._scoring_loaders, self._train_loader = {}, None
+        for loader in loaders:
+            if loader is not None:
+                LoaderSplit.release(loader)
 
     def _reached(self, error: BaseException) -> int | None:
         if isinstance(error, MemoryBudgetExceeded):
@@ -965,7 +977,7 @@ class TrainingLoop:
             shuffle = torch.Generator().manual_seed(config.seed)
             batches = self._memory_batches
         else:
-            loader = self.data.train.loader(
+            loader = self._train_loader = self.data.train.loader(
                 self.local_batch, shuffle=True, seed=config.seed, drop_last=config.drop_last,
                 rank=0 if shard is None else shard.rank, world=world)
             batches = self._loader_batches
