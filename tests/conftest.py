@@ -29,10 +29,15 @@ def _import_torch_lazy_modules() -> None:
 
     In-process pytester sessions restore ``sys.modules`` when they end; a torch
     module first imported inside one is then imported again by the next, and
-    torch refuses to register its operator libraries twice.
+    torch refuses to register its operator libraries twice; matplotlib's classes
+    come in two copies that do not know each other.
     """
     import torchvision.datasets  # noqa: F401
     from torchvision.transforms.v2.functional import center_crop
+
+    # matplotlib too: imported a second time, its classes come in two copies that do not
+    # know each other ("'Figure' object has no attribute 'items'").
+    import pytest_batchprof.reports.plots  # noqa: F401
 
     center_crop(torch.zeros(1, 8, 8), [6, 6])
     model = build_mlp(4, (2,), 2)

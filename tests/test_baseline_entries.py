@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from inner_projects import blobs_conftest
 from session_output import assert_one_clean_error, failure_section
 
 from pytest_batchprof import cnn, mlp
@@ -44,25 +45,7 @@ from pytest_batchprof.reports.storage import load_report
 OLD_BASELINE = Path(__file__).parent / "data" / "baseline-before-model-ids.json"
 COMMITTED_BASELINE = Path(__file__).parents[1] / "reports" / "baselines" / "ci-fast.json"
 
-CONFTEST = """
-    import torch
-
-    import pytest_batchprof
-
-    FEATURES, CLASSES = 16, 4
-
-
-    def blobs(count, generator, prototypes):
-        labels = torch.arange(count) % CLASSES  # every class equally often
-        noise = 0.5 * torch.randn(count, FEATURES, generator=generator)
-        return prototypes[labels] + noise, labels
-
-
-    generator = torch.Generator().manual_seed(0)
-    prototypes = torch.randn(CLASSES, FEATURES, generator=generator)
-    pytest_batchprof.register_dataset("blobs", train=blobs(480, generator, prototypes),
-                                      test=blobs(240, generator, prototypes))
-"""
+CONFTEST = blobs_conftest(train=480, test=240)
 
 MODELS = """
     import torch

@@ -535,19 +535,31 @@ def test_bad_dataset_marker_is_a_usage_error(
     assert not list(pytester.path.glob("ran-*"))
 
 
-def test_collect_only_does_not_load_data(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    loads: list[str] = []
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the data sets the session loads (asks to load), in order."""
+    names: list[str] = []
     real_load = session_module.load_dataset
 
     def spy(name: str, *args: object, **kwargs: object) -> Dataset:
-        loads.append(name)
+        names.append(name)
         return real_load(name, *args, **kwargs)
 
     monkeypatch.setattr(session_module, "load_dataset", spy)
-    empty = tmp_path / "empty"
-    empty.mkdir()
+    return names
+
+
+@pytest.fixture
+def empty(tmp_path: Path) -> Path:
+    """A data directory without any data set."""
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    return folder
+
+
+def test_collect_only_does_not_load_data(
+    pytester: pytest.Pytester, loads: list[str], empty: Path
+) -> None:
     pytester.makepyfile(NEVER_RUN)
 
     result = run(pytester, "--collect-only", "--dataset", "mnist", "--data-dir", str(empty))
@@ -563,21 +575,11 @@ def test_collect_only_does_not_load_data(
 
 
 def test_a_missing_default_data_set_is_tried_once_and_fails_each_test_that_asks(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    pytester: pytest.Pytester, loads: list[str], empty: Path
 ) -> None:
     """Unchosen, the default data set is not loaded before the tests (a test may train on
     its own): each test that asks for it fails with the same line, and it is looked for
     once, not once per test."""
-    loads: list[str] = []
-    real_load = session_module.load_dataset
-
-    def spy(name: str, *args: object, **kwargs: object) -> Dataset:
-        loads.append(name)
-        return real_load(name, *args, **kwargs)
-
-    monkeypatch.setattr(session_module, "load_dataset", spy)
-    empty = tmp_path / "empty"
-    empty.mkdir()
     pytester.makepyfile(
         """
         def test_a(trained_mlp):

@@ -57,7 +57,9 @@ file), runs in a pytest process of its own and prints the table it shows.
 
 from __future__ import annotations
 
+import ast
 import configparser
+import os
 import re
 import shlex
 import sys
@@ -358,9 +360,41 @@ def write(project: Path, block: Block) -> None:
     path.write_text(block.text)
 
 
+MODEL_LIBRARIES = {"keras", "timm", "transformers"}
+"""The optional model libraries (the ``libraries`` extra) an example may import: imported
+here first, so that the inner session finds them loaded and leaves them so (an inner
+session unloads the modules it imported, and Keras's ``ml_dtypes`` cannot be imported
+twice in one process); an example that needs one that is not installed is skipped."""
+
+
+def imported_modules(section: Section) -> set[str]:
+    """The top-level names of the modules the section's Python files import."""
+    names: set[str] = set()
+    for block in section.blocks:
+        if block.file and block.file.endswith(".py"):
+            for node in ast.walk(ast.parse(block.text)):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.fixture
+def libraries_loaded(request: pytest.FixtureRequest) -> None:
+    """The :data:`MODEL_LIBRARIES` the section's example imports, imported before
+    ``pytester`` takes its snapshot of the loaded modules (which it restores after)."""
+    section = request.node.callspec.params["section"]
+    for library in sorted(MODEL_LIBRARIES & imported_modules(section)):
+        if library == "keras":
+            os.environ.setdefault("KERAS_BACKEND", "torch")  # as the example's conftest does
+        pytest.importorskip(library)
+
+
 @pytest.mark.parametrize("section", RUN_SECTIONS, ids=[section.id for section in RUN_SECTIONS])
-def test_example_runs(pytester: pytest.Pytester, section: Section, known_options: set[str],
-                      one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_example_runs(libraries_loaded: None, pytester: pytest.Pytester, section: Section,
+                      known_options: set[str], one_thread: None,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The section's project is written block by block, and each of its pytest commands
     runs in it as printed.
 

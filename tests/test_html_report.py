@@ -27,27 +27,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from inner_projects import blobs_conftest
 from session_output import summary_rows
 
-CONFTEST = """
-    import torch
-
-    import pytest_batchprof
-
-    FEATURES, CLASSES = 16, 4
-
-
-    def blobs(count, generator, prototypes):
-        labels = torch.arange(count) % CLASSES  # every class equally often
-        noise = 0.5 * torch.randn(count, FEATURES, generator=generator)
-        return prototypes[labels] + noise, labels
-
-
-    generator = torch.Generator().manual_seed(0)
-    prototypes = torch.randn(CLASSES, FEATURES, generator=generator)
-    pytest_batchprof.register_dataset("blobs", train=blobs(240, generator, prototypes),
-                                      test=blobs(120, generator, prototypes))
-"""
+CONFTEST = blobs_conftest(train=240, test=120)
 
 TESTS = """
     def test_mlp(trained_mlp, batch_size):
