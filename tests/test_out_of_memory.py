@@ -99,7 +99,9 @@ def test_a_batch_past_the_budget_is_an_out_of_memory_row_and_a_skip(
     assert rows["512"]["outcome"] == rows["128"]["outcome"] == "passed"
     oom = rows["32,768"]
     assert oom["outcome"].startswith("out of memory at batch 32,768 (reached ")
-    assert oom["test acc (%)"] == "n/a" and float(oom["peak memory (MB)"]) > 200
+    assert oom["test acc (%)"] == "n/a"
+    (peak,) = [key for key in oom if key.startswith("peak memory (")]  # its unit follows the
+    assert oom[peak] != "n/a"  # smallest peak of the table; the bytes are checked below
     report = json.loads((pytester.path / "reports" / "latest.json").read_text())
     (row,) = [row for row in report["rows"] if row["batch_size"] == BIG_BATCH]
     assert row["out_of_memory"] == row["outcome"] and row["peak_memory_bytes"] > 200e6
