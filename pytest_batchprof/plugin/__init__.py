@@ -301,11 +301,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     chosen = is_given(config, "dataset")
     wanted: dict[tuple[str | None, str], tuple[str, dict[str, object]]] = {}
     for item in session.items:
-        name, options = dataset_request(item)
-        needed = name is not None or _resolves_to_ours(item, "batchprof_dataset")
-        if not (needed or chosen) or not any(_resolves_to_ours(item, fixture)
-                                             for fixture in DATA_FIXTURES):
+        if not any(_resolves_to_ours(item, fixture) for fixture in DATA_FIXTURES):
             continue
+        name, options = dataset_request(item)
+        if name is None and not chosen and not _resolves_to_ours(item, "batchprof_dataset"):
+            continue  # trains through trained_model or trained_mlp, maybe on its own set
         wanted.setdefault((name, repr(sorted(options.items()))), (name, options))
     if not wanted:
         return
@@ -470,28 +470,17 @@ class SummaryReporter:
                 f"{self.baseline[0]}", red=True)
         if report is None:
             return
-        title = "batchprof summary" + (" (partial)" if report.partial else "")
-        terminalreporter.write_sep("=", title)
+        terminalreporter.write_sep("=", report.title)
         for line in report.table.splitlines():
             terminalreporter.write_line(line)
-        if report.files:
-            terminalreporter.write_line(
-                f"report: {report.files[0]} (+ {len(report.files) - 1} files: json, csv, "
-                f"plots; latest.md and latest.json point at it)")
-        comparison = report.comparison
-        if comparison is not None:
-            terminalreporter.write_sep("-", f"compared with baseline {comparison.baseline_path}")
-            if comparison.machine_note:
-                terminalreporter.write_line(comparison.machine_note, yellow=True)
-            for line in comparison.table().splitlines():
-                terminalreporter.write_line(line)
-            for entry in comparison.regressions:
-                terminalreporter.write_line(f"batchprof: {entry.title}: {entry.verdict}",
-                                            red=True, bold=True)
-        if report.saved_baseline:
-            terminalreporter.write_line(f"baseline saved: {report.saved_baseline}")
-        for warning in report.warnings:
-            terminalreporter.write_line(f"batchprof: {warning}", yellow=True)
+        for part in report.lines():
+            if part.kind == "heading":
+                terminalreporter.write_sep("-", part.text)
+            else:
+                style = {"caution": {"yellow": True},
+                         "regression": {"red": True, "bold": True}}.get(part.kind, {})
+                for line in part.text.splitlines():
+                    terminalreporter.write_line(line, **style)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -88,24 +88,14 @@ class HtmlResults:
 
 def summary_html(report: SessionReport) -> str:
     """The batchprof summary as HTML: what the terminal summary prints, in the same order."""
-    title = "batchprof summary" + (" (partial)" if report.partial else "")
-    parts = [CSS, f'<div class="{SUMMARY_CLASS}">', f"<h2>{escape(title)}</h2>",
+    parts = [CSS, f'<div class="{SUMMARY_CLASS}">', f"<h2>{escape(report.title)}</h2>",
              report.html_table()]
-    if report.files:
-        parts.append(f"<p>report: {escape(str(report.files[0]))} (+ {len(report.files) - 1} "
-                     f"files: json, csv, plots)</p>")
-    comparison = report.comparison
-    if comparison is not None:
-        parts.append(f"<h3>compared with baseline {escape(str(comparison.baseline_path))}</h3>")
-        if comparison.machine_note:
-            parts.append(f'<p class="warning">{escape(comparison.machine_note)}</p>')
-        parts.append(f"<pre>{escape(comparison.table())}</pre>")
-        parts += [f'<p class="regression">batchprof: {escape(entry.title)}: '
-                  f"{escape(entry.verdict)}</p>" for entry in comparison.regressions]
-    if report.saved_baseline:
-        parts.append(f"<p>baseline saved: {escape(str(report.saved_baseline))}</p>")
-    parts += [f'<p class="warning">batchprof: {escape(warning)}</p>'
-              for warning in report.warnings]
+    for part in report.lines():
+        text = escape(part.text)
+        parts.append({"heading": f"<h3>{text}</h3>", "block": f"<pre>{text}</pre>",
+                      "caution": f'<p class="warning">{text}</p>',
+                      "regression": f'<p class="regression">{text}</p>'}.get(
+                          part.kind, f"<p>{text}</p>"))
     parts.append("</div>")
     return "\n".join(parts)
 

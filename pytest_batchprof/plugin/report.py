@@ -103,6 +103,42 @@ class SessionReport:
             return ""
         return render_table(self.tables.folded, self.tables.columns, tablefmt="html")
 
+    @property
+    def title(self) -> str:
+        return "batchprof summary" + (" (partial)" if self.partial else "")
+
+    def lines(self) -> list[SummaryLine]:
+        """What the summary says under its table, in order, each with its kind: the one
+        account the terminal and pytest-html's report each render in their own way."""
+        lines = []
+        if self.files:
+            lines.append(SummaryLine("text", f"report: {self.files[0]} (+ {len(self.files) - 1} "
+                                             f"files: json, csv, plots; latest.md and "
+                                             f"latest.json point at it)"))
+        comparison = self.comparison
+        if comparison is not None:
+            lines.append(SummaryLine("heading", f"compared with baseline "
+                                                f"{comparison.baseline_path}"))
+            if comparison.machine_note:
+                lines.append(SummaryLine("caution", comparison.machine_note))
+            lines.append(SummaryLine("block", comparison.table()))
+            lines += [SummaryLine("regression", f"batchprof: {entry.title}: {entry.verdict}")
+                      for entry in comparison.regressions]
+        if self.saved_baseline:
+            lines.append(SummaryLine("text", f"baseline saved: {self.saved_baseline}"))
+        lines += [SummaryLine("caution", f"batchprof: {warning}") for warning in self.warnings]
+        return lines
+
+
+@dataclass(frozen=True)
+class SummaryLine:
+    """A part of the summary under its table (:meth:`SessionReport.lines`)."""
+
+    kind: str
+    """``text``, ``heading`` (a comparison's), ``caution`` (a warning), ``block`` (a
+    preformatted table) or ``regression`` (a run the gate fails)."""
+    text: str
+
 
 @dataclass
 class SummaryCollector:

@@ -30,6 +30,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from matplotlib import colormaps
 from matplotlib.axes import Axes
@@ -165,15 +166,21 @@ def learning_curves_png(rows: Sequence[Mapping[str, object]]) -> bytes | None:
     """The learning curves of ``rows`` (a test's runs), drawn as in the report's
     ``learning-curves`` plot, as PNG bytes; ``None`` when no run has a curve (every one
     diverged, ran out of memory, or recorded no history)."""
-    series = group_series(chosen_rows(rows))
-    datasets = {str(row.get("dataset")) for row in rows if _finished(row)}
-    note = f" ({datasets.pop()})" if len(datasets) == 1 else ""
+    series, note = _plotted(rows)
     figure = _curves_figure(series, f"Learning curves{note}")
     if figure is None:
         return None
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata=PNG_METADATA)
+    _write_png(figure, buffer)
     return buffer.getvalue()
+
+
+def _plotted(rows: Sequence[Mapping[str, object]]) -> tuple[list[Series], str]:
+    """The series the plots draw (of a learning-rate grid, its chosen lrs) and the note a
+    title gets when every finished run is on one data set (`` (mnist)``, else empty)."""
+    datasets = {str(row.get("dataset")) for row in rows if _finished(row)}
+    return (group_series(chosen_rows(rows)),
+            f" ({datasets.pop()})" if len(datasets) == 1 else "")
 
 
 def build_figures(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, str, Figure]]:
@@ -182,9 +189,7 @@ def build_figures(rows: Sequence[Mapping[str, object]]) -> list[tuple[str, str, 
     Kept apart from :func:`write_plots` so tests can read the plotted data
     instead of pixels.
     """
-    series = group_series(chosen_rows(rows))  # a learning-rate grid: its chosen lrs
-    datasets = {str(row.get("dataset")) for row in rows if _finished(row)}
-    note = f" ({datasets.pop()})" if len(datasets) == 1 else ""
+    series, note = _plotted(rows)
     metrics = sorted(dict.fromkeys(one.metric for one in series),
                      key=lambda metric: metric != "accuracy")  # accuracy first, then as met
     by_metric = {metric: [one for one in series if one.metric == metric] for metric in metrics}
@@ -315,7 +320,12 @@ def _varies(rows: Sequence[Mapping[str, object]], name: str) -> bool:
 def save_png(figure: Figure, path: Path) -> None:
     """Save ``figure`` to ``path`` atomically: a reader never sees half a file."""
     with atomic_file(path) as handle:
-        figure.savefig(handle, format="png", dpi=DPI, metadata=PNG_METADATA)
+        _write_png(figure, handle)
+
+
+def _write_png(figure: Figure, handle: BinaryIO) -> None:
+    """``figure`` as the report's PNGs are written: its DPI, no timestamp in the file."""
+    figure.savefig(handle, format="png", dpi=DPI, metadata=PNG_METADATA)
 
 
 def _finished(row: Mapping[str, object]) -> bool:
